@@ -1,0 +1,32 @@
+"""Errors a user can act on: each names the problem and the fix.
+
+Every error raised for bad input derives from :class:`RecallError`; the CLI turns it into a
+message on stderr and exit status 2, so scripts can tell bad input from a crash.
+"""
+
+from __future__ import annotations
+
+
+class RecallError(Exception):
+    """Bad input or an unsafe request. ``problem`` says what is wrong, ``fix`` what to do."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}" + (f"\n  fix: {fix}" if fix else ""))
+
+
+class ConfigError(RecallError):
+    """The configuration file or its values are invalid."""
+
+
+class CheckpointError(RecallError):
+    """A checkpoint is missing, unreadable, unsafe, or incompatible with the others."""
+
+
+class SampleError(RecallError):
+    """The sample file is missing, empty, undecodable or too small."""
+
+
+class OutputError(RecallError):
+    """The output path cannot be written safely."""

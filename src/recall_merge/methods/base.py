@@ -1,0 +1,101 @@
+"""The interface every merge method implements, and the registry that names them.
+
+A method has two parts (see DESIGN.md): an optional *planning pass* that may look at the models
+and data once (RECALL reads hidden states here), and a small pure *tensor function* applied by the
+streaming engine to one output tensor at a time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from ..config import MergeConfig
+    from ..pool import ModelPool
+
+TensorKind = Literal["block", "embedding", "head", "norm", "other"]
+
+
+@dataclass(frozen=True)
+class TensorPosition:
+    """Where a tensor sits in the network.
+
+    ``layer`` is the decoder-block index for ``kind == "block"``; ``depth`` is the relative depth in
+    [0, 1] used to interpolate per-layer weight gradients (mergekit convention: blocks at
+    layer / (num_layers - 1), embeddings at 0, final norm and head at 1).
+    """
+
+    kind: TensorKind
+    layer: int | None
+    depth: float
+
+
+class MergeMethod(ABC):
+    """Base class of all merge methods. Subclasses register themselves by ``name``."""
+
+    name: ClassVar[str]
+    parameters_model: ClassVar[type[BaseModel]]
+    needs_samples: ClassVar[bool] = False
+    uses_base: ClassVar[bool] = True
+
+    def __init__(self, parameters: BaseModel, config: MergeConfig, num_layers: int) -> None:
+        self.parameters = parameters
+        self.config = config
+        self.num_experts = len(config.models)
+        self.num_layers = num_layers
+
+    def plan(self, pool: ModelPool, *, quiet: bool = False) -> None:  # noqa: B027 - optional hook
+        """Look at the models/data once before the streaming merge. Most methods need nothing."""
+
+    @abstractmethod
+    def merge_tensor(
+        self, name: str, position: TensorPosition, base: torch.Tensor, experts: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Merge one tensor. ``base`` and each expert tensor have the same shape, float32."""
+
+    def report(self) -> dict[str, Any]:
+        """What the method applied, for ``recall_report.json``."""
+        return {}
+
+
+_REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[MergeMethod]:
+    import difflib
+
+    from ..errors import ConfigError
+
+    _load_builtin_methods()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown merge method {name!r}",
+            f"{hint}available methods: {', '.join(sorted(_REGISTRY))}",
+        )
+    return _REGISTRY[name]
+
+
+def parameters_model(name: str) -> type[BaseModel]:
+    return get_method(name).parameters_model
+
+
+def _load_builtin_methods() -> None:
+    # Imported lazily so that `recall --help` stays fast and import cycles stay impossible.
+    from . import classic, recall  # noqa: F401
