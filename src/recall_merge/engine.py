@@ -1,0 +1,203 @@
+"""The streaming merge: plan with the method, then one output tensor at a time.
+
+For each output tensor: read the base tensor and each expert's (or the base + LoRA delta), apply
+the method's tensor function, append to the current shard, free. Everything goes to a temporary
+folder beside the output, renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoints.writer import StreamingShardWriter
+from .config import MergeConfig, load_config
+from .errors import CheckpointError, OutputError
+from .methods import get_method
+from .pool import ModelPool
+
+REPORT_NAME = "recall_report.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+_SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", REPORT_NAME}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    report: dict[str, Any]
+
+
+def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, quiet: bool = False,
+          emit_mergekit: Path | None = None) -> MergeResult:
+    """Run a merge described by a config (a validated MergeConfig, a dict, or a YAML path)."""
+    if not isinstance(config, MergeConfig):
+        config = load_config(config)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    output = Path(config.output)
+    _check_output(output, config, overwrite)
+    torch.manual_seed(config.seed)
+
+    pool = ModelPool.open(config.base, config.models, allow_pickle=config.allow_pickle)
+    method_cls = get_method(config.method)
+    method = method_cls(config.method_parameters(), config, pool.num_layers)
+    timings["open_s"] = time.perf_counter() - started
+
+    stage = time.perf_counter()
+    method.plan(pool, quiet=quiet)
+    timings["plan_s"] = time.perf_counter() - stage
+    rss_after_plan = _peak_rss_mb()
+
+    temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    if temp.exists():
+        shutil.rmtree(temp)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp.mkdir()
+    try:
+        stage = time.perf_counter()
+        files = _stream_merge(pool, method, config, temp, quiet)
+        timings["merge_s"] = time.perf_counter() - stage
+        _copy_support_files(pool.base.folder, temp, config.dtype)
+        timings["total_s"] = time.perf_counter() - started
+        report = _build_report(config, method, pool, files, timings, rss_after_plan)
+        (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
+        if emit_mergekit is not None:
+            _emit_mergekit(method, config, pool, emit_mergekit)
+        _move_into_place(temp, output, overwrite)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return MergeResult(output=output, report=report)
+
+
+def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, quiet: bool) -> list[str]:
+    out_dtype = DTYPES[config.dtype]
+    plan = []
+    for name in pool.tensor_names:
+        info = pool.base.tensors[name]
+        dtype = out_dtype if info.dtype.is_floating_point else info.dtype
+        plan.append((name, dtype, info.shape))
+    writer = StreamingShardWriter(folder, plan, config.shard_size_bytes(),
+                                  metadata={"merged_by": "recall-merge", "method": config.method})
+    names = [name for shard in writer.shards for name in shard.names]
+    try:
+        for name in tqdm(names, desc=f"merging ({config.method})", disable=quiet, unit="tensor"):
+            base_tensor = pool.base_tensor(name)
+            if not base_tensor.dtype.is_floating_point:
+                writer.write(name, base_tensor)  # integer buffers are not merged
+                continue
+            base32 = base_tensor.to(torch.float32)
+            experts = [pool.expert_tensor(k, name, base_tensor) for k in range(len(pool.experts))]
+            _check_finite(name, pool, base32, experts)
+            merged = method.merge_tensor(name, pool.position(name), base32, experts)
+            writer.write(name, merged.to(DTYPES[config.dtype]))
+            del base_tensor, base32, experts, merged
+        return writer.finish()
+    finally:
+        writer.abort()
+
+
+def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:
+    for folder, tensor in zip(pool.folders(), [base, *experts], strict=True):
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"tensor {name!r} of {folder} contains NaN or Inf values",
+                                  "this checkpoint is broken (diverged training?); use a healthy one")
+
+
+def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
+    resolved = output.resolve()
+    for ref in [config.base, *config.models]:
+        source = Path(ref).resolve()
+        if not Path(ref).exists():
+            continue
+        if resolved == source or source in resolved.parents:
+            raise OutputError(f"output {output} lies inside input model {ref}",
+                              "choose an output folder outside every input folder")
+    if output.exists() and not overwrite:
+        raise OutputError(f"output folder {output} already exists",
+                          "choose a new output path, or pass --overwrite (merge(..., overwrite=True))")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
+
+
+def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
+    """Rename the finished folder onto the target; an old output is swapped out, then removed."""
+    if output.exists():
+        if not overwrite:
+            raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
+        trash = output.parent / f".{output.name}.old-{os.getpid()}"
+        os.replace(output, trash)
+        os.replace(temp, output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(temp, output)
+
+
+def _copy_support_files(source: Path, target: Path, dtype: str) -> None:
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name in _SKIP_FILES or path.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        if path.name == "config.json":
+            config = json.loads(path.read_text())
+            config["torch_dtype"] = dtype
+            if "dtype" in config:
+                config["dtype"] = dtype
+            (target / path.name).write_text(json.dumps(config, indent=2))
+        else:
+            shutil.copy2(path, target / path.name)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def versions() -> dict[str, str]:
+    import safetensors
+    import transformers
+
+    from . import __version__
+
+    return {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "safetensors": safetensors.__version__}
+
+
+def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str],
+                  timings: dict[str, float], rss_after_plan: float) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "method": config.method,
+        "models": [str(folder) for folder in pool.folders()],
+        "model_kinds": ["base"] + ["lora" if e.is_lora else "full" for e in pool.experts],
+        "num_layers": pool.num_layers,
+        "seed": config.seed,
+        "config": json.loads(config.model_dump_json()),
+        "parameters": json.loads(config.method_parameters().model_dump_json(by_alias=True)),
+        "versions": versions(),
+        "output_files": files,
+    }
+    report.update(method.report())
+    report["timings"] = {**timings, **report.pop("planning_timings", {})}
+    report["peak_rss_mb"] = {"after_planning": rss_after_plan, "total": _peak_rss_mb()}
+    return report
+
+
+def _emit_mergekit(method, config: MergeConfig, pool: ModelPool, path: Path) -> None:
+    import yaml
+
+    from .mergekit_interop import to_mergekit
+
+    document = to_mergekit(method, config, pool)
+    Path(path).write_text(yaml.safe_dump(document, sort_keys=False))

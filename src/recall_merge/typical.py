@@ -1,0 +1,36 @@
+"""Stage 1 of RECALL: typical samples of the newest task, picked by clustering in M_N's space."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+
+def select_typical(features: torch.Tensor, count: int, *, seed: int,
+                   selection: Literal["kmeans", "random"] = "kmeans") -> list[int]:
+    """Indices of ``count`` representative rows of ``features`` (n, d).
+
+    K-means with ``count`` clusters; from each cluster the sample nearest its centroid. A sample
+    is never picked twice (with duplicate texts two centroids can share a nearest point). The
+    result is sorted by cluster order, deterministic for a seed.
+    """
+    n = features.shape[0]
+    if count >= n:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    if selection == "random":
+        return sorted(rng.choice(n, size=count, replace=False).tolist())
+    from sklearn.cluster import KMeans
+
+    data = features.to(torch.float64).numpy()
+    kmeans = KMeans(n_clusters=count, n_init=10, random_state=seed).fit(data)
+    distances = ((data[:, None, :] - kmeans.cluster_centers_[None, :, :]) ** 2).sum(-1)  # (n, count)
+    chosen: list[int] = []
+    for cluster in range(count):
+        for index in np.argsort(distances[:, cluster], kind="stable"):
+            if int(index) not in chosen:
+                chosen.append(int(index))
+                break
+    return chosen
