@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
                        emit_mergekit=args.emit_mergekit)
         summary = {"output": str(result.output), "method": result.report["method"],
                    "report": str(result.output / "recall_report.json"),
-                   "seconds": round(result.report["timings"]["total_s"], 2)}
+                   "seconds": round(result.report["run"]["timings"]["total_s"], 2)}
         print(json.dumps(summary))
         return 0
     if args.command == "cache":

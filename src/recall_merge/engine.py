@@ -41,7 +41,12 @@ class MergeResult:
 
 def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, quiet: bool = False,
           emit_mergekit: Path | None = None) -> MergeResult:
-    """Run a merge described by a config (a validated MergeConfig, a dict, or a YAML path)."""
+    """Run a merge described by a config (a validated MergeConfig, a dict, or a YAML path).
+
+    Returns the output folder and the report (also written as ``recall_report.json`` there).
+    Raises a :class:`~recall_merge.errors.RecallError` subclass for bad input, before any weight
+    is read wherever the fault can be seen from configs and headers.
+    """
     if not isinstance(config, MergeConfig):
         config = load_config(config)
     timings: dict[str, float] = {}
@@ -189,8 +194,12 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
         "output_files": files,
     }
     report.update(method.report())
-    report["timings"] = {**timings, **report.pop("planning_timings", {})}
-    report["peak_rss_mb"] = {"after_planning": rss_after_plan, "total": _peak_rss_mb()}
+    # Everything above is a pure function of config and inputs (bit-identical run to run); what
+    # varies between runs (timings, memory) is kept apart under "run".
+    report["run"] = {
+        "timings": {**timings, **report.pop("planning_timings", {})},
+        "peak_rss_mb": {"after_planning": rss_after_plan, "total": _peak_rss_mb()},
+    }
     return report
 
 

@@ -1,0 +1,206 @@
+"""The RECALL merge engine on tiny random Llama checkpoints (synthetic; no network)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recall_merge import merge
+from recall_merge.checkpoints.lora import LoraAdapter
+from recall_merge.checkpoints.reader import Checkpoint
+from recall_merge.cli import main as cli_main
+from recall_merge.pool import tensor_position
+from recall_merge.testing import make_tiny_llama
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    checkpoint = Checkpoint(folder)
+    return {name: checkpoint.get(name).clone() for name in checkpoint.tensors}
+
+
+def _recall_config(tiny, models, output, **parameters) -> dict:
+    return {"method": "recall", "base": str(tiny["base"]), "models": [str(m) for m in models],
+            "samples": str(tiny["samples"]), "output": str(output), "seed": 0,
+            "parameters": {"num_typical": 4, **parameters}}
+
+
+def _expected(alpha: list[float], tensors: list[torch.Tensor]) -> torch.Tensor:
+    return sum(a * t for a, t in zip(alpha, tensors, strict=True))
+
+
+def test_identical_models_return_the_same_weights_with_uniform_alpha(tiny_models, tmp_path):
+    copies = []
+    for k in range(2):
+        copy = tmp_path / f"copy{k}"
+        shutil.copytree(tiny_models["base"], copy)
+        copies.append(copy)
+    result = merge(_recall_config(tiny_models, copies, tmp_path / "out"), quiet=True)
+    for layer in result.report["layers"]:
+        assert layer["alpha"] == pytest.approx([1 / 3] * 3, abs=1e-12)
+        assert layer["similarity"] == pytest.approx([1.0, 1.0, 1.0])
+    base, merged = _state(tiny_models["base"]), _state(result.output)
+    assert base.keys() == merged.keys()
+    for name in base:
+        assert (base[name] - merged[name]).abs().max() <= 1e-6, name
+
+
+def test_every_tensor_is_the_alpha_weighted_sum(tiny_models, tmp_path):
+    experts = [tiny_models["e1"], tiny_models["e2"], tiny_models["e3"]]
+    result = merge(_recall_config(tiny_models, experts, tmp_path / "out"), quiet=True)
+    report = json.loads((result.output / "recall_report.json").read_text())
+    states = [_state(tiny_models["base"])] + [_state(e) for e in experts]
+    merged = _state(result.output)
+    num_layers = report["num_layers"]
+    for name, tensor in merged.items():
+        position = tensor_position(name, num_layers)
+        if position.kind == "block":
+            alpha = report["layers"][position.layer]["alpha"]
+        elif position.kind == "embedding":
+            alpha = report["layers"][0]["alpha"]
+            assert alpha == report["embedding_alpha"]
+        else:
+            alpha = report["layers"][-1]["alpha"]
+            assert alpha == report["head_alpha"]
+        expected = _expected(alpha, [s[name] for s in states])
+        assert (tensor - expected).abs().max() <= 1e-5, name
+    for layer in report["layers"]:
+        assert sum(layer["alpha"]) == pytest.approx(1.0, abs=1e-9)
+        assert len(layer["alpha"]) == 4 and len(layer["similarity"]) == 4
+        assert layer["similarity"][3] == pytest.approx(1.0)  # M_N with itself
+        assert layer["bandwidth"] > 0
+    assert len(report["typical_samples"]) == 4
+    assert all({"index", "text"} <= set(s) for s in report["typical_samples"])
+    assert report["seed"] == 0 and "torch" in report["versions"]
+    assert {"plan_s", "merge_s", "total_s"} <= set(report["run"]["timings"])
+    assert report["run"]["peak_rss_mb"]["total"] > 0
+
+
+def test_tiny_temperature_concentrates_alpha_on_the_newest_model(tiny_models, tmp_path):
+    experts = [tiny_models["e1"], tiny_models["e2"]]
+    result = merge(_recall_config(tiny_models, experts, tmp_path / "out", temperature=1e-4), quiet=True)
+    for layer in result.report["layers"]:
+        assert layer["alpha"][-1] > 0.99
+
+
+def test_same_seed_gives_a_bit_identical_report_and_tensors(tiny_models, tmp_path):
+    experts = [tiny_models["e1"], tiny_models["e2"]]
+    config = _recall_config(tiny_models, experts, tmp_path / "out")
+    first = merge(config, quiet=True)
+    first_report = (first.output / "recall_report.json").read_text()
+    first_bytes = (first.output / "model.safetensors").read_bytes()
+    second = merge(config, quiet=True, overwrite=True)
+    second_report = json.loads((second.output / "recall_report.json").read_text())
+    first_report = json.loads(first_report)
+    first_report.pop("run"), second_report.pop("run")
+    assert json.dumps(first_report, sort_keys=True) == json.dumps(second_report, sort_keys=True)
+    assert (second.output / "model.safetensors").read_bytes() == first_bytes
+
+
+def test_lora_experts_merge_their_dense_deltas(tiny_models, tiny_loras, tmp_path):
+    adapters = [tiny_loras["l1"], tiny_loras["l2"]]
+    result = merge(_recall_config(tiny_models, adapters, tmp_path / "out"), quiet=True)
+    assert result.report["model_kinds"] == ["base", "lora", "lora"]
+    base_checkpoint = Checkpoint(tiny_models["base"])
+    base = _state(tiny_models["base"])
+    expert_states = []
+    for folder in adapters:
+        adapter = LoraAdapter(folder, base_checkpoint)
+        expert_states.append({name: adapter.apply(name, tensor) for name, tensor in base.items()})
+    merged = _state(result.output)
+    touched = 0
+    for name, tensor in merged.items():
+        position = tensor_position(name, result.report["num_layers"])
+        layer = position.layer if position.kind == "block" else (0 if position.kind == "embedding" else -1)
+        alpha = result.report["layers"][layer]["alpha"]
+        expected = _expected(alpha, [base[name]] + [s[name] for s in expert_states])
+        assert (tensor - expected).abs().max() <= 1e-5, name
+        touched += int((tensor - base[name]).abs().max() > 1e-4)
+    assert touched >= 4  # q_proj and v_proj of both blocks moved
+
+
+def test_lora_delta_equals_peft_merge(tiny_models, tiny_loras):
+    """B·A·scale from our reader equals what peft's merge_and_unload writes into the weight."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_models["base"], dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, tiny_loras["l1"]).merge_and_unload().state_dict()
+    base_checkpoint = Checkpoint(tiny_models["base"])
+    adapter = LoraAdapter(tiny_loras["l1"], base_checkpoint)
+    for name in adapter.modules:
+        ours = adapter.apply(name, base_checkpoint.get(name))
+        assert (ours - merged[name]).abs().max() <= 1e-6, name
+
+
+def test_lora_representations_equal_the_merged_full_model(tiny_models, tiny_loras, tmp_path):
+    """The shared-base LoRA pass sees exactly the weights of the expert merged into a full model."""
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    from recall_merge.pool import ModelPool
+    from recall_merge.representations import states_for_all_models
+
+    model = LlamaForCausalLM.from_pretrained(tiny_models["base"], dtype=torch.float32)
+    full = tmp_path / "full"
+    PeftModel.from_pretrained(model, tiny_loras["l1"]).merge_and_unload().save_pretrained(full)
+    shutil.copy(tiny_models["base"] / "tokenizer.json", full)
+    shutil.copy(tiny_models["base"] / "tokenizer_config.json", full)
+    texts = ["the cat sat on the mat", "play some jazz music"]
+    options = dict(max_length=32, batch_size=2, use_chat_template=True)
+    lora = states_for_all_models(ModelPool.open(tiny_models["base"], [tiny_loras["l1"]]), texts, **options)
+    dense = states_for_all_models(ModelPool.open(tiny_models["base"], [full]), texts, **options)
+    assert torch.allclose(lora[1], dense[1], atol=1e-5)
+    assert torch.equal(lora[0], dense[0])
+
+
+def test_sharded_input_and_sharded_output_load_with_transformers(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sharded = make_tiny_llama(tmp_path / "sharded", seed=7, tokenizer_from=tiny_models["base"],
+                              perturb_from=tiny_models["base"], max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    config = _recall_config(tiny_models, [tiny_models["e1"], sharded], tmp_path / "out")
+    config["shard_size"] = "150KB"
+    result = merge(config, quiet=True)
+    index = json.loads((result.output / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 3
+    loaded = {}
+    for shard in shards:
+        loaded.update(load_file(result.output / shard))
+    assert loaded.keys() == _state(tiny_models["base"]).keys()
+    model = AutoModelForCausalLM.from_pretrained(result.output)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded[name]), name
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                 "chat_template.jinja"):
+        assert (result.output / name).exists(), name
+
+
+def test_output_dtype_and_config_follow_the_requested_dtype(tiny_models, tmp_path):
+    config = _recall_config(tiny_models, [tiny_models["e1"]], tmp_path / "out")
+    config["dtype"] = "bfloat16"
+    result = merge(config, quiet=True)
+    tensors = load_file(result.output / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    assert json.loads((result.output / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_cli_merge_writes_output_and_refuses_to_overwrite(tiny_models, tmp_path, capsys):
+    import yaml
+
+    config_path = tmp_path / "merge.yaml"
+    config_path.write_text(yaml.safe_dump(_recall_config(tiny_models, [tiny_models["e1"]], tmp_path / "out")))
+    assert cli_main(["merge", str(config_path), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(summary["output"]).is_dir()
+    assert cli_main(["merge", str(config_path), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(["merge", str(config_path), "--quiet", "--overwrite"]) == 0
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert leftovers == []
