@@ -7,6 +7,7 @@ folder beside the output, renamed into place only when complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -55,7 +56,9 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     _check_output(output, config, overwrite)
     torch.manual_seed(config.seed)
 
-    pool = ModelPool.open(config.base, config.models, allow_pickle=config.allow_pickle)
+    pool = ModelPool.open(config.base, config.models, allow_pickle=config.allow_pickle,
+                          trust_remote_code=config.trust_remote_code)
+    _check_free_space(output, pool, config)
     method_cls = get_method(config.method)
     method = method_cls(config.method_parameters(), config, pool.num_layers)
     timings["open_s"] = time.perf_counter() - started
@@ -81,6 +84,12 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         if emit_mergekit is not None:
             _emit_mergekit(method, config, pool, emit_mergekit)
         _move_into_place(temp, output, overwrite)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"the disk holding {output.parent} filled up during the merge; nothing "
+                              "was written at the output path", "free space or choose another output") from None
+        raise
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -135,6 +144,21 @@ def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
                           "choose a new output path, or pass --overwrite (merge(..., overwrite=True))")
     if output.exists() and not output.is_dir():
         raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
+
+
+def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> None:
+    """Refuse early when the output cannot fit, rather than fail after gigabytes were written."""
+    itemsize = torch.empty((), dtype=DTYPES[config.dtype]).element_size()
+    needed = sum(
+        (info.nbytes // info.dtype.itemsize) * (itemsize if info.dtype.is_floating_point else info.dtype.itemsize)
+        for info in pool.base.tensors.values())
+    existing = output.parent
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed * 1.05:
+        raise OutputError(f"not enough free disk space for the output: {needed / 1e6:.1f} MB needed, "
+                          f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
 
 
 def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:

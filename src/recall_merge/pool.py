@@ -55,12 +55,13 @@ class ModelPool:
 
     @classmethod
     def open(cls, base_ref: str | Path, expert_refs: list[str | Path], *,
-             allow_pickle: bool = False) -> ModelPool:
+             allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelPool:
         base_folder = resolve_ref(base_ref)
         if base_folder.exists() and is_lora_folder(base_folder):
             raise CheckpointError(f"base {base_folder} is a LoRA adapter, not a full model",
                                   "set `base` to the full model the adapters were trained on")
         base = Checkpoint(base_folder, allow_pickle=allow_pickle)
+        _check_remote_code(base, trust_remote_code)
         experts: list[Expert] = []
         for ref in expert_refs:
             folder = resolve_ref(ref)
@@ -70,6 +71,7 @@ class ModelPool:
                 experts.append(Expert(folder, adapter=LoraAdapter(folder, base, allow_pickle=allow_pickle)))
             else:
                 checkpoint = Checkpoint(folder, allow_pickle=allow_pickle)
+                _check_remote_code(checkpoint, trust_remote_code)
                 _check_compatible(base, checkpoint)
                 experts.append(Expert(folder, checkpoint=checkpoint))
         return cls(base, experts)
@@ -107,6 +109,14 @@ def tensor_position(name: str, num_layers: int) -> TensorPosition:
     if "norm" in name or name.endswith("ln_f.weight") or name.endswith("ln_f.bias"):
         return TensorPosition("norm", None, 1.0)
     return TensorPosition("other", None, 0.0)
+
+
+def _check_remote_code(checkpoint: Checkpoint, trust_remote_code: bool) -> None:
+    # A config with auto_map makes transformers import Python files shipped with the model.
+    if checkpoint.config.get("auto_map") and not trust_remote_code:
+        raise CheckpointError(
+            f"{checkpoint.folder} asks to run its own Python code (auto_map in config.json), "
+            "which is refused by default", "review that code, then set `trust_remote_code: true`")
 
 
 def _check_compatible(base: Checkpoint, other: Checkpoint) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .errors import CheckpointError
 from .pool import ModelPool
 
 
@@ -32,7 +33,17 @@ def load_model(folder: Path, trust_remote_code: bool = False, device: str = "cpu
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                  trust_remote_code=trust_remote_code)
+    _check_finite_parameters(model, folder)
     return model.to(device).eval()
+
+
+def _check_finite_parameters(model, folder: Path) -> None:
+    # The weights are in memory anyway: checking here reports a broken checkpoint by tensor name
+    # before its NaNs reach clustering or the similarity maths.
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise CheckpointError(f"tensor {name!r} of {folder} contains NaN or Inf values",
+                                  "this checkpoint is broken (diverged training?); use a healthy one")
 
 
 def format_texts(tokenizer, texts: list[str], use_chat_template: bool) -> list[str]:
@@ -78,7 +89,11 @@ def _lora_applied(model, adapter, base_tensors: dict[str, torch.Tensor]) -> Iter
                 if target is None:
                     continue
                 base_tensors.setdefault(name, target.detach().clone())
-                target.copy_(adapter.apply(name, base_tensors[name]).to(target.dtype))
+                weight = adapter.apply(name, base_tensors[name])
+                if not torch.isfinite(weight).all():
+                    raise CheckpointError(f"adapter {adapter.folder} gives NaN or Inf values for {name!r}",
+                                          "this adapter is broken (diverged training?); use a healthy one")
+                target.copy_(weight.to(target.dtype))
                 touched.append(name)
         yield
     finally:
