@@ -60,19 +60,63 @@ LayerWeight = float | list[float]
 
 
 class ClassicParameters(_Strict):
-    """Options shared by the classic methods (each method reads the ones it uses)."""
+    """Options shared by the classic methods (each method reads the ones it uses; docs/methods.md).
+
+    Per-model options (``weights``, and ``density``/``gamma`` when given as a list) hold one entry
+    per model in ``models``; an entry is a number, or a list interpolated over depth (mergekit
+    gradient). ``None`` for ``normalize``/``rescale`` means the method's mergekit default.
+    """
 
     weights: list[LayerWeight] | None = Field(
         None,
         description="one entry per model in `models`: a number, or a list interpolated over depth "
-        "(mergekit gradient; a list as long as the number of blocks gives one weight per block)",
+        "(mergekit gradient; a list as long as the number of blocks gives one weight per block). "
+        "Default: 1.0 for every model",
     )
     lambda_: float = Field(1.0, alias="lambda", description="scale of the merged task vector")
-    density: float = Field(1.0, gt=0, le=1, description="fraction of task-vector entries kept")
-    gamma: float = Field(0.01, ge=0, lt=1, description="breadcrumbs: fraction of largest entries dropped")
-    normalize: bool = Field(True, description="divide by the sum of the weights")
+    density: float | list[LayerWeight] = Field(
+        1.0, description="fraction of task-vector entries kept (one number, or one entry per model)"
+    )
+    gamma: float | list[LayerWeight] = Field(
+        0.01, description="breadcrumbs: fraction of largest entries dropped (one number, or one per model)"
+    )
+    normalize: bool | None = Field(
+        None, description="divide by the sum of the weights (default: the method's mergekit default)"
+    )
+    rescale: bool | None = Field(
+        None, description="rescale kept entries after sparsification (default: on for DARE only)"
+    )
+    rescale_norm: Literal["l1", "l2", "linf", "density"] = Field(
+        "l1", description="l1/l2/linf: match that norm of the task vector (mergekit); density: divide "
+        "by density, the DARE paper's 1/(1-p)",
+    )
+    majority_sign_method: Literal["sum", "count"] = Field(
+        "sum", description="TIES sign election: sign of the summed mass (sum) or of the sign count"
+    )
     include_base: bool = Field(False, description="linear: the base is averaged in as one more model")
     base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight")
+
+    @field_validator("density")
+    @classmethod
+    def _density_in_range(cls, value: Any) -> Any:
+        for number in _flatten(value):
+            if not 0 < number <= 1:
+                raise ValueError("density must lie in (0, 1]")
+        return value
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_in_range(cls, value: Any) -> Any:
+        for number in _flatten(value):
+            if not 0 <= number < 1:
+                raise ValueError("gamma must lie in [0, 1)")
+        return value
+
+
+def _flatten(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [number for entry in value for number in _flatten(entry)]
+    return [float(value)]
 
 
 class MergeConfig(_Strict):

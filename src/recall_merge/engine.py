@@ -15,6 +15,7 @@ import resource
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,26 +107,52 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
     writer = StreamingShardWriter(folder, plan, config.shard_size_bytes(),
                                   metadata={"merged_by": "recall-merge", "method": config.method})
     names = [name for shard in writer.shards for name in shard.names]
-    try:
-        for name in tqdm(names, desc=f"merging ({config.method})", disable=quiet, unit="tensor"):
-            base_tensor = pool.base_tensor(name)
-            if not base_tensor.dtype.is_floating_point:
-                writer.write(name, base_tensor)  # integer buffers are not merged
-                continue
-            base32 = base_tensor.to(torch.float32)
-            experts = [pool.expert_tensor(k, name, base_tensor) for k in range(len(pool.experts))]
-            _check_finite(name, pool, base32, experts)
-            merged = method.merge_tensor(name, pool.position(name), base32, experts)
-            writer.write(name, merged.to(DTYPES[config.dtype]))
-            del base_tensor, base32, experts, merged
-        return writer.finish()
-    finally:
-        writer.abort()
+    num_experts = len(pool.experts)
+
+    def read_inputs(name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        base_tensor = pool.base_tensor(name)
+        if not base_tensor.dtype.is_floating_point:
+            return base_tensor, []
+        return base_tensor, [pool.expert_tensor(k, name, base_tensor) for k in range(num_experts)]
+
+    # Three stages overlap: the next tensor is read while this one is merged and the previous one
+    # written (file I/O and torch kernels release the GIL). At most three tensors' worth of inputs
+    # are alive at once, whatever the model size: memory stays flat.
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as write_pool:
+        pending_read = reader.submit(read_inputs, names[0]) if names else None
+        pending_write: Future | None = None
+        try:
+            for position, name in enumerate(tqdm(names, desc=f"merging ({config.method})",
+                                                 disable=quiet, unit="tensor")):
+                base_tensor, experts = pending_read.result()
+                if position + 1 < len(names):
+                    pending_read = reader.submit(read_inputs, names[position + 1])
+                if not base_tensor.dtype.is_floating_point:
+                    merged = base_tensor  # integer buffers are not merged
+                else:
+                    base32 = base_tensor.to(torch.float32)
+                    _check_finite(name, pool, base32, experts)
+                    merged = method.merge_tensor(name, pool.position(name), base32, experts)
+                    merged = merged.to(out_dtype)
+                if pending_write is not None:
+                    pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
+                pending_write = write_pool.submit(writer.write, name, merged)
+                del base_tensor, experts, merged
+            if pending_write is not None:
+                pending_write.result()
+            return writer.finish()
+        finally:
+            if pending_read is not None:
+                pending_read.cancel()
+            writer.abort()
 
 
 def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:
     for folder, tensor in zip(pool.folders(), [base, *experts], strict=True):
-        if not torch.isfinite(tensor).all():
+        # A sum is ~20× cheaper than isfinite().all() and is NaN/Inf whenever an entry is; only a
+        # suspicious sum (or an overflow of it) pays for the exact elementwise check.
+        if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
             raise CheckpointError(f"tensor {name!r} of {folder} contains NaN or Inf values",
                                   "this checkpoint is broken (diverged training?); use a healthy one")
 
@@ -195,13 +222,17 @@ def _peak_rss_mb() -> float:
 
 
 def versions() -> dict[str, str]:
-    import safetensors
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    return {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "safetensors": safetensors.__version__}
+    found = {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "safetensors", "peft", "scikit-learn"):
+        try:  # metadata, not import: importing transformers alone costs ~2 s
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str],

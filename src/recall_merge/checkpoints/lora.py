@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .reader import Checkpoint, read_safetensors_header
+from .reader import Checkpoint, read_safetensors_header, read_tensor
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -168,8 +168,4 @@ class _SafetensorsFile:
         self.names = list(self.header)
 
     def get(self, key: str) -> torch.Tensor:
-        info = self.header[key]
-        with open(self.path, "rb") as handle:
-            handle.seek(info.start)
-            data = bytearray(handle.read(info.nbytes))
-        return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+        return read_tensor(self.header[key], key)

@@ -176,19 +176,24 @@ class Checkpoint:
         if self._pickle_state is not None:
             return self._pickle_state[name]
         info = self.tensors[name]
-        buffer = bytearray(info.nbytes)
+        return read_tensor(info, name)
+
+
+def read_tensor(info: TensorInfo, name: str) -> torch.Tensor:
+    """Read one tensor's bytes straight into a fresh, uninitialised CPU buffer (no zero-fill,
+    no mmap page faults, nothing kept mapped afterwards)."""
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    if info.nbytes:
+        view = memoryview(buffer.numpy())
         with open(info.file, "rb", buffering=0) as handle:
             handle.seek(info.start)
-            view = memoryview(buffer)
             read = 0
             while read < info.nbytes:  # readinto may return short counts on large reads
                 count = handle.readinto(view[read:])
                 if not count:
                     raise CheckpointError(f"{info.file} ended while reading {name!r}", "re-download the file")
                 read += count
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(buffer, dtype=info.dtype).reshape(info.shape)
+    return buffer.view(info.dtype).reshape(info.shape)
 
 
 def _read_config(folder: Path) -> dict:

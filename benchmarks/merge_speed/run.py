@@ -1,0 +1,213 @@
+"""Merge speed and memory: recall-merge vs mergekit-yaml on the same inputs, plus the disk floor.
+
+Every measurement runs in its own subprocess under `/usr/bin/time`-style accounting (wall time
+and peak RSS from os.wait4), in one invocation of this script, so all numbers share a machine
+state. Inputs are SmolLM2-135M-Instruct plus N seeded perturbations of it (fp32, ~540 MB each),
+and optionally one synthetic Llama checkpoint of ≥ 2 GB.
+
+    python benchmarks/merge_speed/run.py --counts 2 4 8 --big
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results" / "merge_speed.json"
+
+
+def make_experts(base: Path, root: Path, count: int) -> list[Path]:
+    """N copies of the base with seeded Gaussian noise: same shapes and size as real experts."""
+    tensors = load_file(base / "model.safetensors")
+    folders = []
+    for k in range(count):
+        folder = root / f"expert{k}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            generator = torch.Generator().manual_seed(k)
+            noisy = {name: t + 1e-3 * torch.randn(t.shape, generator=generator) for name, t in tensors.items()}
+            save_file(noisy, folder / "model.safetensors", metadata={"format": "pt"})
+            for extra in base.iterdir():
+                if extra.suffix != ".safetensors":
+                    shutil.copy(extra, folder / extra.name)
+        folders.append(folder)
+    return folders
+
+
+def make_big_checkpoint(root: Path, name: str, seed: int, template: Path | None = None) -> Path:
+    """A synthetic Llama of ~2.1 GB fp32 (hidden 1536, 20 layers, vocab 32k), written in shards."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = root / name
+    if folder.exists():
+        return folder
+    config = LlamaConfig(hidden_size=1536, intermediate_size=4096, num_hidden_layers=20, num_attention_heads=12,
+                         num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    if template is not None:  # an "expert" of the first: same weights plus noise
+        state = load_state(template)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(state[n] + 1e-3 * torch.randn_like(p))
+    model.save_pretrained(folder, max_shard_size="1GB")
+    return folder
+
+
+def load_state(folder: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    return state
+
+
+def measure(command: list[str], env: dict | None = None) -> dict:
+    """Wall time and peak RSS (MB) of a subprocess, from wait4's rusage."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    stdout, stderr = process.communicate()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.decode()[-3000:]}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout.decode()[-2000:]}
+
+
+def drop_caches() -> None:
+    """Best effort: flush the page cache so no tool profits from another's reads."""
+    subprocess.run(["sync"], check=False)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+FLOOR_SCRIPT = r"""
+import sys, time, json
+from pathlib import Path
+paths = [Path(p) for p in sys.argv[2:]]
+out = Path(sys.argv[1])
+started = time.perf_counter()
+buf = bytearray(64 * 2**20)
+total = 0
+for folder in paths:
+    for file in sorted(folder.glob('*.safetensors')):
+        with open(file, 'rb', buffering=0) as handle:
+            while n := handle.readinto(buf):
+                total += n
+read_s = time.perf_counter() - started
+first = sorted(paths[0].glob('*.safetensors'))
+with open(out, 'wb') as sink:
+    for file in first:
+        with open(file, 'rb', buffering=0) as handle:
+            while n := handle.readinto(buf):
+                sink.write(memoryview(buf)[:n])
+    sink.flush()
+print(json.dumps({"read_s": read_s, "total_s": time.perf_counter() - started, "bytes_read": total}))
+"""
+
+
+def run_case(label: str, base: Path, experts: list[Path], work: Path, samples: Path,
+             methods: list[str]) -> dict:
+    results: dict = {"label": label, "num_models": len(experts) + 1}
+    drop_caches()
+    floor = measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.bin"), str(base), *map(str, experts)])
+    floor.update(json.loads(floor.pop("stdout").strip().splitlines()[-1]))
+    (work / "floor.bin").unlink()
+    results["disk_floor"] = floor
+    for method in methods:
+        output = work / f"out-{method}"
+        config = {"method": method, "base": str(base), "models": [str(e) for e in experts],
+                  "output": str(output), "seed": 0, "dtype": "float32"}
+        if method == "recall":
+            config["samples"] = str(samples)
+            config["parameters"] = {"num_typical": 8}
+        path = work / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        drop_caches()
+        run = measure([sys.executable, "-m", "recall_merge.cli", "merge", str(path), "--quiet", "--overwrite"])
+        report = json.loads((output / "recall_report.json").read_text())
+        run["merge_stage_s"] = report["run"]["timings"]["merge_s"]
+        run["plan_s"] = report["run"]["timings"]["plan_s"]
+        run.pop("stdout")
+        results[f"recall_merge_{method}"] = run
+        shutil.rmtree(output)
+    # mergekit's linear over the same models (base included, equal weights), CPU, no lazy pickle
+    mk_config = {"merge_method": "linear", "dtype": "float32",
+                 "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in [base, *experts]]}
+    mk_path = work / "mergekit.yaml"
+    mk_path.write_text(yaml.safe_dump(mk_config))
+    mk_out = work / "out-mergekit"
+    drop_caches()
+    mergekit = shutil.which("mergekit-yaml") or "mergekit-yaml"
+    run = measure([mergekit, str(mk_path), str(mk_out), "--copy-tokenizer", "--allow-crimes", "--out-shard-size", "2B"],
+                  env={"HF_HUB_OFFLINE": "1"})
+    run.pop("stdout")
+    results["mergekit_linear"] = run
+    shutil.rmtree(mk_out, ignore_errors=True)
+    ours, theirs = results["recall_merge_linear"], results["mergekit_linear"]
+    results["ratios"] = {
+        "our_linear_wall_over_mergekit": ours["wall_s"] / theirs["wall_s"],
+        "our_linear_merge_stage_over_disk_floor": ours["merge_stage_s"] / floor["total_s"],
+        "our_peak_rss_over_mergekit": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+    }
+    if "recall_merge_recall" in results:
+        results["ratios"]["our_recall_wall_over_mergekit_linear"] = (
+            results["recall_merge_recall"]["wall_s"] / theirs["wall_s"])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8], help="experts per merge (N)")
+    parser.add_argument("--big", action="store_true", help="also a synthetic ≥2 GB checkpoint pair")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recall-merge-speed")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    from recall_merge.checkpoints.packaged import materialise_smollm2
+    from recall_merge.testing import write_samples
+
+    base = materialise_smollm2(quiet=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    samples = write_samples(args.work / "samples.jsonl")
+    experts = make_experts(base, args.work / "experts", max(args.counts))
+    cases = []
+    for count in args.counts:
+        print(f"N = {count} experts + base", flush=True)
+        cases.append(run_case(f"smollm2 x{count + 1}", base, experts[:count], args.work, samples,
+                              ["linear", "recall"]))
+        print(json.dumps(cases[-1]["ratios"]), flush=True)
+    if args.big:
+        big_base = make_big_checkpoint(args.work, "big_base", 0)
+        big_expert = make_big_checkpoint(args.work, "big_expert", 1, template=big_base)
+        cases.append(run_case("synthetic 2.1 GB x2", big_base, [big_expert], args.work, samples, ["linear"]))
+        print(json.dumps(cases[-1]["ratios"]), flush=True)
+    import mergekit
+
+    document = {"benchmark": "merge_speed", "command": "python benchmarks/merge_speed/run.py " + " ".join(sys.argv[1:]),
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "versions": {"torch": torch.__version__, "mergekit": getattr(mergekit, "__version__", "0.1.5")},
+                "cases": cases}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

