@@ -70,6 +70,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     rss_after_plan = _peak_rss_mb()
 
     temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    _remove_stale_temporaries(output)
     if temp.exists():
         shutil.rmtree(temp)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,8 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                     pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
                 pending_write = write_pool.submit(writer.write, name, merged)
                 del base_tensor, experts, merged
+                if position == len(names) // 2:
+                    _crash_point("mid_stream")
             if pending_write is not None:
                 pending_write.result()
             return writer.finish()
@@ -189,16 +192,63 @@ def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> Non
 
 
 def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
-    """Rename the finished folder onto the target; an old output is swapped out, then removed."""
-    if output.exists():
-        if not overwrite:
-            raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
-        trash = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.replace(output, trash)
+    """Put the finished folder at the target path atomically.
+
+    A new target is a plain rename. An existing one (with ``overwrite``) is swapped with the new
+    folder in one ``renameat2(RENAME_EXCHANGE)`` call, so a crash at any instant leaves either the
+    old output or the new one at the target, never neither and never a partial one.
+    """
+    _crash_point("before_rename")
+    if not output.exists():
         os.replace(temp, output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(temp, output)
+        return
+    if not overwrite:
+        raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
+    if _exchange(temp, output):
+        shutil.rmtree(temp, ignore_errors=True)  # temp now holds the previous output
+        return
+    trash = output.parent / f".{output.name}.old-{os.getpid()}"
+    os.replace(output, trash)
+    os.replace(temp, output)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False where the call is unavailable."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = libc.renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return result == 0
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Delete temporary folders that killed runs left beside the output (their pid is gone)."""
+    if not output.parent.exists():
+        return
+    for candidate in output.parent.glob(f".{output.name}.*-*"):
+        pid_text = candidate.name.rsplit("-", 1)[-1]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: ``RECALL_MERGE_CRASH_AT=name`` kills this process with SIGKILL right here."""
+    if os.environ.get("RECALL_MERGE_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _copy_support_files(source: Path, target: Path, dtype: str) -> None:
