@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recall_merge.errors import RecallError
+
 TaskKind = Literal["classification", "multiple_choice", "generation"]
 Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rougeL"]
 
@@ -13,11 +15,22 @@ Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rougeL"]
 class Example:
     """One item. ``prompt`` is the task input already framed with the task's instruction (before
     any chat template). ``target`` is the gold answer text. ``choices`` lists the candidate answers
-    for classification and multiple choice (``target`` is one of them); None for generation."""
+    for classification and multiple choice (``target`` is one of them); None for generation.
+    ``references`` lists every acceptable gold answer when there are several (SQuAD-style
+    answers, BIG-bench target lists), ``target`` first; empty means ``target`` alone."""
 
     prompt: str
     target: str
     choices: tuple[str, ...] | None = None
+    references: tuple[str, ...] = ()
+
+    def gold_answers(self) -> tuple[str, ...]:
+        """Every acceptable answer: ``references`` if given, else just ``target``."""
+        return self.references or (self.target,)
+
+
+class DataError(RecallError):
+    """A task's data is missing, unreadable, or not in the schema its source expects."""
 
 
 @dataclass
