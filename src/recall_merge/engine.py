@@ -68,6 +68,8 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     method.plan(pool, quiet=quiet)
     timings["plan_s"] = time.perf_counter() - stage
     rss_after_plan = _peak_rss_mb()
+    # Built now, written at the end: an unsupported export fails before the streaming merge.
+    mergekit_document = _mergekit_document(method, config, pool) if emit_mergekit else None
 
     temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     _remove_stale_temporaries(output)
@@ -84,7 +86,9 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
         (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
         if emit_mergekit is not None:
-            _emit_mergekit(method, config, pool, emit_mergekit)
+            import yaml
+
+            Path(emit_mergekit).write_text(yaml.safe_dump(mergekit_document, sort_keys=False))
         _move_into_place(temp, output, overwrite)
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
@@ -308,10 +312,7 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
     return report
 
 
-def _emit_mergekit(method, config: MergeConfig, pool: ModelPool, path: Path) -> None:
-    import yaml
-
+def _mergekit_document(method, config: MergeConfig, pool: ModelPool) -> dict[str, Any]:
     from .mergekit_interop import to_mergekit
 
-    document = to_mergekit(method, config, pool)
-    Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
+    return to_mergekit(method, config, pool)

@@ -26,8 +26,9 @@ class TensorPosition:
     """Where a tensor sits in the network.
 
     ``layer`` is the decoder-block index for ``kind == "block"``; ``depth`` is the relative depth in
-    [0, 1] used to interpolate per-layer weight gradients (mergekit convention: blocks at
-    layer / (num_layers - 1), embeddings at 0, final norm and head at 1).
+    [0, 1]: blocks at layer / (num_layers - 1), embeddings at 0, final norm and head at 1. (mergekit
+    reads gradients at t = 0 for the head and norm too; the classic methods use
+    ``ops.mergekit_t`` to match it exactly.)
     """
 
     kind: TensorKind
