@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the available merge methods")
     methods.set_defaults(command="methods")
 
+    analyze = sub.add_parser("analyze", help="representation analysis: layer and model similarities, plots")
+    analyze.add_argument("models", nargs="+", help="model folders or names; the first is the base")
+    analyze.add_argument("--samples", type=Path, required=True, help=".jsonl with \"text\" or .txt")
+    analyze.add_argument("--output", type=Path, default=Path("analysis"), help="folder for JSON, PNG, SVG")
+    analyze.add_argument("--num-samples", type=int, default=64, help="samples used (seeded subset)")
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--quiet", action="store_true")
+
+    report = sub.add_parser("report", help="write one self-contained HTML page for a merge or a run")
+    report.add_argument("run_dir", type=Path, help="a merge output folder or a continual run folder")
+    report.add_argument("--output", type=Path, help="HTML path (default: RUN_DIR/report.html)")
+
     continual = sub.add_parser("continual", help="run a continual-learning sequence from a YAML config")
     continual.add_argument("config", type=Path)
     continual.add_argument("--quiet", action="store_true")
@@ -93,6 +105,18 @@ def _run(args: argparse.Namespace) -> int:
         from .methods import available_methods
 
         print("\n".join(available_methods()))
+        return 0
+    if args.command == "analyze":
+        from .reports.analyze import run_analyze
+
+        path = run_analyze(models=args.models, samples=args.samples, output=args.output,
+                           num_samples=args.num_samples, seed=args.seed, quiet=args.quiet)
+        print(path)
+        return 0
+    if args.command == "report":
+        from .reports.html import write_report
+
+        print(write_report(args.run_dir, args.output))
         return 0
     if args.command == "continual":
         from .continual.runner import main as continual_main

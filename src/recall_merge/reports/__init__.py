@@ -1,0 +1,1 @@
+"""Plots, representation analysis and self-contained HTML reports."""
