@@ -204,3 +204,41 @@ def test_cli_merge_writes_output_and_refuses_to_overwrite(tiny_models, tmp_path,
     assert cli_main(["merge", str(config_path), "--quiet", "--overwrite"]) == 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("variant", ["task_vector", "ties"])
+def test_task_vector_variants_with_uniform_alpha_equal_task_arithmetic_and_ties(variant, tiny_models, tmp_path):
+    """With τ → ∞ (uniform α) the task-vector variants reduce to the classic methods exactly."""
+    experts = [tiny_models["e1"], tiny_models["e2"]]
+    recall = merge(_recall_config(tiny_models, experts, tmp_path / "recall", variant=variant,
+                                  temperature=1e9, scale=0.7, density=0.3), quiet=True)
+    classic_method = "task_arithmetic" if variant == "task_vector" else "ties"
+    parameters = {"lambda": 0.7} if variant == "task_vector" else {"lambda": 0.7, "density": 0.3}
+    classic = merge({"method": classic_method, "base": str(tiny_models["base"]),
+                     "models": [str(e) for e in experts], "output": str(tmp_path / "classic"),
+                     "parameters": parameters}, quiet=True)
+    ours, theirs = _state(recall.output), _state(classic.output)
+    for name in ours:
+        assert (ours[name] - theirs[name]).abs().max() <= 1e-5, name
+
+
+def test_newest_share_and_standardize_shape_the_weights():
+    from recall_merge.methods.recall import mean_expert_agreement, weights_from_row
+
+    row = torch.tensor([0.90, 0.95, 1.0], dtype=torch.float64)
+    shared = weights_from_row(row, 1.0, newest_share=0.5)
+    assert shared[-1] == pytest.approx(0.5) and shared.sum() == pytest.approx(1.0)
+    assert shared[1] > shared[0]  # the more similar old model gets more of the rest
+    plain = weights_from_row(row, 1.0)
+    standardized = weights_from_row(row, 1.0, standardize=True)
+    assert standardized[-1] > plain[-1]  # z-scores spread tiny differences out
+    similarity = torch.tensor([[1.0, 0.5, 0.4], [0.5, 1.0, 0.8], [0.4, 0.8, 1.0]], dtype=torch.float64)
+    assert mean_expert_agreement(similarity) == pytest.approx(0.8)
+
+
+def test_agreement_strength_averages_to_one_and_is_reported(tiny_models, tmp_path):
+    experts = [tiny_models["e1"], tiny_models["e2"]]
+    result = merge(_recall_config(tiny_models, experts, tmp_path / "out", variant="task_vector",
+                                  strength="agreement", similarity_space="shifts"), quiet=True)
+    strengths = [layer["strength"] for layer in result.report["layers"]]
+    assert sum(strengths) / len(strengths) == pytest.approx(1.0)

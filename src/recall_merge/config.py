@@ -25,10 +25,11 @@ class _Strict(BaseModel):
 class RecallParameters(_Strict):
     """Options of RECALL. Defaults marked *choice* in RECALL_METHOD.md are documented in the README."""
 
-    variant: Literal["paper", "task_vector"] = Field(
+    variant: Literal["paper", "task_vector", "ties"] = Field(
         "paper",
         description="paper: θ_j = Σ_k α_j^(k) θ_j^(k) over M_0..M_N. task_vector: α renormalised over "
-        "the experts and applied to task vectors, θ_j = θ_base + λ·N·Σ_k α_j^(k) τ_j^(k).",
+        "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
+        "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean).",
     )
     num_typical: int = Field(20, ge=1, description="number of clusters m = number of typical samples")
     selection: Literal["kmeans", "random"] = "kmeans"
@@ -44,7 +45,18 @@ class RecallParameters(_Strict):
     per_layer: bool = Field(True, description="False: one global α (mean over layers) for every layer")
     embeddings: Literal["first_layer", "mean"] = "first_layer"
     head: Literal["last_layer", "mean"] = "last_layer"
-    scale: float = Field(1.0, gt=0, description="λ of the task_vector variant")
+    scale: float = Field(1.0, gt=0, description="λ of the task_vector and ties variants")
+    density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries kept")
+    similarity_space: Literal["states", "shifts"] = Field(
+        "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
+    standardize: bool = Field(False, description="z-score M_N's similarity row per layer before the "
+                              "softmax, so τ is scale-free")
+    newest_share: float | None = Field(
+        None, gt=0, lt=1, description="fixed share of the weight for M_N; the other models split the rest "
+        "by softmax of their similarity to M_N (removes M_N's self-similarity bias)")
+    strength: Literal["none", "agreement"] = Field(
+        "none", description="agreement: per-layer task-vector strength λ_j ∝ mean similarity among the "
+        "experts at layer j (mean 1 over layers), for the task_vector and ties variants")
     max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
     batch_size: int = Field(8, ge=1)
 

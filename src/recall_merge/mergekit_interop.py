@@ -332,6 +332,11 @@ def to_mergekit(method: MergeMethod, config: MergeConfig, pool: ModelPool) -> di
             alpha = method.alpha_for(TensorPosition(position.kind, None, position.depth))
             outside[name] = [float(a) for a in alpha]
     params = method.parameters
+    if params.variant == "ties" or params.strength != "none":
+        raise ConfigError(
+            f"RECALL's {params.variant} variant with strength {params.strength!r} has no mergekit "
+            "equivalent (per-layer TIES weights and per-layer λ cannot be expressed there)",
+            "emit mergekit configs for variant paper or task_vector with strength none")
     return recall_alpha_to_mergekit(
         alpha_per_layer.tolist(), base, models, include_base=params.include_base, outside_blocks=outside,
         variant=params.variant, scale=params.scale, dtype=config.dtype,

@@ -18,7 +18,35 @@ from ..representations import states_for_all_models
 from ..samples import read_samples
 from ..similarity import similarity_matrix, softmax_weights
 from ..typical import select_typical
+from . import ops
 from .base import MergeMethod, TensorPosition, register
+
+
+def weights_from_row(row: torch.Tensor, temperature: float, *, standardize: bool = False,
+                     newest_share: float | None = None) -> torch.Tensor:
+    """α over the included models from M_N's similarity row (M_N last).
+
+    standardize: z-score the row first, so τ acts on a scale-free score. newest_share: M_N gets
+    that fixed share and the others split the rest by softmax over their own similarities to M_N,
+    which removes the self-similarity bias (S[N, N] = 1 by construction).
+    """
+    scores = row.to(torch.float64)
+    if standardize and scores.numel() > 1:
+        spread = scores.std()
+        scores = (scores - scores.mean()) / spread if spread > 0 else torch.zeros_like(scores)
+    if newest_share is None or scores.numel() == 1:
+        return softmax_weights(scores, temperature)
+    others = softmax_weights(scores[:-1], temperature) * (1.0 - newest_share)
+    return torch.cat([others, torch.tensor([newest_share], dtype=torch.float64)])
+
+
+def mean_expert_agreement(similarity: torch.Tensor) -> float:
+    """Mean off-diagonal similarity among the experts M_1..M_N (1.0 with a single expert)."""
+    experts = similarity[1:, 1:]
+    count = experts.shape[0]
+    if count < 2:
+        return 1.0
+    return float((experts.sum() - experts.diagonal().sum()) / (count * (count - 1)))
 
 
 @register
@@ -33,6 +61,7 @@ class RecallMethod(MergeMethod):
             raise ConfigError("method recall needs `samples`: the newest task's inputs",
                               "add `samples: PATH` (.jsonl with a \"text\" field, or .txt one per line)")
         self.alpha_per_layer: torch.Tensor | None = None  # (num_layers, N + 1), float64
+        self.strength_per_layer: torch.Tensor | None = None  # (num_layers,), task-vector variants
         self.layer_reports: list[dict[str, Any]] = []
         self.typical: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
@@ -67,11 +96,17 @@ class RecallMethod(MergeMethod):
         params: RecallParameters = self.parameters
         included = list(range(newest + 1)) if params.include_base else list(range(1, newest + 1))
         alphas = torch.zeros(self.num_layers, newest + 1, dtype=torch.float64)
+        agreement = torch.ones(self.num_layers, dtype=torch.float64)
         for layer in range(self.num_layers):
             layer_states = torch.stack([states[k][layer + 1] for k in range(newest + 1)])  # (K, m, d)
+            if params.similarity_space == "shifts":
+                layer_states = layer_states - layer_states[0:1]
             similarity, sigma = similarity_matrix(layer_states, params.kernel, params.aggregation,
                                                   params.bandwidth)
-            alphas[layer, included] = softmax_weights(similarity[newest, included], params.temperature)
+            alphas[layer, included] = weights_from_row(similarity[newest, included], params.temperature,
+                                                       standardize=params.standardize,
+                                                       newest_share=params.newest_share)
+            agreement[layer] = mean_expert_agreement(similarity)
             self.layer_reports.append({
                 "index": layer,
                 "similarity": similarity[newest].tolist(),
@@ -80,8 +115,11 @@ class RecallMethod(MergeMethod):
             })
         if not params.per_layer:
             alphas[:] = alphas.mean(dim=0, keepdim=True)
+        self.strength_per_layer = (agreement / agreement.mean() if params.strength == "agreement"
+                                   else torch.ones(self.num_layers, dtype=torch.float64))
         for layer, entry in enumerate(self.layer_reports):
             entry["alpha"] = alphas[layer].tolist()
+            entry["strength"] = float(self.strength_per_layer[layer])
         return alphas
 
     # ------------------------------------------------------------------------------ merging
@@ -97,22 +135,36 @@ class RecallMethod(MergeMethod):
             return alphas[-1] if params.head == "last_layer" else alphas.mean(dim=0)
         return alphas.mean(dim=0)
 
+    def strength_for(self, position: TensorPosition) -> float:
+        strengths = self.strength_per_layer
+        if position.kind == "block":
+            return float(strengths[position.layer])
+        if position.kind == "embedding":
+            return float(strengths[0])
+        if position.kind in ("head", "norm"):
+            return float(strengths[-1])
+        return float(strengths.mean())
+
     def merge_tensor(self, name: str, position: TensorPosition, base: torch.Tensor,
                      experts: list[torch.Tensor]) -> torch.Tensor:
         alpha = self.alpha_for(position)
         params: RecallParameters = self.parameters
-        if params.variant == "task_vector":
-            expert_alpha = alpha[1:] / alpha[1:].sum()
-            scale = params.scale * len(experts)
-            merged = base.clone()
-            for weight, tensor in zip(expert_alpha.tolist(), experts, strict=True):
-                merged.add_(tensor - base, alpha=scale * weight)
+        if params.variant == "paper":
+            merged = torch.zeros_like(base)
+            for weight, tensor in zip(alpha.tolist(), [base, *experts], strict=True):
+                if weight != 0.0:
+                    merged.add_(tensor, alpha=weight)
             return merged
-        merged = torch.zeros_like(base)
-        for weight, tensor in zip(alpha.tolist(), [base, *experts], strict=True):
-            if weight != 0.0:
-                merged.add_(tensor, alpha=weight)
-        return merged
+        # Task-vector forms: mass over the experts is preserved (uniform α = task arithmetic).
+        expert_alpha = alpha[1:] / alpha[1:].sum()
+        weights = (expert_alpha * len(experts)).to(torch.float32)
+        scale = params.scale * self.strength_for(position)
+        deltas = ops.task_vectors(base, experts)
+        if params.variant == "ties":
+            deltas = torch.stack([ops.magnitude_sparsify(delta, params.density) for delta in deltas])
+            return ops.combine_task_vectors(base, deltas, weights, consensus="sum", normalize=True,
+                                            scale=scale)
+        return ops.combine_task_vectors(base, deltas, weights, consensus=None, normalize=False, scale=scale)
 
     def report(self) -> dict[str, Any]:
         params: RecallParameters = self.parameters
