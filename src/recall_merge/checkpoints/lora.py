@@ -92,6 +92,8 @@ class LoraAdapter:
         self._check_shapes(base)
 
     def _base_name(self, name: str, base: Checkpoint) -> str:
+        # PEFT wraps targeted layers; their own weights are saved under "<module>.base_layer.".
+        name = name.replace(".base_layer.", ".")
         if name in base.tensors:
             return name
         # Some PEFT versions save keys without the model's own "model." prefix or with it twice.

@@ -1,0 +1,211 @@
+"""Typed configuration of ``recall continual CONFIG.yaml`` (validated before any weight is read)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import _explain
+from ..errors import ConfigError
+
+StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
+Library = Literal["experts", "previous"]
+FinetuneFrom = Literal["base", "previous"]
+TINY_RANDOM = "tiny-random"  # a model ref: a SYNTHETIC 2-block random Llama built in the run folder
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingConfig(_Strict):
+    """How each model is fine-tuned. EWC, LwF and replay options are read by those strategies."""
+
+    mode: Literal["lora", "full"] = "lora"
+    top_k_blocks: int | None = Field(None, ge=1, description="train only the last k decoder blocks")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(256, ge=8, description="tokens per training example (prompt cut left)")
+    ewc_lambda: float = Field(100.0, ge=0, description="EWC: weight of the quadratic penalty")
+    ewc_samples: int = Field(64, ge=1, description="EWC: training examples used for the Fisher")
+    lwf_alpha: float = Field(1.0, ge=0, description="LwF: weight of the distillation term")
+    lwf_temperature: float = Field(2.0, gt=0, description="LwF: softmax temperature")
+    replay_per_task: int = Field(16, ge=1, description="replay: examples kept from each old task")
+    progress: bool = Field(True, description="tqdm bar with the running loss")
+
+
+class EvaluationConfig(_Strict):
+    split: Literal["test", "dev"] = "test"
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(256, ge=8)
+    max_new_tokens: int = Field(32, ge=1)
+
+
+class StrategyConfig(_Strict):
+    """One strategy. Strings in the YAML are shorthands (see :func:`parse_shorthand`)."""
+
+    kind: StrategyKind
+    name: str | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of `training`")
+    method: str | None = Field(None, description="merge: method name, or 'all'")
+    library: Library | Literal["*"] = "experts"
+    finetune_from: FinetuneFrom | Literal["*"] = "base"
+    parameters: dict[str, Any] | None = Field(None, description="merge: the method's parameters")
+
+
+class ContinualConfig(_Strict):
+    model: str = Field(description="HF folder, packaged name (smollm2) or 'tiny-random' (synthetic)")
+    tasks: list[str | dict[str, Any]] = Field(
+        min_length=1, description="task specs in learning order (strings or registry dicts)")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="extra load_task kwargs (over n_train/n_dev/n_test)")
+    max_train: int = Field(256, ge=1)
+    max_dev: int = Field(32, ge=1)
+    max_test: int = Field(100, ge=1)
+    strategies: list[StrategyConfig | str] = Field(min_length=1)
+    merge_parameters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="method name -> parameters, for merges that set none")
+    merge_samples: int = Field(64, ge=1, description="newest-task train prompts given to a merge")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    seed: int = 0
+    device: str = Field("cpu", description="torch device for training, scoring and merging")
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A concrete strategy after shorthand and 'all' expansion."""
+
+    name: str
+    kind: StrategyKind
+    training: TrainingConfig
+    method: str | None = None
+    library: Library = "experts"
+    finetune_from: FinetuneFrom = "base"
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_old_data(self) -> bool:
+        return self.kind in ("replay", "joint")
+
+
+def parse_shorthand(text: str) -> StrategyConfig:
+    """``sequential``, ``sequential_full``, ``ewc``, ``lwf``, ``replay``, ``joint``, ``expert``
+    (each with an optional ``_full`` or ``_lora`` suffix that sets the training mode), or
+    ``merge:METHOD[:LIBRARY[:FINETUNE_FROM]]`` where METHOD may be ``all`` and the protocol parts
+    may be ``*`` (both)."""
+    if text.startswith("merge:"):
+        parts = text.split(":")[1:]
+        if not 1 <= len(parts) <= 3 or not parts[0]:
+            raise ConfigError(f"strategy {text!r} is not merge:METHOD[:LIBRARY[:FINETUNE_FROM]]",
+                              "write e.g. merge:recall or merge:ties:previous:base")
+        values: dict[str, Any] = {"kind": "merge", "method": parts[0]}
+        if len(parts) > 1:
+            values["library"] = parts[1]
+        if len(parts) > 2:
+            values["finetune_from"] = parts[2]
+        return _validate(StrategyConfig, values, prefix=f"strategy {text!r}: ")
+    kind, mode = text, None
+    for suffix in ("_full", "_lora"):
+        if text.endswith(suffix):
+            kind, mode = text[: -len(suffix)], suffix[1:]
+    values = {"kind": kind, "name": text, "training": {"mode": mode} if mode else {}}
+    return _validate(StrategyConfig, values, prefix=f"strategy {text!r}: ")
+
+
+def _validate(model: type[BaseModel], values: dict[str, Any], prefix: str = "") -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = _explain(exc, model)
+        raise ConfigError(prefix + error.problem, error.fix) from None
+
+
+def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None = None) -> list[Strategy]:
+    """Concrete strategies in config order; ``merge_methods`` is what ``method: all`` means."""
+    strategies: list[Strategy] = []
+    for entry in config.strategies:
+        spec = parse_shorthand(entry) if isinstance(entry, str) else entry
+        training = _validate(TrainingConfig, {**config.training.model_dump(), **spec.training},
+                             prefix="training overrides: ")
+        if spec.kind != "merge":
+            name = spec.name or spec.kind
+            strategies.append(Strategy(name, spec.kind, training))
+            continue
+        if not spec.method:
+            raise ConfigError("a merge strategy needs `method`", "add method: recall (or ties, ...)")
+        methods = [spec.method] if spec.method != "all" else list(merge_methods or [])
+        libraries = ["experts", "previous"] if spec.library == "*" else [spec.library]
+        starts = ["base", "previous"] if spec.finetune_from == "*" else [spec.finetune_from]
+        for method in methods:
+            for library in libraries:
+                for start in starts:
+                    name = spec.name if spec.name and len(methods) * len(libraries) * len(starts) == 1 \
+                        else f"merge:{method}:{library}:{start}"
+                    parameters = spec.parameters if spec.parameters is not None \
+                        else config.merge_parameters.get(method, {})
+                    strategies.append(Strategy(name, "merge", training, method, library, start,
+                                               dict(parameters)))
+    names = [s.name for s in strategies]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"strategy names repeat: {', '.join(duplicates)}",
+                          "give each strategy its own `name`")
+    return strategies
+
+
+def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfig:
+    """Read and validate a continual config; relative paths resolve against the file's folder."""
+    base_dir = Path.cwd()
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist", "check the path")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}",
+                              "fix the YAML syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping",
+                              "see examples/continual_tiny.yaml")
+        base_dir = path.parent.resolve()
+    config = _validate(ContinualConfig, raw)
+    update: dict[str, Any] = {}
+    if not config.run_dir.is_absolute():
+        update["run_dir"] = (base_dir / config.run_dir).resolve()
+    model_path = base_dir / config.model
+    if config.model != TINY_RANDOM and not Path(config.model).is_absolute() and model_path.exists():
+        update["model"] = str(model_path.resolve())
+    tasks = [_resolve_local(spec, base_dir) for spec in config.tasks]
+    if tasks != config.tasks:
+        update["tasks"] = tasks
+    config = config.model_copy(update=update)
+    expand_strategies(config, merge_methods=[])  # shorthand and name errors now, not mid-run
+    return config
+
+
+def _resolve_local(spec: str | dict[str, Any], base_dir: Path) -> str | dict[str, Any]:
+    """Relative paths of local task files resolve against the config file's folder."""
+    if isinstance(spec, dict):
+        path = spec.get("path")
+        if isinstance(path, str) and not Path(path).is_absolute():
+            return {**spec, "path": str((base_dir / path).resolve())}
+        return spec
+    if spec.startswith("local:") and not Path(spec[len("local:"):]).is_absolute():
+        return "local:" + str((base_dir / spec[len("local:"):]).resolve())
+    return spec

@@ -1,0 +1,516 @@
+"""The continual-learning loop: strategies × steps, every finished stage durable on disk.
+
+Run folder layout (``run_dir``)::
+
+    config.json                    the validated config; a rerun with another config is refused
+    base_model/                    only for model: tiny-random (SYNTHETIC)
+    samples/stepI.jsonl            newest task's train prompts, given to the merges at step I
+    experts/TRAINKEY/stepI/        expert of task I fine-tuned from the base (shared by strategies)
+    strategies/NAME/stepI/         the model of strategy NAME after step I (adapter or HF folder)
+    strategies/NAME/expertI/       merges fine-tuned from the previous merge: that expert
+    evals/KEY.json                 scores of one model on every task
+    results.json, results.csv
+
+A stage is built in ``PATH.partial`` and renamed to ``PATH`` when complete; a stage whose ``PATH``
+exists is skipped, so re-running the same command after a crash or Ctrl-C continues where it
+stopped. Every stage reads its inputs from disk and seeds itself from (seed, stage name), so a
+resumed run ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.task import Example, Task
+from ..errors import ConfigError, RecallError
+from . import metrics
+from .config import TINY_RANDOM, ContinualConfig, Strategy, expand_strategies, load_continual_config
+
+ABORT_ENV = "RECALL_CONTINUAL_ABORT_AFTER"  # test hook: hard-exit after this many new stages
+ABORT_EXIT_CODE = 75
+_UNCOMPARED = ("run_dir",)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model on disk: a full HF folder, or a base folder plus a PEFT adapter folder."""
+
+    folder: Path
+    adapter: Path | None = None
+
+    @property
+    def merge_ref(self) -> str:
+        """What the merge engine is given for this model (adapters are read against the base)."""
+        return str(self.adapter or self.folder)
+
+
+def stable_seed(seed: int, key: str) -> int:
+    return zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+class ContinualRun:
+    """One run folder. ``run()`` builds every missing stage and writes the results."""
+
+    def __init__(self, config: ContinualConfig, quiet: bool = False) -> None:
+        self.config = config
+        self.quiet = quiet
+        self.root = config.run_dir
+        self.new_stages = 0
+        self._abort_after = int(os.environ[ABORT_ENV]) if os.environ.get(ABORT_ENV) else None
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[continual] {message}", file=sys.stderr, flush=True)
+
+    def _stage_finished(self, name: str, started: float) -> None:
+        self.new_stages += 1
+        self.log(f"done: {name} ({time.perf_counter() - started:.1f} s)")
+        if self._abort_after is not None and self.new_stages >= self._abort_after:
+            print(f"[continual] {ABORT_ENV}={self._abort_after}: exiting after {name}",
+                  file=sys.stderr, flush=True)
+            os._exit(ABORT_EXIT_CODE)
+
+    def folder_stage(self, relative: str, build: Callable[[Path], None], create: bool = True) -> Path:
+        """``run_dir/relative``, built by ``build(partial_folder)`` unless it already exists."""
+        final = self.root / relative
+        if final.exists():
+            return final
+        started = time.perf_counter()
+        partial = final.with_name(final.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)  # left by an interrupted run
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            partial.mkdir()
+        build(partial)
+        os.replace(partial, final)
+        self._stage_finished(relative, started)
+        return final
+
+    def json_stage(self, relative: str, compute: Callable[[], Any]) -> Any:
+        path = self.root / relative
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        started = time.perf_counter()
+        data = compute()
+        _write_json(path, data)
+        self._stage_finished(relative, started)
+        return data
+
+    def _discard_partials(self) -> None:
+        """Remove stages left half-written by an interrupted run (they are rebuilt)."""
+        for partial in sorted(self.root.rglob("*.partial"), reverse=True):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            elif partial.exists():
+                partial.unlink()
+
+    def _check_config(self) -> None:
+        """Refuse to mix two configs in one run folder (their stages would not match)."""
+        current = comparable_config(self.config)
+        path = self.root / "config.json"
+        if path.exists():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored != current:
+                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+                raise ConfigError(
+                    f"run folder {str(self.root)!r} holds a run of another config "
+                    f"(differs in: {', '.join(changed)})",
+                    "use a new run_dir, or delete the old folder to start over")
+        else:
+            _write_json(path, current)
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def base_folder(self) -> Path:
+        if self.config.model == TINY_RANDOM:
+            from ..testing import make_tiny_llama
+
+            return self.folder_stage("base_model",
+                                     lambda tmp: make_tiny_llama(tmp, seed=self.config.seed))
+        try:
+            from ..checkpoints.packaged import resolve_model_ref
+        except ImportError:
+            return Path(self.config.model)
+        return resolve_model_ref(self.config.model)
+
+    def load_tasks(self) -> list[Task]:
+        tasks = [load_any_task(spec, self.config) for spec in self.config.tasks]
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"task names repeat: {names}", "list each task once")
+        return tasks
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per stage drowns the log
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        self._discard_partials()
+        self.tasks = self.load_tasks()
+        self.base = self.base_folder()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base)
+        strategies = expand_strategies(self.config, merge_methods=_classic_and_recall_methods())
+        base_scores = self.evaluate(ModelState(self.base), "base")
+        methods: dict[str, Any] = {}
+        for strategy in strategies:
+            self.log(f"strategy {strategy.name}")
+            try:
+                rows = self.run_strategy(strategy)
+            except RecallError as exc:  # one broken merge method must not end the whole run
+                self.log(f"strategy {strategy.name} failed: {exc}")
+                methods[strategy.name] = {"error": str(exc), **describe(strategy)}
+                continue
+            matrix = [base_scores] + rows
+            methods[strategy.name] = {**metrics.summarise(matrix), **describe(strategy)}
+        results = self.results(methods)
+        _write_json(self.root / "results.json", results)
+        write_csv(self.root / "results.csv", results)
+        return results
+
+    def results(self, methods: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "tasks": [{"spec": spec, "name": t.name, "kind": t.kind, "metric": t.metric,
+                       "synthetic": bool(t.meta.get("synthetic")),
+                       "num_train": len(t.train), "num_eval": len(self.eval_examples(t))}
+                      for spec, t in zip(self.config.tasks, self.tasks, strict=True)],
+            "rows": ["base"] + [f"after step {i} ({t.name})" for i, t in enumerate(self.tasks, 1)],
+            "normalisation": metrics.NORMALISATION,
+            "methods": methods,
+            "seed": self.config.seed,
+            "config": self.config.model_dump(mode="json"),
+            "versions": versions(),
+        }
+
+    def eval_examples(self, task: Task) -> list[Example]:
+        return list(getattr(task, self.config.evaluation.split))
+
+    def evaluate(self, state: ModelState, key: str) -> list[float]:
+        """Scores (the task's own metric) of ``state`` on every task, as one durable stage."""
+        def compute() -> dict[str, Any]:
+            from .scoring import score_task
+            from .training import load_causal_lm
+
+            model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
+            ev = self.config.evaluation
+            return {task.name: score_task(model, self.tokenizer, task, self.eval_examples(task),
+                                          ev.batch_size, ev.max_length, ev.max_new_tokens)
+                    for task in self.tasks}
+
+        scores = self.json_stage(f"evals/{_slug(key)}.json", compute)
+        return [scores[task.name]["score"] for task in self.tasks]
+
+    def run_strategy(self, strategy: Strategy) -> list[list[float]]:
+        """The T rows R[1..T] of one strategy."""
+        if strategy.kind == "merge":
+            states = self.merge_states(strategy)
+        elif strategy.kind == "expert":
+            states = [self.expert_from_base(strategy, i) for i in range(1, len(self.tasks) + 1)]
+        else:
+            states = self.trained_states(strategy)
+        return [self.evaluate(state, self._eval_key(state)) for state in states]
+
+    def _eval_key(self, state: ModelState) -> str:
+        path = state.adapter or state.folder
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else "base"
+
+    # --- training stages -------------------------------------------------------------------
+
+    def _state_of(self, folder: Path, strategy: Strategy) -> ModelState:
+        return ModelState(self.base, folder) if strategy.training.mode == "lora" else ModelState(folder)
+
+    def train_stage(self, relative: str, strategy: Strategy, examples: list[Example],
+                    start: ModelState, continue_adapter: bool, *, ewc_from: Path | None = None,
+                    teacher: ModelState | None = None, with_ewc: bool = False,
+                    merged_output: bool = False) -> Path:
+        """Fine-tune from ``start`` on ``examples`` and save to ``run_dir/relative``.
+
+        ``continue_adapter``: keep training ``start``'s LoRA adapter instead of a new one.
+        ``merged_output``: save a full HF folder (adapter merged in) instead of an adapter."""
+        def build(tmp: Path) -> None:
+            from .training import (
+                EwcState,
+                fisher_diagonal,
+                load_causal_lm,
+                make_trainable,
+                save_merged,
+                save_model,
+                train,
+                update_ewc,
+            )
+
+            training = strategy.training
+            seed = stable_seed(self.config.seed, relative)
+            device = self.config.device
+            if continue_adapter and start.adapter is not None:
+                model = make_trainable(load_causal_lm(start.folder, device=device), training,
+                                       adapter=start.adapter)
+            else:
+                model = make_trainable(load_causal_lm(start.folder, start.adapter, device=device),
+                                       training, seed=seed)
+            ewc = EwcState.load(ewc_from, device) if ewc_from is not None else None
+            teacher_model = (load_causal_lm(teacher.folder, teacher.adapter, device=device)
+                             if teacher else None)
+            if teacher_model is not None:
+                teacher_model.eval().requires_grad_(False)
+            loss = train(model, self.tokenizer, examples, training, seed, description=relative,
+                         ewc=ewc, teacher=teacher_model)
+            if with_ewc:
+                fisher = fisher_diagonal(model, self.tokenizer, examples, training)
+                update_ewc(model, ewc, fisher).save(tmp / "ewc.safetensors")
+            (save_merged if merged_output else save_model)(model, self.tokenizer, tmp)
+            _write_json(tmp / "training.json", {"loss": loss, "examples": len(examples),
+                                                "seed": seed})
+            self.log(f"trained {relative}: loss {loss:.4f}")
+
+        return self.folder_stage(relative, build)
+
+    def expert_from_base(self, strategy: Strategy, step: int) -> ModelState:
+        """Task ``step``'s expert, fine-tuned from the base; shared by strategies that train alike."""
+        relative = f"experts/{training_key(strategy)}/step{step}"
+        folder = self.train_stage(relative, strategy, self.tasks[step - 1].train,
+                                  ModelState(self.base), continue_adapter=False)
+        return self._state_of(folder, strategy)
+
+    def trained_states(self, strategy: Strategy) -> list[ModelState]:
+        """Sequential fine-tuning and its EWC / LwF / replay variants, and joint training."""
+        states: list[ModelState] = []
+        previous = ModelState(self.base)
+        for step, task in enumerate(self.tasks, 1):
+            relative = f"strategies/{_slug(strategy.name)}/step{step}"
+            kwargs: dict[str, Any] = {}
+            examples = list(task.train)
+            start, continue_adapter = previous, step > 1
+            if strategy.kind == "joint":
+                examples = [ex for t in self.tasks[:step] for ex in t.train]
+                start, continue_adapter = ModelState(self.base), False
+            elif strategy.kind == "replay":
+                examples += self.replay_buffer(strategy, step)
+            elif strategy.kind == "ewc":
+                kwargs["with_ewc"] = True
+                if step > 1:
+                    kwargs["ewc_from"] = (previous.adapter or previous.folder) / "ewc.safetensors"
+            elif strategy.kind == "lwf" and step > 1:
+                kwargs["teacher"] = previous
+            folder = self.train_stage(relative, strategy, examples, start, continue_adapter, **kwargs)
+            previous = self._state_of(folder, strategy)
+            states.append(previous)
+        return states
+
+    def replay_buffer(self, strategy: Strategy, step: int) -> list[Example]:
+        """``replay_per_task`` seeded train examples of every task before ``step`` (old data)."""
+        buffer: list[Example] = []
+        for index, task in enumerate(self.tasks[: step - 1], 1):
+            rng = random.Random(stable_seed(self.config.seed, f"replay:{strategy.name}:{index}"))
+            count = min(strategy.training.replay_per_task, len(task.train))
+            buffer += rng.sample(list(task.train), count)
+        return buffer
+
+    # --- merge stages ----------------------------------------------------------------------
+
+    def samples_file(self, step: int) -> Path:
+        """The newest task's train prompts, as the merge engine's ``samples`` .jsonl."""
+        def build(tmp: Path) -> None:
+            prompts = self.tasks[step - 1].inputs("train")[: self.config.merge_samples]
+            tmp.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts), encoding="utf-8")
+
+        return self.folder_stage(f"samples/step{step}.jsonl", build, create=False)
+
+    def merge_states(self, strategy: Strategy) -> list[ModelState]:
+        """After every step, merge the experts (or the previous merge and the new expert)."""
+        slug = _slug(strategy.name)
+        experts: list[ModelState] = []
+        merged: list[ModelState] = []
+        for step in range(1, len(self.tasks) + 1):
+            if strategy.finetune_from == "base" or step == 1:
+                expert = self.expert_from_base(strategy, step)  # step 1: the previous merge is M_0
+            else:
+                folder = self.train_stage(f"strategies/{slug}/expert{step}", strategy,
+                                          self.tasks[step - 1].train, merged[-1],
+                                          continue_adapter=False, merged_output=True)
+                expert = ModelState(folder)
+            experts.append(expert)
+            if strategy.library == "experts" or step == 1:
+                models = [e.merge_ref for e in experts]
+            else:
+                models = [merged[-1].merge_ref, expert.merge_ref]
+            folder = self.merge_stage(f"strategies/{slug}/step{step}", strategy, models, step)
+            merged.append(ModelState(folder))
+        return merged
+
+    def merge_stage(self, relative: str, strategy: Strategy, models: list[str], step: int) -> Path:
+        samples = self.samples_file(step)
+
+        def build(tmp: Path) -> None:
+            from recall_merge import merge
+
+            cfg = {"method": strategy.method, "base": str(self.base), "models": models,
+                   "samples": str(samples), "output": str(tmp), "seed": self.config.seed,
+                   "parameters": dict(strategy.parameters), "device": self.config.device}
+            result = merge(cfg, overwrite=True, quiet=True)
+            if Path(result.output) != tmp:
+                shutil.copytree(result.output, tmp, dirs_exist_ok=True)
+            _write_json(tmp / "continual_merge.json", {"config": cfg | {"output": relative},
+                                                       "report": _jsonable(result.report)})
+
+        return self.folder_stage(relative, build, create=False)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def load_any_task(spec: str | dict[str, Any], config: ContinualConfig) -> Task:
+    """A synthetic task, or one from the task registry, with its splits capped."""
+    from .synthetic import is_synthetic_spec, load_synthetic_task
+
+    if isinstance(spec, str) and is_synthetic_spec(spec):
+        task = load_synthetic_task(spec, config.seed, config.max_train, config.max_dev, config.max_test)
+    else:
+        try:
+            from ..data.registry import load_task
+        except ImportError:
+            raise ConfigError(f"task {spec!r} needs recall_merge.data.registry, which is missing",
+                              "use synthetic:NAME tasks, or install the full package") from None
+        caps = {"n_train": config.max_train, "n_dev": config.max_dev, "n_test": config.max_test}
+        task = load_task(spec, seed=config.seed, **{**caps, **config.task_options})
+    task.train = list(task.train)[: config.max_train]
+    task.dev = list(task.dev)[: config.max_dev]
+    task.test = list(task.test)[: config.max_test]
+    return task
+
+
+def _classic_and_recall_methods() -> list[str]:
+    """What ``merge:all`` means: every method the engine registers."""
+    try:
+        from ..methods import available_methods
+
+        return available_methods()
+    except ImportError:
+        return []
+
+
+def training_key(strategy: Strategy) -> str:
+    """Short hash of the training options, so experts are shared only when trained alike."""
+    options = strategy.training.model_dump(mode="json", exclude={"progress"})
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{strategy.training.mode}-{digest}"
+
+
+def describe(strategy: Strategy) -> dict[str, Any]:
+    info: dict[str, Any] = {"kind": strategy.kind, "uses_old_data": strategy.uses_old_data,
+                            "training": strategy.training.mode,
+                            "top_k_blocks": strategy.training.top_k_blocks}
+    if strategy.kind == "merge":
+        info.update(method=strategy.method, library=strategy.library,
+                    finetune_from=strategy.finetune_from, parameters=strategy.parameters)
+    return info
+
+
+def comparable_config(config: ContinualConfig) -> dict[str, Any]:
+    """The config without what may change between runs of one folder (path, progress bars)."""
+    data = config.model_dump(mode="json", exclude=set(_UNCOMPARED))
+    data["training"].pop("progress", None)
+    for entry in data["strategies"]:
+        if isinstance(entry, dict):
+            entry.get("training", {}).pop("progress", None)
+    return data
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("recall-merge", "torch", "transformers", "peft", "sacrebleu"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_csv(path: Path, results: dict[str, Any]) -> None:
+    """Long format: one line per R cell and per metric (method, quantity, row, task, value)."""
+    names = [t["name"] for t in results["tasks"]]
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "quantity", "row", "task", "value"])
+        for method, entry in results["methods"].items():
+            if "R" not in entry:
+                writer.writerow([method, "error", "", "", entry.get("error", "")])
+                continue
+            for row_index, row in enumerate(entry["R"]):
+                for name, value in zip(names, row, strict=True):
+                    writer.writerow([method, "R", results["rows"][row_index], name, value])
+            for quantity in ("AP", "BWT", "FWT", "average_forgetting"):
+                writer.writerow([method, quantity, "", "", entry[quantity]])
+            for name, value in zip(names, entry["forgetting"], strict=False):
+                writer.writerow([method, "forgetting", "", name, value])
+    os.replace(partial, path)
+
+
+def print_summary(results: dict[str, Any], stream=sys.stdout) -> None:
+    """A small table: method, AP, BWT, FWT, mean forgetting, old data used."""
+    def fmt(value: Any) -> str:
+        return "   n/a" if value is None else f"{value:+.3f}"
+
+    print(f"tasks: {', '.join(t['name'] for t in results['tasks'])}   ({results['normalisation']})",
+          file=stream)
+    print(f"{'method':34s} {'AP':>7s} {'BWT':>7s} {'FWT':>7s} {'forget':>7s}  old data", file=stream)
+    for name, entry in results["methods"].items():
+        if "R" not in entry:
+            print(f"{name:34s} failed: {entry['error'].splitlines()[0]}", file=stream)
+            continue
+        print(f"{name:34s} {entry['AP']:7.3f} {fmt(entry['BWT']):>7s} {fmt(entry['FWT']):>7s} "
+              f"{fmt(entry['average_forgetting']):>7s}  {'yes' if entry['uses_old_data'] else 'no'}",
+              file=stream)
+
+
+def run_continual(config: ContinualConfig | str | Path | dict, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) a continual experiment; returns the content of results.json."""
+    if not isinstance(config, ContinualConfig):
+        config = load_continual_config(config)
+    return ContinualRun(config, quiet=quiet).run()
+
+
+def main(config_path: str | Path, quiet: bool = False) -> int:
+    """Entry point of ``recall continual CONFIG.yaml``: run, print the summary, return 0."""
+    config = load_continual_config(config_path)
+    results = run_continual(config, quiet=quiet)
+    print_summary(results)
+    print(f"results: {config.run_dir / 'results.json'}")
+    return 0

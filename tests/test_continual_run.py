@@ -1,0 +1,192 @@
+"""The continual harness end to end on a tiny random Llama and SYNTHETIC tasks (unit tests only):
+every strategy yields a full matrix, stages are durable, and a run killed mid-way then restarted
+writes the same results.json as an uninterrupted one."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recall_merge.continual.config import expand_strategies, load_continual_config, parse_shorthand
+from recall_merge.continual.runner import ABORT_ENV, ABORT_EXIT_CODE, ContinualRun
+from recall_merge.continual.scoring import answer_log_likelihoods, score_task
+from recall_merge.continual.synthetic import load_synthetic_task
+from recall_merge.errors import ConfigError
+
+TASKS = ["synthetic:alpha", "synthetic-gen:gamma"]
+
+
+def tiny_config(base: Path, run_dir: Path, strategies: list) -> dict:
+    return {
+        "model": str(base), "tasks": TASKS, "max_train": 16, "max_dev": 4, "max_test": 8,
+        "seed": 3, "run_dir": str(run_dir), "strategies": strategies,
+        "training": {"mode": "full", "epochs": 2, "batch_size": 8, "learning_rate": 0.003,
+                     "max_length": 48, "ewc_samples": 4, "replay_per_task": 4, "lora_rank": 4,
+                     "progress": False},
+        "evaluation": {"batch_size": 16, "max_length": 48, "max_new_tokens": 3},
+        "merge_samples": 8,
+        "merge_parameters": {"recall": {"num_typical": 4, "max_length": 48}},
+    }
+
+
+ALL_KINDS = ["sequential", "sequential_lora", "ewc", "lwf", "replay", "joint", "expert",
+             "merge:ties",
+             # LoRA experts; step 2's expert is fine-tuned from the step-1 merge
+             {"kind": "merge", "method": "recall", "name": "recall_lora", "library": "previous",
+              "finetune_from": "previous", "training": {"mode": "lora", "learning_rate": 0.02}}]
+
+
+def comparable(results: dict) -> dict:
+    results = copy.deepcopy(results)
+    results["config"].pop("run_dir")
+    return results
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_models, tmp_path_factory) -> tuple[dict, Path]:
+    run_dir = tmp_path_factory.mktemp("continual") / "run"
+    config = load_continual_config(tiny_config(tiny_models["base"], run_dir, ALL_KINDS))
+    return ContinualRun(config, quiet=True).run(), run_dir
+
+
+def test_every_strategy_has_a_full_matrix_and_metrics(full_run):
+    results, _ = full_run
+    assert [t["name"] for t in results["tasks"]] == ["alpha", "gamma"]
+    assert results["rows"][0] == "base" and len(results["rows"]) == 3
+    assert set(results["methods"]) == {"sequential", "sequential_lora", "ewc", "lwf", "replay",
+                                       "joint", "expert", "merge:ties:experts:base",
+                                       "recall_lora"}
+    for name, entry in results["methods"].items():
+        assert "error" not in entry, (name, entry.get("error"))
+        assert len(entry["R"]) == 3 and all(len(row) == 2 for row in entry["R"])
+        assert all(0.0 <= value <= 1.0 for row in entry["R"] for value in row)
+        assert {"AP", "BWT", "FWT", "forgetting"} <= set(entry)
+        assert len(entry["forgetting"]) == 1
+    base_rows = {tuple(entry["R"][0]) for entry in results["methods"].values()}
+    assert len(base_rows) == 1, "every strategy shares the untouched base row"
+    assert results["methods"]["replay"]["uses_old_data"] is True
+    assert results["methods"]["joint"]["uses_old_data"] is True
+    assert results["methods"]["sequential"]["uses_old_data"] is False
+    assert results["seed"] == 3 and "torch" in results["versions"]
+
+
+def test_run_folder_holds_the_stages_and_a_csv(full_run):
+    results, run_dir = full_run
+    assert (run_dir / "strategies" / "sequential_lora" / "step2" / "adapter_config.json").is_file()
+    assert (run_dir / "strategies" / "ewc" / "step1" / "ewc.safetensors").is_file()
+    assert (run_dir / "strategies" / "merge_ties_experts_base" / "step2" / "config.json").is_file()
+    assert (run_dir / "strategies" / "recall_lora" / "expert2" / "config.json").is_file()
+    assert (run_dir / "strategies" / "recall_lora" / "step2" / "config.json").is_file()
+    assert not list(run_dir.rglob("*.partial"))
+    with open(run_dir / "results.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    cells = [r for r in rows if r["method"] == "sequential" and r["quantity"] == "R"]
+    assert len(cells) == 3 * 2
+    ap = next(r for r in rows if r["method"] == "sequential" and r["quantity"] == "AP")
+    assert float(ap["value"]) == pytest.approx(results["methods"]["sequential"]["AP"])
+
+
+def test_rerun_of_a_finished_run_builds_nothing(full_run, tiny_models):
+    results, run_dir = full_run
+    config = load_continual_config(tiny_config(tiny_models["base"], run_dir, ALL_KINDS))
+    run = ContinualRun(config, quiet=True)
+    again = run.run()
+    assert run.new_stages == 0
+    assert again == results
+
+
+def test_killed_run_resumes_to_the_same_results(full_run, tiny_models, tmp_path):
+    expected, _ = full_run
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "continual.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(tiny_models["base"], run_dir, ALL_KINDS)))
+    env = {**os.environ, ABORT_ENV: "6"}  # hard exit (no cleanup) after six finished stages
+    killed = subprocess.run([sys.executable, "-m", "recall_merge.continual", str(config_file),
+                             "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == ABORT_EXIT_CODE, killed.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
+    # a stage that was half written when the process died is discarded on resume
+    stale = run_dir / "strategies" / "sequential" / "step2.partial"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "junk.txt").write_text("half a checkpoint")
+
+    run = ContinualRun(load_continual_config(config_file), quiet=True)
+    resumed = run.run()
+    assert 0 < run.new_stages
+    assert not stale.exists()
+    assert comparable(resumed) == comparable(expected)
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert comparable(on_disk) == comparable(expected)
+
+
+def test_a_run_folder_refuses_another_config(full_run, tiny_models):
+    _, run_dir = full_run
+    other = tiny_config(tiny_models["base"], run_dir, ALL_KINDS)
+    other["training"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match="another config"):
+        ContinualRun(load_continual_config(other), quiet=True).run()
+
+
+def test_config_errors_name_the_key(tiny_models, tmp_path):
+    bad = tiny_config(tiny_models["base"], tmp_path, ["sequential"])
+    bad["trainig"] = {}
+    with pytest.raises(ConfigError, match="trainig"):
+        load_continual_config(bad)
+    with pytest.raises(ConfigError):
+        load_continual_config(tiny_config(tiny_models["base"], tmp_path, ["sequentail"]))
+    with pytest.raises(ConfigError, match="repeat"):
+        load_continual_config(tiny_config(tiny_models["base"], tmp_path, ["ewc", "ewc"]))
+
+
+def test_shorthands_and_all_expansion(tiny_models, tmp_path):
+    assert parse_shorthand("sequential_full").training == {"mode": "full"}
+    spec = parse_shorthand("merge:ties:previous:base")
+    assert (spec.method, spec.library, spec.finetune_from) == ("ties", "previous", "base")
+    config = load_continual_config(tiny_config(tiny_models["base"], tmp_path, ["merge:all:*:*"]))
+    names = [s.name for s in expand_strategies(config, merge_methods=["linear", "recall"])]
+    assert len(names) == 2 * 2 * 2 and "merge:recall:previous:previous" in names
+
+
+def test_choice_log_likelihood_matches_a_direct_computation(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recall_merge.continual.scoring import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["base"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["base"], dtype=torch.float32).eval()
+    pairs = [("alpha: cat", "yes"), ("alpha: a much longer prompt with rain", "no")]
+    batched = answer_log_likelihoods(model, tokenizer, pairs, batch_size=2, max_length=64)
+    for (prompt, answer), score in zip(pairs, batched, strict=True):
+        e = encode(tokenizer, prompt, answer, 64)
+        ids = torch.tensor([e.prompt_ids + e.answer_ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        direct = sum(float(log_probs[len(e.prompt_ids) - 1 + k, t]) for k, t in enumerate(e.answer_ids))
+        assert score == pytest.approx(direct, abs=1e-4)
+    task = load_synthetic_task("synthetic:alpha", max_test=6)
+    scores = score_task(model, tokenizer, task, task.test, 4, 64, 2)
+    assert 0.0 <= scores["score"] == scores["accuracy"] <= 1.0
+
+
+def test_shared_prompt_scoring_equals_pairwise_scoring(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recall_merge.continual.scoring import choice_log_likelihoods
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["base"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["base"], dtype=torch.float32).eval()
+    answers = ["yes", "no", "the team won the final match", "rain"]
+    shared = choice_log_likelihoods(model, tokenizer, "alpha: cat", answers, max_length=64)
+    pairwise = answer_log_likelihoods(model, tokenizer, [("alpha: cat", a) for a in answers],
+                                      batch_size=3, max_length=64)
+    assert shared == pytest.approx(pairwise, abs=1e-4)
