@@ -190,3 +190,21 @@ def test_shared_prompt_scoring_equals_pairwise_scoring(tiny_models):
     pairwise = answer_log_likelihoods(model, tokenizer, [("alpha: cat", a) for a in answers],
                                       batch_size=3, max_length=64)
     assert shared == pytest.approx(pairwise, abs=1e-4)
+
+
+def test_shared_prefix_cache_gives_the_same_scores(tiny_models):
+    """Scoring with the task's shared prefix cached equals scoring each prompt in full."""
+    from recall_merge.continual.scoring import choice_log_likelihoods, shared_prefix_cache
+    from recall_merge.continual.training import load_causal_lm
+    from recall_merge.representations import load_tokenizer
+
+    model = load_causal_lm(tiny_models["base"]).eval()
+    tokenizer = load_tokenizer(tiny_models["base"])
+    instruction = "Classify the topic of this headline into one of the options listed below please. "
+    prompts = [instruction + text for text in ("the cat sat on the mat", "stocks fell sharply on monday")]
+    prefix = shared_prefix_cache(model, tokenizer, prompts, 256)
+    assert prefix is not None and len(prefix.ids) >= 8
+    for prompt in prompts:
+        plain = choice_log_likelihoods(model, tokenizer, prompt, ["sport", "business", "tech"], 256)
+        cached = choice_log_likelihoods(model, tokenizer, prompt, ["sport", "business", "tech"], 256, prefix)
+        assert cached == pytest.approx(plain, abs=1e-4)

@@ -21,57 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "merge_speed.json"
-
-
-def make_experts(base: Path, root: Path, count: int) -> list[Path]:
-    """N copies of the base with seeded Gaussian noise: same shapes and size as real experts."""
-    tensors = load_file(base / "model.safetensors")
-    folders = []
-    for k in range(count):
-        folder = root / f"expert{k}"
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            generator = torch.Generator().manual_seed(k)
-            noisy = {name: t + 1e-3 * torch.randn(t.shape, generator=generator) for name, t in tensors.items()}
-            save_file(noisy, folder / "model.safetensors", metadata={"format": "pt"})
-            for extra in base.iterdir():
-                if extra.suffix != ".safetensors":
-                    shutil.copy(extra, folder / extra.name)
-        folders.append(folder)
-    return folders
-
-
-def make_big_checkpoint(root: Path, name: str, seed: int, template: Path | None = None) -> Path:
-    """A synthetic Llama of ~2.1 GB fp32 (hidden 1536, 20 layers, vocab 32k), written in shards."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = root / name
-    if folder.exists():
-        return folder
-    config = LlamaConfig(hidden_size=1536, intermediate_size=4096, num_hidden_layers=20, num_attention_heads=12,
-                         num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    if template is not None:  # an "expert" of the first: same weights plus noise
-        state = load_state(template)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(state[n] + 1e-3 * torch.randn_like(p))
-    model.save_pretrained(folder, max_shard_size="1GB")
-    return folder
-
-
-def load_state(folder: Path) -> dict[str, torch.Tensor]:
-    state = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(file))
-    return state
 
 
 def measure(command: list[str], env: dict | None = None) -> dict:
@@ -136,6 +89,8 @@ def run_case(label: str, base: Path, experts: list[Path], work: Path, samples: P
         if method == "recall":
             config["samples"] = str(samples)
             config["parameters"] = {"num_typical": 8}
+        else:  # the same merge mergekit does: base and experts averaged with equal weights
+            config["parameters"] = {"include_base": True}
         path = work / f"{method}.yaml"
         path.write_text(yaml.safe_dump(config))
         drop_caches()
@@ -180,13 +135,16 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from recall_merge.checkpoints.packaged import materialise_smollm2
-    from recall_merge.testing import write_samples
-
-    base = materialise_smollm2(quiet=True)
+    base = Path(subprocess.run([sys.executable, "-m", "recall_merge.cli", "cache", "smollm2"], check=True,
+                               capture_output=True, text=True).stdout.strip().splitlines()[-1])
     args.work.mkdir(parents=True, exist_ok=True)
-    samples = write_samples(args.work / "samples.jsonl")
-    experts = make_experts(base, args.work / "experts", max(args.counts))
+    samples = args.work / "samples.jsonl"
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from recall_merge.testing "
+                    "import write_samples; write_samples(Path(sys.argv[1]))", str(samples)], check=True)
+    maker = str(HERE / "make_inputs.py")
+    subprocess.run([sys.executable, maker, "experts", str(args.work / "experts"), str(base),
+                    str(max(args.counts))], check=True)
+    experts = [args.work / "experts" / f"expert{k}" for k in range(max(args.counts))]
     cases = []
     for count in args.counts:
         print(f"N = {count} experts + base", flush=True)
@@ -194,15 +152,17 @@ def main() -> None:
                               ["linear", "recall"]))
         print(json.dumps(cases[-1]["ratios"]), flush=True)
     if args.big:
-        big_base = make_big_checkpoint(args.work, "big_base", 0)
-        big_expert = make_big_checkpoint(args.work, "big_expert", 1, template=big_base)
+        subprocess.run([sys.executable, maker, "big", str(args.work)], check=True)
+        big_base, big_expert = args.work / "big_base", args.work / "big_expert"
         cases.append(run_case("synthetic 2.1 GB x2", big_base, [big_expert], args.work, samples, ["linear"]))
         print(json.dumps(cases[-1]["ratios"]), flush=True)
-    import mergekit
+    from importlib.metadata import version
 
     document = {"benchmark": "merge_speed", "command": "python benchmarks/merge_speed/run.py " + " ".join(sys.argv[1:]),
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "versions": {"torch": torch.__version__, "mergekit": getattr(mergekit, "__version__", "0.1.5")},
+                "versions": {name: version(name) for name in ("recall-merge", "torch", "mergekit", "safetensors")},
+                "driver_note": "each tool runs in its own subprocess of a driver that never imports torch, so "
+                               "peak RSS (wait4 ru_maxrss) is the tool's own",
                 "cases": cases}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2))

@@ -10,6 +10,7 @@ batches; the prediction is the arg-max. Generation: greedy decoding, then exact 
 from __future__ import annotations
 
 import collections
+import copy
 import re
 import string
 from collections.abc import Sequence
@@ -99,17 +100,27 @@ def answer_log_likelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], b
 
 @torch.no_grad()
 def choice_log_likelihoods(model, tokenizer, prompt: str, answers: Sequence[str],
-                           max_length: int) -> list[float]:
+                           max_length: int, prefix: PrefixCache | None = None) -> list[float]:
     """Summed log p(answer | prompt) of each answer, sharing one forward pass of the prompt.
 
     The prompt runs once with the KV cache on; the answers then run as one batch on top of the
     repeated cache. With 5-20 choices this is 5-20 times fewer tokens than scoring every
-    (prompt, answer) pair in full — what makes label scoring of a 135M model bearable on a CPU."""
+    (prompt, answer) pair in full — what makes label scoring of a 135M model bearable on a CPU.
+    ``prefix``: the KV cache of the prompt's leading tokens, shared by a whole task (system prompt
+    and instruction); only the rest of the prompt is then computed."""
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, prompt, answer, max_length) for answer in answers]
     longest = max(len(e.answer_ids) for e in encoded)
     prompt_ids = encode(tokenizer, prompt, "", max(max_length - longest, 1)).prompt_ids
-    out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+    cache_kwargs: dict = {}
+    start = 0
+    if prefix is not None and prefix.covers(prompt_ids):
+        cache_kwargs = {prefix.cache_kwarg: copy.deepcopy(prefix.cache)}
+        start = len(prefix.ids)
+    # Only the last position's logits are needed from the prompt: skipping the 49k-way head on the
+    # other positions saves a fifth of the compute of a 135M model.
+    out = model(input_ids=torch.tensor([prompt_ids[start:]], device=device), use_cache=True,
+                logits_to_keep=1, **cache_kwargs)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (vocab,)
     cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.x
     cache.batch_repeat_interleave(len(answers))
@@ -133,15 +144,53 @@ def choice_log_likelihoods(model, tokenizer, prompt: str, answers: Sequence[str]
     return scores
 
 
+@dataclass
+class PrefixCache:
+    """The KV cache of token ids that every prompt of a task starts with."""
+
+    ids: list[int]
+    cache: object
+    cache_kwarg: str
+
+    def covers(self, prompt_ids: list[int]) -> bool:
+        # at least one token must remain, since the last prompt position's logits are needed
+        return len(prompt_ids) > len(self.ids) and prompt_ids[: len(self.ids)] == self.ids
+
+
+MIN_SHARED_PREFIX = 8
+
+
+@torch.no_grad()
+def shared_prefix_cache(model, tokenizer, prompts: Sequence[str], max_length: int) -> PrefixCache | None:
+    """Run the longest token prefix shared by all prompts once (None when it is short)."""
+    token_lists = [encode(tokenizer, prompt, "", max_length).prompt_ids for prompt in prompts]
+    if len(token_lists) < 2:
+        return None
+    shared = token_lists[0]
+    for ids in token_lists[1:]:
+        length = 0
+        while length < min(len(shared), len(ids)) and shared[length] == ids[length]:
+            length += 1
+        shared = shared[:length]
+    shared = shared[: min(len(ids) for ids in token_lists) - 1]
+    if len(shared) < MIN_SHARED_PREFIX:
+        return None
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([shared], device=device), use_cache=True, logits_to_keep=1)
+    kwarg = "cache" if "cache" in out else "past_key_values"
+    return PrefixCache(shared, out.get("cache") or out.get("past_key_values"), kwarg)
+
+
 def predict_choices(model, tokenizer, examples: Sequence[Example], batch_size: int,
                     max_length: int) -> list[str]:
-    """The highest-likelihood choice of each example (prompt computed once per example;
-    ``batch_size`` is unused here and kept for a uniform signature)."""
+    """The highest-likelihood choice of each example (the task's shared prompt prefix computed
+    once, the rest of each prompt once per example; ``batch_size`` is unused here)."""
     del batch_size
+    prefix = shared_prefix_cache(model, tokenizer, [ex.prompt for ex in examples], max_length)
     predictions = []
     for ex in examples:
         choices = _choices(ex)
-        scores = choice_log_likelihoods(model, tokenizer, ex.prompt, choices, max_length)
+        scores = choice_log_likelihoods(model, tokenizer, ex.prompt, choices, max_length, prefix)
         predictions.append(max(zip(scores, choices, strict=True), key=lambda item: item[0])[1])
     return predictions
 

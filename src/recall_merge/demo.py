@@ -1,0 +1,78 @@
+"""`recall demo`: the main job on the embedded default model.
+
+SmolLM2-135M-Instruct learns three short real tasks one after another (a LoRA expert per task);
+after every step the experts are merged with RECALL and with the classic baselines, every model
+is scored on every task, and the run folder gets results.json, results.csv, plots, the merge
+reports and one HTML report. Every finished stage is kept, so an interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEMO_TASKS = ["bbc", "bigbench:intent_recognition", "bigbench:multiemo/hotels_sentence_en"]
+DEMO_METHODS = ["recall", "task_arithmetic", "ties"]
+
+
+def demo_config(run_dir: Path, seed: int = 0, steps: int = 40, test_items: int = 30) -> dict[str, Any]:
+    """The demo's continual config (a plain dict: `recall continual` takes the same as YAML)."""
+    return {
+        "model": "smollm2",
+        "tasks": list(DEMO_TASKS),
+        "max_train": steps * 8,
+        "max_dev": 8,
+        "max_test": test_items,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "training": {"mode": "lora", "lora_rank": 8, "lora_alpha": 16,
+                     "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                     "epochs": 1, "max_steps": steps, "batch_size": 8, "learning_rate": 2e-3,
+                     "max_length": 96},
+        "evaluation": {"batch_size": 16, "max_length": 128, "max_new_tokens": 8},
+        "merge_samples": 64,
+        "merge_parameters": {"recall": {"num_typical": 16, "max_length": 96},
+                             "task_arithmetic": {"lambda": 1.0},
+                             "ties": {"density": 0.2, "lambda": 1.0}},
+        "strategies": ["expert", *[f"merge:{method}" for method in DEMO_METHODS]],
+    }
+
+
+def print_matrices(results: dict[str, Any], stream=sys.stdout) -> None:
+    """Each strategy's accuracy matrix R (rows: base, after step 1..T; columns: tasks)."""
+    names = [task["name"] for task in results["tasks"]]
+    short = [name.split("/")[-1][:14] for name in names]
+    for method, entry in results["methods"].items():
+        if "R" not in entry:
+            continue
+        print(f"\n{method}", file=stream)
+        print(f"  {'':24s}" + "".join(f"{s:>16s}" for s in short), file=stream)
+        for label, row in zip(results["rows"], entry["R"], strict=True):
+            print(f"  {label[:24]:24s}" + "".join(f"{v:16.3f}" for v in row), file=stream)
+
+
+def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 40, test_items: int = 30,
+             quiet: bool = False) -> Path:
+    from .continual.runner import print_summary, run_continual
+
+    started = time.perf_counter()
+    config = demo_config(Path(run_dir).resolve(), seed=seed, steps=steps, test_items=test_items)
+    results = run_continual(config, quiet=quiet)
+    print_matrices(results)
+    print()
+    print_summary(results)
+    report = _write_report(Path(run_dir))
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; results: {Path(run_dir) / 'results.json'}")
+    if report is not None:
+        print(f"report: {report}")
+    return Path(run_dir)
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    try:
+        from .reports.html import write_report
+    except ImportError:  # the report module is optional at import time
+        return None
+    return write_report(run_dir, None)
