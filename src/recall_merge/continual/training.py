@@ -99,7 +99,9 @@ def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
 
 def _batches(tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
              rng: random.Random | None) -> Iterator[dict[str, torch.Tensor]]:
-    """Right-padded batches; ``labels`` are -100 outside the answer tokens."""
+    """Left-padded batches (every answer ends at the last position, so the loss needs the head's
+    logits of the last few positions only); ``labels`` are -100 outside the answer tokens and
+    ``position_ids`` count real tokens, so padding changes nothing."""
     order = list(range(len(examples)))
     if rng is not None:
         rng.shuffle(order)
@@ -112,10 +114,13 @@ def _batches(tokenizer, examples: Sequence[Example], batch_size: int, max_length
         labels = torch.full_like(ids, -100)
         for row, e in enumerate(encoded):
             seq = e.prompt_ids + e.answer_ids
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            labels[row, len(e.prompt_ids): len(seq)] = torch.tensor(e.answer_ids)
-        yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+            labels[row, width - len(e.answer_ids):] = torch.tensor(e.answer_ids)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        answer_span = max(len(e.answer_ids) for e in encoded)
+        yield {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions,
+               "answer_span": torch.tensor(answer_span)}
 
 
 def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -164,12 +169,18 @@ def train(model, tokenizer, examples: Sequence[Example], training: TrainingConfi
             if step >= total:
                 break
             batch = {key: value.to(device) for key, value in batch.items()}
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            loss = _answer_loss(out.logits, batch["labels"])
-            if teacher is not None and training.lwf_alpha > 0:
+            distil = teacher is not None and training.lwf_alpha > 0
+            # Without distillation only the answer positions need the 49k-way head (a large share
+            # of a small model's compute); answers end at the last position (left padding).
+            keep = 0 if distil else int(batch["answer_span"]) + 1
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], logits_to_keep=keep)
+            loss = _answer_loss(out.logits, batch["labels"][:, -out.logits.shape[1]:])
+            if distil:
                 with torch.no_grad():
                     teacher_logits = teacher(input_ids=batch["input_ids"],
-                                             attention_mask=batch["attention_mask"]).logits
+                                             attention_mask=batch["attention_mask"],
+                                             position_ids=batch["position_ids"]).logits
                 loss = loss + training.lwf_alpha * _distillation(
                     out.logits, teacher_logits, batch["attention_mask"], training.lwf_temperature)
             if ewc is not None and training.ewc_lambda > 0:
