@@ -8,6 +8,7 @@ reports and one HTML report. Every finished stage is kept, so an interrupted dem
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,14 +68,15 @@ def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 40, test_items: int =
     print_summary(results)
     report = _write_report(Path(run_dir))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; results: {Path(run_dir) / 'results.json'}")
-    if report is not None:
-        print(f"report: {report}")
+    print(f"report: {report}")
     return Path(run_dir)
 
 
-def _write_report(run_dir: Path) -> Path | None:
-    try:
-        from .reports.html import write_report
-    except ImportError:  # the report module is optional at import time
-        return None
+def _write_report(run_dir: Path) -> Path:
+    """Plots (PNG and SVG) and the self-contained HTML page of the run."""
+    from .reports.html import write_report
+    from .reports.plots import plot_continual_results
+
+    results = json.loads((run_dir / "results.json").read_text())
+    plot_continual_results(results, run_dir / "figures")
     return write_report(run_dir, None)

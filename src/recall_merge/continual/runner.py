@@ -513,4 +513,9 @@ def main(config_path: str | Path, quiet: bool = False) -> int:
     results = run_continual(config, quiet=quiet)
     print_summary(results)
     print(f"results: {config.run_dir / 'results.json'}")
+    from ..reports.html import write_report
+    from ..reports.plots import plot_continual_results
+
+    plot_continual_results(results, config.run_dir / "figures")
+    print(f"report: {write_report(config.run_dir, None)}")
     return 0
