@@ -40,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                           "methods; prints accuracy matrices and AP/BWT/FWT, writes a run folder.")
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=40, help="LoRA steps per task (batch 8)")
-    demo.add_argument("--test-items", type=int, default=30, help="test items per task")
+    demo.add_argument("--steps", type=int, default=30, help="LoRA steps per task (batch 8)")
+    demo.add_argument("--test-items", type=int, default=16, help="test items per task")
+    demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                      help="merge methods to compare (default: recall task_arithmetic)")
     demo.add_argument("--quiet", action="store_true")
 
     analyze = sub.add_parser("analyze", help="representation analysis: layer and model similarities, plots")
@@ -122,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(args.run_dir, seed=args.seed, steps=args.steps, test_items=args.test_items, quiet=args.quiet)
+        run_demo(args.run_dir, seed=args.seed, steps=args.steps, test_items=args.test_items,
+                 methods=args.methods, quiet=args.quiet)
         return 0
     if args.command == "analyze":
         from .reports.analyze import run_analyze

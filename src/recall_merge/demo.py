@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 DEMO_TASKS = ["bbc", "bigbench:intent_recognition", "bigbench:multiemo/hotels_sentence_en"]
-DEMO_METHODS = ["recall", "task_arithmetic", "ties"]
+DEMO_METHODS = ["recall", "task_arithmetic"]  # --methods adds more (each costs ~1.5 min)
 
 
-def demo_config(run_dir: Path, seed: int = 0, steps: int = 40, test_items: int = 30) -> dict[str, Any]:
+def demo_config(run_dir: Path, seed: int = 0, steps: int = 30, test_items: int = 16,
+                methods: list[str] | None = None) -> dict[str, Any]:
     """The demo's continual config (a plain dict: `recall continual` takes the same as YAML)."""
     return {
         "model": "smollm2",
@@ -31,15 +32,16 @@ def demo_config(run_dir: Path, seed: int = 0, steps: int = 40, test_items: int =
         # LoRA on the top 8 of 30 blocks: the backward pass stops there, which halves a step's
         # cost on a CPU, and the top blocks are where task-specific features live.
         "training": {"mode": "lora", "lora_rank": 8, "lora_alpha": 16, "top_k_blocks": 8,
-                     "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                     "epochs": 1, "max_steps": steps, "batch_size": 8, "learning_rate": 2e-3,
+                     "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                      "down_proj"],
+                     "epochs": 1, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-3,
                      "max_length": 96},
         "evaluation": {"batch_size": 16, "max_length": 128, "max_new_tokens": 8},
         "merge_samples": 64,
         "merge_parameters": {"recall": {"num_typical": 16, "max_length": 96},
                              "task_arithmetic": {"lambda": 1.0},
                              "ties": {"density": 0.2, "lambda": 1.0}},
-        "strategies": ["expert", *[f"merge:{method}" for method in DEMO_METHODS]],
+        "strategies": ["expert", *[f"merge:{method}" for method in (methods or DEMO_METHODS)]],
     }
 
 
@@ -56,12 +58,13 @@ def print_matrices(results: dict[str, Any], stream=sys.stdout) -> None:
             print(f"  {label[:24]:24s}" + "".join(f"{v:16.3f}" for v in row), file=stream)
 
 
-def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 40, test_items: int = 30,
-             quiet: bool = False) -> Path:
+def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 30, test_items: int = 16,
+             methods: list[str] | None = None, quiet: bool = False) -> Path:
     from .continual.runner import print_summary, run_continual
 
     started = time.perf_counter()
-    config = demo_config(Path(run_dir).resolve(), seed=seed, steps=steps, test_items=test_items)
+    config = demo_config(Path(run_dir).resolve(), seed=seed, steps=steps, test_items=test_items,
+                         methods=methods)
     results = run_continual(config, quiet=quiet)
     print_matrices(results)
     print()
