@@ -242,3 +242,23 @@ def test_agreement_strength_averages_to_one_and_is_reported(tiny_models, tmp_pat
                                   strength="agreement", similarity_space="shifts"), quiet=True)
     strengths = [layer["strength"] for layer in result.report["layers"]]
     assert sum(strengths) / len(strengths) == pytest.approx(1.0)
+
+
+def test_full_experts_swapped_into_one_model_match_separately_loaded_models(tiny_models):
+    from recall_merge.pool import ModelPool
+    from recall_merge.representations import (
+        format_texts,
+        load_model,
+        load_tokenizer,
+        pooled_hidden_states,
+        states_for_all_models,
+    )
+
+    texts = ["the cat sat on the mat", "book a table for two tonight", "rain is expected"]
+    pool = ModelPool.open(tiny_models["base"], [tiny_models["e1"], tiny_models["e2"]])
+    swapped = states_for_all_models(pool, texts, max_length=32, batch_size=2, use_chat_template=True)
+    tokenizer = load_tokenizer(tiny_models["base"])
+    framed = format_texts(tokenizer, texts, True)
+    for k, folder in enumerate([tiny_models["base"], tiny_models["e1"], tiny_models["e2"]]):
+        alone = pooled_hidden_states(load_model(folder), tokenizer, framed, max_length=32, batch_size=2)
+        assert torch.equal(swapped[k], alone), k

@@ -8,6 +8,7 @@ a model copy per expert.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from .errors import CheckpointError
 from .pool import ModelPool
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The folder's tokenizer, right-padded (cached: a 49k-vocab fast tokenizer takes ~2 s)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -107,15 +110,15 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           trust_remote_code: bool = False, device: str = "cpu",
                           quiet: bool = True, model_indices: list[int] | None = None,
                           ) -> dict[int, torch.Tensor]:
-    """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``.
+    """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
 
-    Full checkpoints are loaded one at a time and freed; LoRA experts reuse the loaded base.
+    The base model is built once; LoRA experts and full checkpoints are swapped into it in turn,
+    so memory holds one model whatever the number of experts.
     """
     indices = model_indices if model_indices is not None else list(range(len(pool.experts) + 1))
     tokenizer = load_tokenizer(pool.base.folder, trust_remote_code)
     texts = texts_for if isinstance(texts_for, list) else None
     states: dict[int, torch.Tensor] = {}
-    base_model = None
     saved_base_weights: dict[str, torch.Tensor] = {}
 
     def run(model, k: int) -> torch.Tensor:
@@ -124,20 +127,42 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
         return pooled_hidden_states(model, tokenizer, framed, max_length=max_length,
                                     batch_size=batch_size, desc=f"hidden states M_{k}", quiet=quiet)
 
-    needs_base = any(k == 0 or pool.experts[k - 1].is_lora for k in indices)
-    if needs_base:
-        base_model = load_model(pool.base.folder, trust_remote_code, device)
-    for k in indices:
+    # One model object serves every pass: the base, then each LoRA expert (ΔW added in place and
+    # removed after), then each full expert (its weights copied in from safetensors, far cheaper
+    # than building a new model per expert). The order of passes does not change any result.
+    def pass_order(k: int) -> int:
+        return 0 if k == 0 else (1 if pool.experts[k - 1].is_lora else 2)
+
+    model = load_model(pool.base.folder, trust_remote_code, device)
+    for k in sorted(indices, key=pass_order):
         if k == 0:
-            states[k] = run(base_model, k)
+            states[k] = run(model, k)
             continue
         expert = pool.experts[k - 1]
         if expert.is_lora:
-            with _lora_applied(base_model, expert.adapter, saved_base_weights):
-                states[k] = run(base_model, k)
-        else:
-            model = load_model(expert.folder, trust_remote_code, device)
+            with _lora_applied(model, expert.adapter, saved_base_weights):
+                states[k] = run(model, k)
+        elif _copy_weights_into(model, expert.checkpoint):
             states[k] = run(model, k)
-            del model
-    del base_model
+        else:  # the checkpoint's names differ from the module's: build the model on its own
+            other = load_model(expert.folder, trust_remote_code, device)
+            states[k] = run(other, k)
+            del other
+    del model
     return states
+
+
+@torch.no_grad()
+def _copy_weights_into(model, checkpoint) -> bool:
+    """Load a full checkpoint of the same architecture into ``model`` in place (False when its
+    tensor names do not cover the model's parameters)."""
+    parameters = dict(model.named_parameters())  # tied weights appear once
+    if any(name not in checkpoint.tensors for name in parameters):
+        return False
+    for name, parameter in parameters.items():
+        tensor = checkpoint.get(name)
+        if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"tensor {name!r} of {checkpoint.folder} contains NaN or Inf values",
+                                  "this checkpoint is broken (diverged training?); use a healthy one")
+        parameter.copy_(tensor.to(parameter.dtype))
+    return True
