@@ -412,15 +412,15 @@ def test_disk_filling_up_mid_merge_leaves_nothing(tiny_models, tmp_path, monkeyp
     from recall_merge.checkpoints import writer
 
     calls = {"count": 0}
-    real_write = writer.StreamingShardWriter.write
+    real_write = writer.StreamingShardWriter.write_part
 
-    def failing_write(self, name, tensor):
+    def failing_write(self, name, tensor, last):
         calls["count"] += 1
         if calls["count"] == 5:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, name, tensor)
+        return real_write(self, name, tensor, last)
 
-    monkeypatch.setattr(writer.StreamingShardWriter, "write", failing_write)
+    monkeypatch.setattr(writer.StreamingShardWriter, "write_part", failing_write)
     with pytest.raises(OutputError, match="filled up"):
         merge(_base_config(tiny_models, tmp_path), quiet=True)
     assert not (tmp_path / "out").exists()

@@ -262,3 +262,17 @@ def test_full_experts_swapped_into_one_model_match_separately_loaded_models(tiny
     for k, folder in enumerate([tiny_models["base"], tiny_models["e1"], tiny_models["e2"]]):
         alone = pooled_hidden_states(load_model(folder), tokenizer, framed, max_length=32, batch_size=2)
         assert torch.equal(swapped[k], alone), k
+
+
+@pytest.mark.parametrize(("method", "parameters"), [("recall", {"num_typical": 4}), ("linear", {}),
+                                                    ("task_arithmetic", {"lambda": 0.6}), ("magmax", {})])
+def test_row_blocks_give_the_same_bytes_as_whole_tensors(method, parameters, tiny_models, tiny_loras, tmp_path):
+    """Elementwise methods merge large tensors in row blocks; the output must not change."""
+    outputs = []
+    for block_size in ("2GB", "4KB"):
+        config = {"method": method, "base": str(tiny_models["base"]),
+                  "models": [str(tiny_models["e1"]), str(tiny_loras["l1"])],
+                  "samples": str(tiny_models["samples"]), "output": str(tmp_path / f"out_{block_size}"),
+                  "block_size": block_size, "parameters": parameters}
+        outputs.append((merge(config, quiet=True).output / "model.safetensors").read_bytes())
+    assert outputs[0] == outputs[1]

@@ -141,6 +141,9 @@ class MergeConfig(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     parameters: dict[str, Any] = Field(default_factory=dict)
     shard_size: str = Field("2GB", description="largest output shard, e.g. 500MB or 2GB")
+    block_size: str = Field("256MB", description="elementwise methods merge large tensors in row blocks "
+                            "whose inputs (all models, float32) stay under this size: memory stays flat "
+                            "as the number of models grows")
     allow_pickle: bool = Field(False, description="read .bin/.pt checkpoints (torch.load weights_only=True)")
     trust_remote_code: bool = False
     device: str = "cpu"
@@ -156,6 +159,9 @@ class MergeConfig(_Strict):
 
     def shard_size_bytes(self) -> int:
         return parse_size(self.shard_size)
+
+    def block_size_bytes(self) -> int:
+        return parse_size(self.block_size)
 
 
 def parse_size(text: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import platform
 import resource
@@ -113,26 +114,29 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                                   metadata={"merged_by": "recall-merge", "method": config.method})
     names = [name for shard in writer.shards for name in shard.names]
     num_experts = len(pool.experts)
+    items = _work_items(pool, method, names, config.block_size_bytes())
 
-    def read_inputs(name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        base_tensor = pool.base_tensor(name)
+    def read_inputs(item: tuple[str, tuple[int, int] | None, bool]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        name, rows, _ = item
+        base_tensor = pool.base_tensor(name, rows)
         if not base_tensor.dtype.is_floating_point:
             return base_tensor, []
-        return base_tensor, [pool.expert_tensor(k, name, base_tensor) for k in range(num_experts)]
+        return base_tensor, [pool.expert_tensor(k, name, base_tensor, rows) for k in range(num_experts)]
 
-    # Three stages overlap: the next tensor is read while this one is merged and the previous one
-    # written (file I/O and torch kernels release the GIL). At most three tensors' worth of inputs
-    # are alive at once, whatever the model size: memory stays flat.
+    # Three stages overlap: the next block is read while this one is merged and the previous one
+    # written (file I/O and torch kernels release the GIL). At most three blocks' inputs are alive
+    # at once, and elementwise methods cut large tensors into row blocks: memory stays flat.
     with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as write_pool:
-        pending_read = reader.submit(read_inputs, names[0]) if names else None
+        pending_read = reader.submit(read_inputs, items[0]) if items else None
         pending_write: Future | None = None
         try:
-            for position, name in enumerate(tqdm(names, desc=f"merging ({config.method})",
-                                                 disable=quiet, unit="tensor")):
+            for index, item in enumerate(tqdm(items, desc=f"merging ({config.method})",
+                                              disable=quiet, unit="block")):
+                name, _, last = item
                 base_tensor, experts = pending_read.result()
-                if position + 1 < len(names):
-                    pending_read = reader.submit(read_inputs, names[position + 1])
+                if index + 1 < len(items):
+                    pending_read = reader.submit(read_inputs, items[index + 1])
                 if not base_tensor.dtype.is_floating_point:
                     merged = base_tensor  # integer buffers are not merged
                 else:
@@ -142,9 +146,9 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                     merged = merged.to(out_dtype)
                 if pending_write is not None:
                     pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
-                pending_write = write_pool.submit(writer.write, name, merged)
+                pending_write = write_pool.submit(writer.write_part, name, merged, last)
                 del base_tensor, experts, merged
-                if position == len(names) // 2:
+                if index == len(items) // 2:
                     _crash_point("mid_stream")
             if pending_write is not None:
                 pending_write.result()
@@ -153,6 +157,26 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
             if pending_read is not None:
                 pending_read.cancel()
             writer.abort()
+
+
+def _work_items(pool: ModelPool, method, names: list[str], block_bytes: int,
+                ) -> list[tuple[str, tuple[int, int] | None, bool]]:
+    """(tensor name, row range or None for the whole tensor, is-last-block) in write order."""
+    models = len(pool.experts) + 1
+    items: list[tuple[str, tuple[int, int] | None, bool]] = []
+    for name in names:
+        info = pool.base.tensors[name]
+        rows_total = info.shape[0] if info.shape else 0
+        row_bytes = 4 * (math.prod(info.shape[1:]) if info.shape else 1) * models  # float32, all models
+        if (not method.is_elementwise() or not info.dtype.is_floating_point or rows_total < 2
+                or row_bytes * rows_total <= block_bytes):
+            items.append((name, None, True))
+            continue
+        step = max(1, block_bytes // row_bytes)
+        for start in range(0, rows_total, step):
+            stop = min(start + step, rows_total)
+            items.append((name, (start, stop), stop == rows_total))
+    return items
 
 
 def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:

@@ -83,15 +83,17 @@ class ModelPool:
     def position(self, name: str) -> TensorPosition:
         return tensor_position(name, self.num_layers)
 
-    def base_tensor(self, name: str) -> torch.Tensor:
-        return self.base.get(name)
+    def base_tensor(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.base.get(name, rows)
 
-    def expert_tensor(self, index: int, name: str, base_tensor: torch.Tensor) -> torch.Tensor:
-        """Expert ``index``'s (0-based among M_1..M_N) tensor as float32."""
+    def expert_tensor(self, index: int, name: str, base_tensor: torch.Tensor,
+                      rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Expert ``index``'s (0-based among M_1..M_N) tensor as float32 (or rows of it, with
+        ``base_tensor`` the same rows of the base)."""
         expert = self.experts[index]
         if expert.adapter is not None:
-            return expert.adapter.apply(name, base_tensor)
-        return expert.checkpoint.get(name).to(torch.float32)
+            return expert.adapter.apply(name, base_tensor, rows)
+        return expert.checkpoint.get(name, rows).to(torch.float32)
 
     def folders(self) -> list[Path]:
         return [self.base.folder] + [expert.folder for expert in self.experts]

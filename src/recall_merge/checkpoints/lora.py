@@ -138,27 +138,37 @@ class LoraAdapter:
     def touches(self, name: str) -> bool:
         return name in self.modules or name in self.replacements
 
-    def delta(self, name: str) -> torch.Tensor | None:
-        """ΔW for a base tensor (float32), or None when the adapter leaves it unchanged."""
+    def delta(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """ΔW for a base tensor (float32), or rows [start, stop) of it; None when the adapter
+        leaves the tensor unchanged."""
         if name not in self.modules:
             return None
         a_key, b_key = self.modules[name]
         lora_a = self._get(a_key).to(torch.float32)
         lora_b = self._get(b_key).to(torch.float32)
-        delta = (lora_b @ lora_a) * self._scale(name, lora_a.shape[0])
-        return delta.T if self.fan_in_fan_out else delta
+        scale = self._scale(name, lora_a.shape[0])
+        if self.fan_in_fan_out:  # ΔW = (B·A)ᵀ: rows of ΔW are columns of B·A
+            delta = ((lora_b @ lora_a) * scale).T
+            return delta if rows is None else delta[rows[0]:rows[1]].contiguous()
+        if rows is not None:  # rows of B·A need only those rows of B
+            lora_b = lora_b[rows[0]:rows[1]]
+        return (lora_b @ lora_a) * scale
 
-    def replacement(self, name: str) -> torch.Tensor | None:
+    def replacement(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
         """A full tensor the adapter trained directly (PEFT modules_to_save), else None."""
         key = self.replacements.get(name)
-        return None if key is None else self._get(key).to(torch.float32)
+        if key is None:
+            return None
+        tensor = self._get(key).to(torch.float32)
+        return tensor if rows is None else tensor[rows[0]:rows[1]]
 
-    def apply(self, name: str, base_tensor: torch.Tensor) -> torch.Tensor:
-        """The expert's tensor: base + ΔW, or the trained replacement (float32)."""
-        replaced = self.replacement(name)
+    def apply(self, name: str, base_tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The expert's tensor: base + ΔW, or the trained replacement (float32). With ``rows``,
+        ``base_tensor`` holds those rows of the base and the result is those rows."""
+        replaced = self.replacement(name, rows)
         if replaced is not None:
             return replaced
-        delta = self.delta(name)
+        delta = self.delta(name, rows)
         base32 = base_tensor.to(torch.float32)
         return base32 if delta is None else base32 + delta
 

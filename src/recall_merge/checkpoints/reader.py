@@ -171,29 +171,35 @@ class Checkpoint:
         raise CheckpointError(f"{self.folder}/config.json has no num_hidden_layers",
                               "use a standard transformers config.json")
 
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor; nothing else of the file stays in memory)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Read one tensor, or rows [start, stop) of it (a fresh CPU tensor; nothing else of the
+        file stays in memory)."""
         if self._pickle_state is not None:
-            return self._pickle_state[name]
-        info = self.tensors[name]
-        return read_tensor(info, name)
+            tensor = self._pickle_state[name]
+            return tensor if rows is None else tensor[rows[0]:rows[1]]
+        return read_tensor(self.tensors[name], name, rows)
 
 
-def read_tensor(info: TensorInfo, name: str) -> torch.Tensor:
-    """Read one tensor's bytes straight into a fresh, uninitialised CPU buffer (no zero-fill,
-    no mmap page faults, nothing kept mapped afterwards)."""
-    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-    if info.nbytes:
+def read_tensor(info: TensorInfo, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read one tensor (or rows [start, stop) of its first dimension) straight into a fresh,
+    uninitialised CPU buffer: no zero-fill, no mmap page faults, nothing kept mapped after."""
+    shape, start, nbytes = info.shape, info.start, info.nbytes
+    if rows is not None:
+        row_bytes = info.nbytes // max(info.shape[0], 1)
+        shape = (rows[1] - rows[0], *info.shape[1:])
+        start, nbytes = info.start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
+    buffer = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
         view = memoryview(buffer.numpy())
         with open(info.file, "rb", buffering=0) as handle:
-            handle.seek(info.start)
+            handle.seek(start)
             read = 0
-            while read < info.nbytes:  # readinto may return short counts on large reads
+            while read < nbytes:  # readinto may return short counts on large reads
                 count = handle.readinto(view[read:])
                 if not count:
                     raise CheckpointError(f"{info.file} ended while reading {name!r}", "re-download the file")
                 read += count
-    return buffer.view(info.dtype).reshape(info.shape)
+    return buffer.view(info.dtype).reshape(shape)
 
 
 def _read_config(folder: Path) -> dict:

@@ -46,6 +46,7 @@ class StreamingShardWriter:
         self._shard_index = -1
         self._handle = None
         self._remaining_in_shard = 0
+        self._written = 0  # elements of the current tensor written so far
 
     def _assign_shards(self, max_shard_bytes: int) -> list[_Shard]:
         shards: list[_Shard] = [_Shard("")]
@@ -80,16 +81,29 @@ class StreamingShardWriter:
         self._remaining_in_shard = len(shard.names)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append a whole tensor."""
+        self.write_part(name, tensor, last=True)
+
+    def write_part(self, name: str, part: torch.Tensor, last: bool) -> None:
+        """Append a block of rows of tensor ``name``; ``last`` closes the tensor. Row blocks of a
+        C-contiguous tensor are consecutive in the file, so they are simply appended."""
         expected = self._order[self._position]
         if name != expected:
             raise RuntimeError(f"writer expected tensor {expected!r}, got {name!r}")
         dtype, shape = self.specs[name]
-        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise RuntimeError(f"{name}: planned {dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}")
-        if self._remaining_in_shard == 0:
+        total = math.prod(shape)
+        if part.dtype != dtype or (len(shape) > 0 and tuple(part.shape[1:]) != tuple(shape[1:])):
+            raise RuntimeError(f"{name}: planned {dtype} {list(shape)}, got {part.dtype} {list(part.shape)}")
+        if self._written == 0 and self._remaining_in_shard == 0:
             self._open_next_shard()
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = part.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         self._handle.write(memoryview(data))
+        self._written += part.numel()
+        if not last:
+            return
+        if self._written != total:
+            raise RuntimeError(f"{name}: wrote {self._written} of {total} elements")
+        self._written = 0
         self._position += 1
         self._remaining_in_shard -= 1
         if self._remaining_in_shard == 0:

@@ -116,6 +116,7 @@ class Linear(_ClassicMethod):
     """θ = Σ_k w_k θ_k / Σ_k w_k (the base joins as one more model with ``include_base``)."""
 
     name = "linear"
+    elementwise = True
     default_normalize = True
 
     def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
@@ -186,6 +187,7 @@ class _TaskArithmeticFamily(_ClassicMethod):
 @register
 class TaskArithmetic(_TaskArithmeticFamily):
     name = "task_arithmetic"
+    elementwise = True
 
 
 @register
@@ -236,6 +238,7 @@ class MagMax(_ClassicMethod):
     """θ = θ_base + λ · (per entry, the w_k τ_k of largest magnitude). Not in mergekit."""
 
     name = "magmax"
+    elementwise = True
 
     def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
         deltas = ops.task_vectors(base, experts)

@@ -55,6 +55,9 @@ class RecallMethod(MergeMethod):
     parameters_model = RecallParameters
     needs_samples = True
 
+    def is_elementwise(self) -> bool:
+        return self.parameters.variant != "ties"  # TIES ranks magnitudes over the whole tensor
+
     def __init__(self, parameters, config, num_layers: int) -> None:
         super().__init__(parameters, config, num_layers)
         if config.samples is None:
