@@ -208,6 +208,26 @@ def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> 
     return ConfigError("invalid configuration: " + "; ".join(lines), "; ".join(fixes))
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping, or a ConfigError that names the fault (shared by every
+    config loader of the package)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist", "check the path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}",
+                          "fix the YAML syntax (indentation, colons, quotes)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text", "save it as UTF-8") from None
+    if raw is None:
+        raise ConfigError(f"config file {str(path)!r} is empty", "see examples/ for a complete config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(raw).__name__}",
+                          "write it as `key: value` lines; see examples/")
+    return raw
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> MergeConfig:
     """Read and validate a merge config from a YAML file or a dict. Relative paths in a file are
     resolved against the file's folder, so a config can travel with its models."""
@@ -216,21 +236,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raw = dict(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist", "check the path")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}",
-                              "fix the YAML syntax (indentation, colons, quotes)") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text", "save it as UTF-8") from None
+        raw = read_yaml_mapping(path)
         base_dir = path.parent
-        if raw is None:
-            raise ConfigError(f"config file {str(path)!r} is empty", "see examples/ for a complete config")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not {type(raw).__name__}",
-                              "write it as `key: value` lines; see examples/")
         if _looks_like_mergekit(raw):
             from .mergekit_interop import from_mergekit
 

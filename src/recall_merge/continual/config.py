@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import _explain
+from ..config import _explain, read_yaml_mapping
 from ..errors import ConfigError
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
@@ -173,16 +172,7 @@ def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfi
         raw = dict(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist", "check the path")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}",
-                              "fix the YAML syntax") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping",
-                              "see examples/continual_tiny.yaml")
+        raw = read_yaml_mapping(path)
         base_dir = path.parent.resolve()
     config = _validate(ContinualConfig, raw)
     update: dict[str, Any] = {}
