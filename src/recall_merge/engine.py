@@ -305,7 +305,7 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     found = {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for package in ("transformers", "safetensors", "peft", "scikit-learn"):
+    for package in ("transformers", "safetensors", "peft", "scikit-learn", "sacrebleu"):
         try:  # metadata, not import: importing transformers alone costs ~2 s
             found[package] = version(package)
         except PackageNotFoundError:

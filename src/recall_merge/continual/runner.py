@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.task import Example, Task
+from ..engine import versions
 from ..errors import ConfigError, RecallError
 from . import metrics
 from .config import TINY_RANDOM, ContinualConfig, Strategy, expand_strategies, load_continual_config
@@ -444,18 +444,6 @@ def comparable_config(config: ContinualConfig) -> dict[str, Any]:
         if isinstance(entry, dict):
             entry.get("training", {}).pop("progress", None)
     return data
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("recall-merge", "torch", "transformers", "peft", "sacrebleu"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "absent"
-    return found
 
 
 def _jsonable(value: Any) -> Any:
