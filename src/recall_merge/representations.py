@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import CheckpointError
+from .checkpoints.reader import check_finite
 from .pool import ModelPool
 
 
@@ -44,9 +44,7 @@ def _check_finite_parameters(model, folder: Path) -> None:
     # The weights are in memory anyway: checking here reports a broken checkpoint by tensor name
     # before its NaNs reach clustering or the similarity maths.
     for name, parameter in model.named_parameters():
-        if not torch.isfinite(parameter).all():
-            raise CheckpointError(f"tensor {name!r} of {folder} contains NaN or Inf values",
-                                  "this checkpoint is broken (diverged training?); use a healthy one")
+        check_finite(parameter.detach(), name, folder)
 
 
 def format_texts(tokenizer, texts: list[str], use_chat_template: bool) -> list[str]:
@@ -93,9 +91,7 @@ def _lora_applied(model, adapter, base_tensors: dict[str, torch.Tensor]) -> Iter
                     continue
                 base_tensors.setdefault(name, target.detach().clone())
                 weight = adapter.apply(name, base_tensors[name])
-                if not torch.isfinite(weight).all():
-                    raise CheckpointError(f"adapter {adapter.folder} gives NaN or Inf values for {name!r}",
-                                          "this adapter is broken (diverged training?); use a healthy one")
+                check_finite(weight, name, f"adapter {adapter.folder}")
                 target.copy_(weight.to(target.dtype))
                 touched.append(name)
         yield
@@ -161,8 +157,6 @@ def _copy_weights_into(model, checkpoint) -> bool:
         return False
     for name, parameter in parameters.items():
         tensor = checkpoint.get(name)
-        if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"tensor {name!r} of {checkpoint.folder} contains NaN or Inf values",
-                                  "this checkpoint is broken (diverged training?); use a healthy one")
+        check_finite(tensor, name, checkpoint.folder)
         parameter.copy_(tensor.to(parameter.dtype))
     return True

@@ -42,7 +42,6 @@ class MergeMethod(ABC):
     name: ClassVar[str]
     parameters_model: ClassVar[type[BaseModel]]
     needs_samples: ClassVar[bool] = False
-    uses_base: ClassVar[bool] = True
     # True when each output entry depends only on the same entry of the inputs: the engine may
     # then merge a large tensor in row blocks, which keeps memory flat as the number of models
     # grows. (TIES and breadcrumbs rank a whole tensor; DARE draws one mask per tensor.)
