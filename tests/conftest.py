@@ -33,3 +33,16 @@ def tiny_loras(tiny_models) -> dict[str, Path]:
     root = tiny_models["root"]
     return {f"l{k}": make_tiny_lora(root / f"lora{k}", tiny_models["base"], seed=200 + k)
             for k in (1, 2)}
+
+
+@pytest.fixture(scope="session")
+def tiny_recall_merge(tiny_models, tmp_path_factory) -> Path:
+    """A real RECALL merge of the tiny base and two experts (its output folder)."""
+    from recall_merge import merge
+
+    output = tmp_path_factory.mktemp("recall_merge") / "merged"
+    config = {"method": "recall", "base": str(tiny_models["base"]),
+              "models": [str(tiny_models["e1"]), str(tiny_models["e2"])],
+              "samples": str(tiny_models["samples"]), "output": str(output), "seed": 0,
+              "parameters": {"num_typical": 3}}
+    return merge(config, quiet=True).output

@@ -112,15 +112,8 @@ def check_rendered(page: Path, sections: list[str], tmp_path: Path, name: str) -
 
 
 @pytest.fixture(scope="module")
-def merge_folder(tiny_models, tmp_path_factory) -> Path:
-    from recall_merge import merge
-
-    output = tmp_path_factory.mktemp("browser") / "merged"
-    config = {"method": "recall", "base": str(tiny_models["base"]),
-              "models": [str(tiny_models["e1"]), str(tiny_models["e2"])],
-              "samples": str(tiny_models["samples"]), "output": str(output), "seed": 0,
-              "parameters": {"num_typical": 3}}
-    return merge(config, quiet=True).output
+def merge_folder(tiny_recall_merge) -> Path:
+    return tiny_recall_merge
 
 
 def test_merge_report_in_browser(merge_folder, tmp_path):

@@ -34,16 +34,9 @@ RECALL_STRATEGY = "merge:recall:experts:base"
 # --- fixtures --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_merge(tiny_models, tmp_path_factory) -> Path:
+def tiny_merge(tiny_recall_merge) -> Path:
     """A real RECALL merge of the tiny base and two experts (its folder)."""
-    from recall_merge import merge
-
-    output = tmp_path_factory.mktemp("report") / "merged"
-    config = {"method": "recall", "base": str(tiny_models["base"]),
-              "models": [str(tiny_models["e1"]), str(tiny_models["e2"])],
-              "samples": str(tiny_models["samples"]), "output": str(output), "seed": 0,
-              "parameters": {"num_typical": 3}}
-    return merge(config, quiet=True).output
+    return tiny_recall_merge
 
 
 def fake_results(num_tasks: int = 2) -> dict:
