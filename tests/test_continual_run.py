@@ -208,3 +208,72 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_models):
         plain = choice_log_likelihoods(model, tokenizer, prompt, ["sport", "business", "tech"], 256)
         cached = choice_log_likelihoods(model, tokenizer, prompt, ["sport", "business", "tech"], 256, prefix)
         assert cached == pytest.approx(plain, abs=1e-4)
+
+
+def _order_config(base: Path, run_dir: Path, tasks: list[str], cache: Path, cells: str) -> dict:
+    config = tiny_config(base, run_dir, ["expert", "merge:task_arithmetic"])
+    return {**config, "tasks": tasks, "expert_cache": str(cache), "cells": cells}
+
+
+def test_orders_share_cached_experts_and_summary_cells_keep_the_metrics(tiny_models, tmp_path):
+    tasks = ["synthetic:alpha", "synthetic:beta", "synthetic-gen:gamma"]
+    cache = tmp_path / "experts"
+    first = ContinualRun(load_continual_config(
+        _order_config(tiny_models["base"], tmp_path / "a", tasks, cache, "summary")), quiet=True)
+    summary = first.run()
+    trained = sorted(p for p in cache.rglob("training.json"))
+    assert len(trained) == 3
+
+    # another order reuses every expert and every score of an expert already made
+    reordered = [tasks[2], tasks[0], tasks[1]]
+    second = ContinualRun(load_continual_config(
+        _order_config(tiny_models["base"], tmp_path / "b", reordered, cache, "summary")), quiet=True)
+    other = second.run()
+    assert sorted(cache.rglob("training.json")) == trained
+    scores = {name: row for name, row in zip(
+        ["alpha", "beta", "gamma"], summary["methods"]["expert"]["R"][1:], strict=True)}
+    for step, name in enumerate(["gamma", "alpha", "beta"], 1):
+        column = ["gamma", "alpha", "beta"].index(name)
+        assert other["methods"]["expert"]["R"][step][column] == \
+            scores[name][["alpha", "beta", "gamma"].index(name)]
+
+    # summary cells: only the last row, the diagonal and the cell above it are scored ...
+    matrix = summary["methods"]["merge:task_arithmetic:experts:base"]["R"]
+    assert matrix[1][2] is None and None not in matrix[3] and None not in matrix[0]
+    # ... and AP, BWT, FWT are those of a run that scores every cell
+    full = ContinualRun(load_continual_config(
+        _order_config(tiny_models["base"], tmp_path / "c", tasks, tmp_path / "experts_full", "full")),
+        quiet=True).run()
+    for method in ("expert", "merge:task_arithmetic:experts:base"):
+        for metric in ("AP", "BWT", "FWT"):
+            assert summary["methods"][method][metric] == pytest.approx(full["methods"][method][metric])
+        assert None not in [v for row in full["methods"][method]["R"] for v in row]
+
+
+def test_an_expert_cache_of_other_settings_is_refused(tiny_models, tmp_path):
+    cache = tmp_path / "experts"
+    tasks = ["synthetic:alpha"]
+    ContinualRun(load_continual_config(
+        _order_config(tiny_models["base"], tmp_path / "a", tasks, cache, "full")), quiet=True).run()
+    other = _order_config(tiny_models["base"], tmp_path / "b", tasks, cache, "full")
+    other["max_test"] = 5
+    with pytest.raises(ConfigError, match="expert_cache"):
+        ContinualRun(load_continual_config(other), quiet=True).run()
+
+
+def test_guard_leaves_out_a_newest_expert_that_does_not_beat_the_base(tiny_models, tmp_path):
+    # an expert trained with a vanishing learning rate is the base: on the newest task's dev split
+    # it cannot score above it, so every step keeps the previous model (here: the base)
+    strategy = {"kind": "merge", "method": "task_arithmetic", "name": "guarded",
+                "guard_newest": True, "training": {"learning_rate": 1e-12}}
+    config = tiny_config(tiny_models["base"], tmp_path / "run", [strategy])
+    results = ContinualRun(load_continual_config(config), quiet=True).run()
+    matrix = results["methods"]["guarded"]["R"]
+    assert matrix[1] == matrix[0] and matrix[2] == matrix[0]
+    assert results["methods"]["guarded"]["guard_newest"] is True
+    assert sorted(p.name for p in (tmp_path / "run" / "evals").glob("dev_*")) == [
+        "dev_alpha_base.json", "dev_alpha_experts_full-" + next(
+            (tmp_path / "run" / "experts").iterdir()).name.split("-")[1] + "_step1.json",
+        "dev_gamma_base.json", "dev_gamma_experts_full-" + next(
+            (tmp_path / "run" / "experts").iterdir()).name.split("-")[1] + "_step2.json"]
+    assert not (tmp_path / "run" / "strategies" / "guarded").exists()

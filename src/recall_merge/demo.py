@@ -55,7 +55,7 @@ def print_matrices(results: dict[str, Any], stream=sys.stdout) -> None:
         print(f"\n{method}", file=stream)
         print(f"  {'':24s}" + "".join(f"{s:>16s}" for s in short), file=stream)
         for label, row in zip(results["rows"], entry["R"], strict=True):
-            print(f"  {label[:24]:24s}" + "".join(f"{v:16.3f}" for v in row), file=stream)
+            print(f"  {label[:24]:24s}" + "".join(f"{'-':>16s}" if v is None else f"{v:16.3f}" for v in row), file=stream)
 
 
 def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 30, test_items: int = 16,

@@ -61,6 +61,10 @@ class StrategyConfig(_Strict):
     library: Library | Literal["*"] = "experts"
     finetune_from: FinetuneFrom | Literal["*"] = "base"
     parameters: dict[str, Any] | None = Field(None, description="merge: the method's parameters")
+    guard_newest: bool = Field(
+        False, description="merge: score the newest expert and the base on the newest task's dev "
+        "split (data that is at hand at that step) and leave the expert out of the merge when it "
+        "does not beat the base")
 
 
 class ContinualConfig(_Strict):
@@ -80,6 +84,12 @@ class ContinualConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     seed: int = 0
     device: str = Field("cpu", description="torch device for training, scoring and merging")
+    cells: Literal["full", "summary"] = Field(
+        "full", description="which R cells to score: every one, or only those AP, BWT and FWT read "
+        "(the last row, the diagonal and the cell just above it); the others are null")
+    expert_cache: Path | None = Field(
+        None, description="folder where experts fine-tuned from the base and their scores are kept "
+        "by task, so that runs of other orders or sequences share them")
     run_dir: Path
 
 
@@ -94,6 +104,7 @@ class Strategy:
     library: Library = "experts"
     finetune_from: FinetuneFrom = "base"
     parameters: dict[str, Any] = field(default_factory=dict)
+    guard_newest: bool = False
 
     @property
     def uses_old_data(self) -> bool:
@@ -156,7 +167,7 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
                     parameters = spec.parameters if spec.parameters is not None \
                         else config.merge_parameters.get(method, {})
                     strategies.append(Strategy(name, "merge", training, method, library, start,
-                                               dict(parameters)))
+                                               dict(parameters), spec.guard_newest))
     names = [s.name for s in strategies]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -178,6 +189,8 @@ def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfi
     update: dict[str, Any] = {}
     if not config.run_dir.is_absolute():
         update["run_dir"] = (base_dir / config.run_dir).resolve()
+    if config.expert_cache is not None and not config.expert_cache.is_absolute():
+        update["expert_cache"] = (base_dir / config.expert_cache).resolve()
     model_path = base_dir / config.model
     if config.model != TINY_RANDOM and not Path(config.model).is_absolute() and model_path.exists():
         update["model"] = str(model_path.resolve())

@@ -13,6 +13,10 @@ Conventions (RECALL_METHOD.md, "Standard continual-learning metrics"):
 
 Normalisation: AP divides by T, BWT and FWT by T − 1; with T = 1 BWT, FWT and forgetting are
 undefined (None / empty).
+
+A cell may be None (not scored: ``cells: summary`` scores only the last row, the diagonal and the
+cell above it). AP, BWT and FWT never read another cell; the maximum of forgetting runs over the
+scored cells only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ NORMALISATION = (
     "R[T][j], for tasks 1..T-1; average_forgetting is their mean (divided by T-1)"
 )
 
-Matrix = Sequence[Sequence[float]]
+Matrix = Sequence[Sequence[float | None]]
 
 
 def _check(matrix: Matrix) -> int:
@@ -72,7 +76,8 @@ def forgetting(matrix: Matrix) -> list[float]:
     num_tasks = _check(matrix)
     last = matrix[num_tasks]
     return [
-        max(matrix[i][j] for i in range(1, num_tasks)) - last[j] for j in range(num_tasks - 1)
+        max(value for i in range(1, num_tasks) if (value := matrix[i][j]) is not None) - last[j]
+        for j in range(num_tasks - 1)
     ]
 
 
@@ -80,7 +85,7 @@ def summarise(matrix: Matrix) -> dict[str, Any]:
     """Every metric of one strategy, JSON-ready."""
     per_task = forgetting(matrix)
     return {
-        "R": [[float(value) for value in row] for row in matrix],
+        "R": [[None if value is None else float(value) for value in row] for row in matrix],
         "AP": average_performance(matrix),
         "BWT": backward_transfer(matrix),
         "FWT": forward_transfer(matrix),

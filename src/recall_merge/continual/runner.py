@@ -8,8 +8,13 @@ Run folder layout (``run_dir``)::
     experts/TRAINKEY/stepI/        expert of task I fine-tuned from the base (shared by strategies)
     strategies/NAME/stepI/         the model of strategy NAME after step I (adapter or HF folder)
     strategies/NAME/expertI/       merges fine-tuned from the previous merge: that expert
-    evals/KEY.json                 scores of one model on every task
+    evals/KEY.json                 scores of one model on every task (or the cells it needs)
     results.json, results.csv
+
+With ``expert_cache`` set, the experts fine-tuned from the base and the scores of them and of the
+base live in that folder instead, by task (``TRAINKEY/TASK/`` and ``evals/``), so runs of other task
+orders or sequences reuse them; ``expert_cache/manifest.json`` holds what they depend on (model,
+seed, split caps, evaluation) and a run with other values is refused.
 
 A stage is built in ``PATH.partial`` and renamed to ``PATH`` when complete; a stage whose ``PATH``
 exists is skipped, so re-running the same command after a crash or Ctrl-C continues where it
@@ -41,7 +46,7 @@ from .config import TINY_RANDOM, ContinualConfig, Strategy, expand_strategies, l
 
 ABORT_ENV = "RECALL_CONTINUAL_ABORT_AFTER"  # test hook: hard-exit after this many new stages
 ABORT_EXIT_CODE = 75
-_UNCOMPARED = ("run_dir",)
+_UNCOMPARED = ("run_dir", "expert_cache")
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,10 @@ class ContinualRun:
                   file=sys.stderr, flush=True)
             os._exit(ABORT_EXIT_CODE)
 
-    def folder_stage(self, relative: str, build: Callable[[Path], None], create: bool = True) -> Path:
-        """``run_dir/relative``, built by ``build(partial_folder)`` unless it already exists."""
+    def folder_stage(self, relative: str | Path, build: Callable[[Path], None],
+                     create: bool = True) -> Path:
+        """``run_dir/relative`` (or an absolute path), built by ``build(partial_folder)`` unless it
+        already exists."""
         final = self.root / relative
         if final.exists():
             return final
@@ -114,7 +121,7 @@ class ContinualRun:
         self._stage_finished(relative, started)
         return final
 
-    def json_stage(self, relative: str, compute: Callable[[], Any]) -> Any:
+    def json_stage(self, relative: str | Path, compute: Callable[[], Any]) -> Any:
         path = self.root / relative
         if path.exists():
             return json.loads(path.read_text(encoding="utf-8"))
@@ -131,6 +138,26 @@ class ContinualRun:
                 shutil.rmtree(partial, ignore_errors=True)
             elif partial.exists():
                 partial.unlink()
+
+    def _check_expert_cache(self) -> None:
+        """The shared expert folder must hold experts and scores made under the same settings."""
+        cache = self.config.expert_cache
+        if cache is None:
+            return
+        current = {key: value for key, value in comparable_config(self.config).items()
+                   if key in ("model", "seed", "max_train", "max_dev", "max_test", "task_options",
+                              "evaluation", "device")}
+        path = cache / "manifest.json"
+        if path.exists():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored != current:
+                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+                raise ConfigError(
+                    f"expert_cache {str(cache)!r} holds experts of other settings "
+                    f"(differs in: {', '.join(changed)})",
+                    "use another expert_cache folder for these settings")
+        else:
+            _write_json(path, current)
 
     def _check_config(self) -> None:
         """Refuse to mix two configs in one run folder (their stages would not match)."""
@@ -177,12 +204,13 @@ class ContinualRun:
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per stage drowns the log
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_config()
+        self._check_expert_cache()
         self._discard_partials()
         self.tasks = self.load_tasks()
         self.base = self.base_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(self.base)
         strategies = expand_strategies(self.config, merge_methods=_classic_and_recall_methods())
-        base_scores = self.evaluate(ModelState(self.base), "base")
+        base_scores = self.evaluate(ModelState(self.base), self._base_eval_path())
         methods: dict[str, Any] = {}
         for strategy in strategies:
             self.log(f"strategy {strategy.name}")
@@ -216,22 +244,38 @@ class ContinualRun:
     def eval_examples(self, task: Task) -> list[Example]:
         return list(getattr(task, self.config.evaluation.split))
 
-    def evaluate(self, state: ModelState, key: str) -> list[float]:
-        """Scores (the task's own metric) of ``state`` on every task, as one durable stage."""
-        def compute() -> dict[str, Any]:
+    def needed_columns(self, step: int) -> list[int]:
+        """The task columns scored in row ``step`` (1..T): all of them with ``cells: full``; with
+        ``summary`` the last row, the diagonal R[i][i-1] (BWT) and R[i][i] (FWT) only."""
+        num_tasks = len(self.tasks)
+        if self.config.cells == "full" or step == num_tasks:
+            return list(range(num_tasks))
+        return [step - 1, step]
+
+    def evaluate(self, state: ModelState, path: Path,
+                 columns: list[int] | None = None) -> list[float | None]:
+        """Scores (the task's own metric) of ``state`` on the tasks ``columns`` (default: all),
+        kept in ``path`` (JSON by task name); only tasks not in it yet are scored."""
+        wanted = [self.tasks[j] for j in (range(len(self.tasks)) if columns is None else columns)]
+        wanted_names = {task.name for task in wanted}
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        missing = [task for task in wanted if task.name not in stored]
+        if missing:
             from .scoring import score_task
             from .training import load_causal_lm
 
+            started = time.perf_counter()
             model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
             ev = self.config.evaluation
-            return {task.name: score_task(model, self.tokenizer, task, self.eval_examples(task),
-                                          ev.batch_size, ev.max_length, ev.max_new_tokens)
-                    for task in self.tasks}
+            for task in missing:
+                stored[task.name] = score_task(model, self.tokenizer, task, self.eval_examples(task),
+                                               ev.batch_size, ev.max_length, ev.max_new_tokens)
+            _write_json(path, stored)
+            self._stage_finished(f"{path.name}: {', '.join(t.name for t in missing)}", started)
+        return [stored[task.name]["score"] if task.name in wanted_names else None
+                for task in self.tasks]
 
-        scores = self.json_stage(f"evals/{_slug(key)}.json", compute)
-        return [scores[task.name]["score"] for task in self.tasks]
-
-    def run_strategy(self, strategy: Strategy) -> list[list[float]]:
+    def run_strategy(self, strategy: Strategy) -> list[list[float | None]]:
         """The T rows R[1..T] of one strategy."""
         if strategy.kind == "merge":
             states = self.merge_states(strategy)
@@ -239,11 +283,22 @@ class ContinualRun:
             states = [self.expert_from_base(strategy, i) for i in range(1, len(self.tasks) + 1)]
         else:
             states = self.trained_states(strategy)
-        return [self.evaluate(state, self._eval_key(state)) for state in states]
+        return [self.evaluate(state, self._eval_path(state), self.needed_columns(step))
+                for step, state in enumerate(states, 1)]
 
-    def _eval_key(self, state: ModelState) -> str:
+    def _base_eval_path(self) -> Path:
+        if self.config.expert_cache is not None:
+            return self.config.expert_cache / "evals" / "base.json"
+        return self.root / "evals" / "base.json"
+
+    def _eval_path(self, state: ModelState) -> Path:
         path = state.adapter or state.folder
-        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else "base"
+        cache = self.config.expert_cache
+        if cache is not None and path.is_relative_to(cache):
+            return cache / "evals" / (_slug(str(path.relative_to(cache))) + ".json")
+        if path.is_relative_to(self.root):
+            return self.root / "evals" / (_slug(str(path.relative_to(self.root))) + ".json")
+        return self._base_eval_path()
 
     # --- training stages -------------------------------------------------------------------
 
@@ -271,7 +326,7 @@ class ContinualRun:
             )
 
             training = strategy.training
-            seed = stable_seed(self.config.seed, relative)
+            seed = stable_seed(self.config.seed, self._seed_key(relative))
             device = self.config.device
             if continue_adapter and start.adapter is not None:
                 model = make_trainable(load_causal_lm(start.folder, device=device), training,
@@ -296,9 +351,19 @@ class ContinualRun:
 
         return self.folder_stage(relative, build)
 
+    def _seed_key(self, relative: str | Path) -> str:
+        """What a stage's seed derives from: its path inside the run folder or the expert cache."""
+        cache = self.config.expert_cache
+        if cache is not None and Path(relative).is_absolute() and Path(relative).is_relative_to(cache):
+            return "expert_cache/" + str(Path(relative).relative_to(cache))
+        return str(relative)
+
     def expert_from_base(self, strategy: Strategy, step: int) -> ModelState:
-        """Task ``step``'s expert, fine-tuned from the base; shared by strategies that train alike."""
-        relative = f"experts/{training_key(strategy)}/step{step}"
+        """Task ``step``'s expert, fine-tuned from the base; shared by strategies that train alike
+        (and, with ``expert_cache``, by runs of other orders: there it is kept by task name)."""
+        relative: str | Path = f"experts/{training_key(strategy)}/step{step}"
+        if self.config.expert_cache is not None:
+            relative = self.config.expert_cache / training_key(strategy) / _slug(self.tasks[step - 1].name)
         folder = self.train_stage(relative, strategy, self.tasks[step - 1].train,
                                   ModelState(self.base), continue_adapter=False)
         return self._state_of(folder, strategy)
@@ -360,14 +425,42 @@ class ContinualRun:
                                           self.tasks[step - 1].train, merged[-1],
                                           continue_adapter=False, merged_output=True)
                 expert = ModelState(folder)
+            if strategy.guard_newest and not self.beats_base_on_dev(expert, step):
+                self.log(f"{strategy.name} step {step}: the new expert does not beat the base on "
+                         f"the dev split of {self.tasks[step - 1].name}; it is left out")
+                merged.append(merged[-1] if merged else ModelState(self.base))
+                continue
             experts.append(expert)
-            if strategy.library == "experts" or step == 1:
+            if strategy.library == "experts" or step == 1 or not merged:
                 models = [e.merge_ref for e in experts]
             else:
                 models = [merged[-1].merge_ref, expert.merge_ref]
             folder = self.merge_stage(f"strategies/{slug}/step{step}", strategy, models, step)
             merged.append(ModelState(folder))
         return merged
+
+    def beats_base_on_dev(self, expert: ModelState, step: int) -> bool:
+        """Whether ``expert`` scores above the base on task ``step``'s dev split (no old data: the
+        newest task's own held-out slice, at hand when its expert is made)."""
+        task = self.tasks[step - 1]
+        ev = self.config.evaluation
+
+        def dev_score(state: ModelState, path: Path) -> float:
+            def compute() -> dict[str, Any]:
+                from .scoring import score_task
+                from .training import load_causal_lm
+
+                model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
+                return score_task(model, self.tokenizer, task, list(task.dev), ev.batch_size,
+                                  ev.max_length, ev.max_new_tokens)
+
+            return float(self.json_stage(path, compute)["score"])
+
+        expert_path = self._eval_path(expert)
+        base_path = self._base_eval_path()
+        slug = _slug(task.name)
+        return dev_score(expert, expert_path.with_name(f"dev_{slug}_{expert_path.name}")) > \
+            dev_score(ModelState(self.base), base_path.with_name(f"dev_{slug}_{base_path.name}"))
 
     def merge_stage(self, relative: str, strategy: Strategy, models: list[str], step: int) -> Path:
         samples = self.samples_file(step)
@@ -432,7 +525,8 @@ def describe(strategy: Strategy) -> dict[str, Any]:
                             "top_k_blocks": strategy.training.top_k_blocks}
     if strategy.kind == "merge":
         info.update(method=strategy.method, library=strategy.library,
-                    finetune_from=strategy.finetune_from, parameters=strategy.parameters)
+                    finetune_from=strategy.finetune_from, parameters=strategy.parameters,
+                    guard_newest=strategy.guard_newest)
     return info
 
 

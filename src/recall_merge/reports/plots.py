@@ -270,7 +270,7 @@ def plot_accuracy_matrices(results: dict[str, Any], folder: Path) -> list[Path]:
         return []
     tasks = [t["name"] if len(t["name"]) <= 14 else t["name"][:13] + "…" for t in results["tasks"]]
     rows = ["base"] + [f"step {i}" for i in range(1, len(tasks) + 1)]
-    values = [v for entry in methods.values() for row in entry["R"] for v in row]
+    values = [v for entry in methods.values() for row in entry["R"] for v in row if v is not None]
     vmin, vmax = min(0.0, min(values)), max(1.0, max(values))
     columns = min(3, len(methods))
     count = math.ceil(len(methods) / columns)

@@ -1,0 +1,90 @@
+"""Which real tasks can SmolLM2-135M-Instruct learn within the harness's short LoRA budget?
+
+For each task: score the base on the test split, fine-tune one LoRA expert from the base with the
+benchmark's training config (the one `recall demo` uses: 30 steps of 8, rank 8 on every linear
+layer of the top 8 blocks, lr 5e-3), score it again. A task whose expert does not beat the base
+cannot show forgetting or merging, so the sequences in ``sequences.py`` drop or replace it.
+
+    python benchmarks/continual/probe_tasks.py bigbench:hyperbaton bbc ...   # appends to the JSON
+
+Writes ``benchmarks/results/task_probe.json`` (one record per task, with seed and versions).
+Experts go to ``$RECALL_MERGE_CACHE/task_probe`` (never into the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
+
+
+def probe(spec: str, seed: int, test_items: int, steps: int) -> dict:
+    from sequences import TRAINING  # the benchmark's own training config
+    from transformers import AutoTokenizer
+
+    from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.continual.config import TrainingConfig
+    from recall_merge.continual.scoring import predict_choices, score_task
+    from recall_merge.continual.training import load_causal_lm, make_trainable, train
+    from recall_merge.data.registry import load_task
+
+    base = resolve_model_ref("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    task = load_task(spec, seed=seed, n_train=240, n_dev=8, n_test=test_items)
+    training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False})
+
+    def evaluate(model) -> tuple[float, dict]:
+        score = score_task(model, tokenizer, task, task.test, 16, 128, 16)["score"]
+        spread = {}
+        if task.kind != "generation":
+            spread = dict(Counter(predict_choices(model, tokenizer, task.test, 16, 128)))
+        return score, spread
+
+    started = time.perf_counter()
+    base_score, base_predictions = evaluate(load_causal_lm(base))
+    model = make_trainable(load_causal_lm(base), training, seed=seed)
+    loss = train(model, tokenizer, task.train, training, seed, description=spec)
+    expert_score, expert_predictions = evaluate(model.merge_and_unload())
+    majority = Counter(ex.target for ex in task.test).most_common(1)[0][1] / len(task.test) \
+        if task.kind != "generation" else None
+    return {"task": spec, "kind": task.kind, "metric": task.metric, "num_train": len(task.train),
+            "num_test": len(task.test), "steps": steps, "final_loss": loss,
+            "base": base_score, "expert": expert_score, "gain": expert_score - base_score,
+            "majority_class_rate": majority, "base_predictions": base_predictions,
+            "expert_predictions": expert_predictions,
+            "seconds": round(time.perf_counter() - started, 1), "seed": seed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tasks", nargs="+")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-items", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from recall_merge.engine import versions
+
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
+    for spec in args.tasks:
+        record = probe(spec, args.seed, args.test_items, args.steps)
+        print(json.dumps(record), flush=True)
+        data["records"] = [r for r in data["records"]
+                           if (r["task"], r["steps"], r["seed"]) != (spec, args.steps, args.seed)]
+        data["records"].append(record)
+        data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
+                    "TASK... [--steps N] [--test-items N] [--seed N]")
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()

@@ -1,0 +1,57 @@
+"""The benchmark's task sequences, training and evaluation budget (shared by every script here)."""
+
+from __future__ import annotations
+
+# The LoRA budget `recall demo` uses: the top 8 of SmolLM2's 30 blocks, every linear layer,
+# 30 steps of 8 examples. Measured on 2 CPU cores: ~60 s per expert.
+TRAINING = {"mode": "lora", "lora_rank": 8, "lora_alpha": 16, "top_k_blocks": 8,
+            "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj"],
+            "epochs": 1, "max_steps": 30, "batch_size": 8, "learning_rate": 5e-3,
+            "max_length": 96}
+EVALUATION = {"batch_size": 16, "max_length": 160, "max_new_tokens": 16}
+
+# Three sequences (issue "The default demo, the continual-learning benchmark, ..."). The
+# domain-incremental one is the DEVELOPMENT sequence: every RECALL choice is tuned on it alone; the
+# other two are held out and run with those choices untouched.
+SEQUENCES: dict[str, dict] = {
+    "domain": {
+        "role": "development",
+        "description": "domain-incremental: MultiEmo sentence sentiment (same 4 labels) in 4 domains",
+        "tasks": ["bigbench:multiemo/hotels_sentence_en", "bigbench:multiemo/medicine_sentence_en",
+                  "bigbench:multiemo/products_sentence_en", "bigbench:multiemo/reviews_sentence_en"],
+    },
+    "task": {
+        "role": "held-out",
+        "description": "task-incremental: classification tasks with different label sets",
+        "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:hyperbaton",
+                  "bigbench:fact_checker/fever"],
+    },
+}
+
+
+def orders(num_tasks: int) -> list[list[int]]:
+    """Three task orders: as listed, reversed, and interleaved (odd positions first), so that each
+    order starts with another task."""
+    listed = list(range(num_tasks))
+    interleaved = listed[1::2] + listed[0::2]
+    return [listed, listed[::-1], interleaved]
+
+# Merge parameters of the strategies (the chosen RECALL variant and the baselines' λ come from the
+# development sweep, benchmarks/continual/sweep.py; see benchmarks/results/continual_sweep.json).
+RECALL_PAPER = {"variant": "paper", "num_typical": 16, "max_length": 96}
+RECALL_CHOSEN = {"variant": "paper", "num_typical": 16, "max_length": 96}
+TASK_ARITHMETIC = {"lambda": 1.0}
+TIES = {"density": 0.2, "lambda": 1.0}
+MAGMAX = {}
+
+STRATEGIES: dict[str, dict] = {
+    "expert": {"kind": "expert"},
+    "sequential": {"kind": "sequential"},
+    "joint": {"kind": "joint"},
+    "recall_paper": {"kind": "merge", "method": "recall", "parameters": RECALL_PAPER},
+    "recall": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN},
+    "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
+    "ties": {"kind": "merge", "method": "ties", "parameters": TIES},
+    "magmax": {"kind": "merge", "method": "magmax", "parameters": MAGMAX},
+}
