@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
 
 
-def probe(spec: str, seed: int, test_items: int, steps: int) -> dict:
+def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None) -> dict:
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
@@ -37,14 +37,17 @@ def probe(spec: str, seed: int, test_items: int, steps: int) -> dict:
     base = resolve_model_ref("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(base)
     task = load_task(spec, seed=seed, n_train=240, n_dev=8, n_test=test_items)
-    training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False})
+    training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False,
+                                 **({"learning_rate": lr} if lr else {})})
 
     def evaluate(model) -> tuple[float, dict]:
-        score = score_task(model, tokenizer, task, task.test, 16, 128, 16)["score"]
-        spread = {}
-        if task.kind != "generation":
-            spread = dict(Counter(predict_choices(model, tokenizer, task.test, 16, 128)))
-        return score, spread
+        """The task's score, and how often each label is predicted (a collapse onto one label
+        means the expert learned the label prior, not the task)."""
+        if task.kind == "generation":
+            return score_task(model, tokenizer, task, task.test, 16, 160, 16)["score"], {}
+        predictions = predict_choices(model.eval(), tokenizer, task.test, 16, 160)
+        hits = sum(p == ex.target for p, ex in zip(predictions, task.test, strict=True))
+        return hits / len(task.test), dict(Counter(predictions))
 
     started = time.perf_counter()
     base_score, base_predictions = evaluate(load_causal_lm(base))
@@ -54,7 +57,8 @@ def probe(spec: str, seed: int, test_items: int, steps: int) -> dict:
     majority = Counter(ex.target for ex in task.test).most_common(1)[0][1] / len(task.test) \
         if task.kind != "generation" else None
     return {"task": spec, "kind": task.kind, "metric": task.metric, "num_train": len(task.train),
-            "num_test": len(task.test), "steps": steps, "final_loss": loss,
+            "num_test": len(task.test), "steps": steps, "learning_rate": training.learning_rate,
+            "num_train_used": min(len(task.train), steps * training.batch_size), "final_loss": loss,
             "base": base_score, "expert": expert_score, "gain": expert_score - base_score,
             "majority_class_rate": majority, "base_predictions": base_predictions,
             "expert_predictions": expert_predictions,
@@ -67,19 +71,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-items", type=int, default=40)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from recall_merge.engine import versions
 
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
     for spec in args.tasks:
-        record = probe(spec, args.seed, args.test_items, args.steps)
+        record = probe(spec, args.seed, args.test_items, args.steps, args.lr)
         print(json.dumps(record), flush=True)
         data["records"] = [r for r in data["records"]
-                           if (r["task"], r["steps"], r["seed"]) != (spec, args.steps, args.seed)]
+                           if (r["task"], r["steps"], r["seed"], r.get("learning_rate"))
+                           != (spec, args.steps, args.seed, record["learning_rate"])]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
-                    "TASK... [--steps N] [--test-items N] [--seed N]")
+                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N]")
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
