@@ -62,7 +62,7 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None) -
             "base": base_score, "expert": expert_score, "gain": expert_score - base_score,
             "majority_class_rate": majority, "base_predictions": base_predictions,
             "expert_predictions": expert_predictions,
-            "seconds": round(time.perf_counter() - started, 1), "seed": seed}
+            "eval_max_length": 160, "seconds": round(time.perf_counter() - started, 1), "seed": seed}
 
 
 def main() -> None:
