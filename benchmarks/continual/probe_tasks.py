@@ -36,7 +36,7 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None) -
 
     base = resolve_model_ref("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    task = load_task(spec, seed=seed, n_train=240, n_dev=8, n_test=test_items)
+    task = load_task(spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8, n_test=test_items)
     training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False,
                                  **({"learning_rate": lr} if lr else {})})
 

@@ -66,12 +66,16 @@ def _stats(values: list[float | None]) -> dict:
 def summarise(runs: list[dict]) -> dict:
     """Per strategy: AP, BWT, FWT over the orders run (mean, sample std, values)."""
     names = list(dict.fromkeys(name for run in runs for name in run["results"]["methods"]))
+    runs = [run for run in runs if run["results"]]
     summary = {}
     for name in names:
         entries = [run["results"]["methods"].get(name, {}) for run in runs]
         summary[name] = {metric: _stats([entry.get(metric) for entry in entries])
                          for metric in ("AP", "BWT", "FWT", "average_forgetting")}
         summary[name]["orders"] = len([e for e in entries if "R" in e])
+        summary[name]["perplexity"] = _stats([run.get("generalisation", {}).get(name, {})
+                                              .get("perplexity") for run in runs])
+        summary[name]["wall_seconds"] = _stats([run.get("wall_seconds", {}).get(name) for run in runs])
     return summary
 
 
@@ -90,7 +94,66 @@ def expert_gains(runs: list[dict]) -> dict:
     return gains
 
 
+PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens each
+
+
+def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None:
+    """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
+    from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.continual.runner import _slug
+
+    base = resolve_model_ref("smollm2")
+    if strategy == "base":
+        return base, None
+    folder = run_dir / "strategies" / _slug(strategy)
+    steps = sorted((p for p in folder.glob("step*") if p.name[4:].isdigit()),
+                   key=lambda p: int(p.name[4:])) if folder.is_dir() else []
+    if not steps:
+        return None if strategy == "expert" else (base, None)  # guarded: every expert left out
+    last = steps[-1]
+    return (base, last) if (last / "adapter_config.json").exists() else (last, None)
+
+
+def generalisation(run_dir: Path, strategies: list[str]) -> dict:
+    """Perplexity of each strategy's final model (and the base) on general English text, kept in
+    ``run_dir/generalisation.json`` so reruns are free."""
+    from transformers import AutoTokenizer
+
+    from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.continual.scoring import perplexity
+    from recall_merge.continual.training import load_causal_lm
+    from recall_merge.data.bbc import article_bodies
+
+    path = run_dir / "generalisation.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
+    for name in ["base", *strategies]:
+        if name in stored or (state := final_model(run_dir, name)) is None:
+            continue
+        model = load_causal_lm(*state)
+        stored[name] = {"perplexity": perplexity(model, tokenizer, texts, 256),
+                        "texts": f"{PERPLEXITY_TEXTS} BBC article bodies, first 256 tokens"}
+        path.write_text(json.dumps(stored, indent=2) + "\n")
+    return stored
+
+
+def single_model(run: dict) -> dict:
+    """The paper's single-model scenario read off step 1: the base merged with the first task's
+    expert alone, scored on that task (next to the expert's own score)."""
+    results = run["results"]
+    first = results["tasks"][0]["name"]
+    expert = results["methods"].get("expert", {}).get("R")
+    out = {"task": first, "expert": expert[1][0] if expert else None}
+    for name, entry in results["methods"].items():
+        if entry.get("kind") == "merge" and "R" in entry:
+            out[name] = entry["R"][1][0]
+    return out
+
+
 def run_sequence(args: argparse.Namespace) -> Path:
+    """Run (or resume) every requested (order, strategy); each is its own run folder, so strategies
+    can be added to an order later. Results merge into one JSON per sequence."""
     from recall_merge.continual.runner import print_summary, run_continual
     from recall_merge.engine import versions
 
@@ -102,28 +165,36 @@ def run_sequence(args: argparse.Namespace) -> Path:
     all_orders = orders(len(spec["tasks"]))
     for index in args.orders:
         order = all_orders[index]
-        config = continual_config(args.sequence, order, args.strategies, args.max_test, args.cells,
-                                  args.seed)
-        started = time.perf_counter()
-        results = run_continual(config, quiet=args.quiet)
-        seconds = time.perf_counter() - started
-        print(f"\n== {args.sequence} order {order} ({seconds:.0f} s)")
-        print_summary(results)
-        old = runs.get(tuple(order))
-        # wall time of the run that did the work: a rerun that found every stage on disk keeps
-        # the earlier figure
-        timing = old["wall_seconds"] if old and seconds < 0.5 * old.get("wall_seconds", 0) else seconds
-        runs[tuple(order)] = {"order": order, "tasks": config["tasks"], "max_test": args.max_test,
-                              "seed": args.seed, "cells": args.cells, "wall_seconds": round(timing, 1),
-                              "results": results}
-        ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
-        data = {"sequence": args.sequence, **spec, "seed": args.seed, "max_test": args.max_test,
-                "training": TRAINING, "evaluation": EVALUATION,
-                "command": f"python benchmarks/continual/run.py --sequence {args.sequence}",
-                "runs": ordered, "summary": summarise(ordered), "expert_gains": expert_gains(ordered),
-                "versions": versions()}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=2) + "\n")
+        run = runs.setdefault(tuple(order), {
+            "order": order, "tasks": [spec["tasks"][i] for i in order], "max_test": args.max_test,
+            "seed": args.seed, "cells": args.cells, "wall_seconds": {}, "generalisation": {},
+            "results": None})
+        for name in args.strategies:
+            config = continual_config(args.sequence, order, [name], args.max_test, args.cells,
+                                      args.seed)
+            config["run_dir"] = str(Path(config["run_dir"]) / name)
+            started = time.perf_counter()
+            results = run_continual(config, quiet=args.quiet)
+            seconds = time.perf_counter() - started
+            print(f"\n== {args.sequence} order {order} {name} ({seconds:.0f} s)")
+            print_summary(results)
+            # keep the wall time of the call that did the work (a rerun finds the stages on disk)
+            run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
+            run["generalisation"].update(generalisation(Path(config["run_dir"]), [name]))
+            if run["results"] is None:
+                run["results"] = {**results, "methods": {}}
+            run["results"]["methods"][name] = results["methods"][name]
+            run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
+            ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
+            data = {"sequence": args.sequence, **spec, "seed": args.seed, "max_test": args.max_test,
+                    "training": TRAINING, "evaluation": EVALUATION, "strategies": STRATEGIES,
+                    "command": f"python benchmarks/continual/run.py --sequence {args.sequence}",
+                    "runs": ordered, "summary": summarise(ordered),
+                    "expert_gains": expert_gains(ordered),
+                    "single_model": [single_model(r) for r in ordered if r["results"]],
+                    "versions": versions()}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(data, indent=2) + "\n")
     return out
 
 
@@ -139,16 +210,22 @@ def table(sequence: str) -> str:
     data = json.loads((RESULTS / f"continual_{sequence}.json").read_text())
     lines = [f"**{data['description']}** ({data['role']}; {len(data['runs'])} order(s), "
              f"{data['max_test']} test items per task)", "",
-             "| strategy | AP | BWT | FWT | orders |", "|---|---|---|---|---|"]
+             "| strategy | AP | BWT | FWT | perplexity | orders | wall min / order |",
+             "|---|---|---|---|---|---|---|"]
+    base_ppl = data["runs"][0].get("generalisation", {}).get("base", {}).get("perplexity")
     for name, stat in data["summary"].items():
+        wall = stat["wall_seconds"]["mean"]
         lines.append(f"| {name} | {_fmt(stat['AP'], False)} | {_fmt(stat['BWT'])} | "
-                     f"{_fmt(stat['FWT'])} | {stat['orders']} |")
+                     f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False)} | "
+                     f"{stat['orders']} | {'' if wall is None else f'{wall / 60:.1f}'} |")
+    if base_ppl:
+        lines += ["", f"Base model perplexity on the same text: {base_ppl:.2f}."]
     gains = data.get("expert_gains", {})
     if gains:
         lines += ["", "| task | base | own expert |", "|---|---|---|"]
         lines += [f"| {task} | {g['base']:.3f} | {g['expert']:.3f} |" for task, g in gains.items()]
-    walls = [f"order {'-'.join(map(str, r['order']))}: {r['wall_seconds'] / 60:.1f} min" for r in data["runs"]]
-    lines += ["", "Wall time on 2 CPU cores: " + ", ".join(walls)]
+    lines += ["", "Orders run: " + "; ".join(" → ".join(t.split(":")[-1] for t in r["tasks"])
+                                            for r in data["runs"])]
     return "\n".join(lines)
 
 

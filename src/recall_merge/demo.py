@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEMO_TASKS = ["bbc", "bigbench:intent_recognition", "bigbench:multiemo/hotels_sentence_en"]
+# Each was checked to be learnable at the demo's budget (benchmarks/results/task_probe.json);
+# MultiEmo sentiment, FEVER and hyperbaton are not (their experts predict one label).
+DEMO_TASKS = ["bbc", "bigbench:intent_recognition", "bigbench:tense"]
 DEMO_METHODS = ["recall", "task_arithmetic"]  # --methods adds more (each costs ~1.5 min)
 
 
@@ -36,7 +38,7 @@ def demo_config(run_dir: Path, seed: int = 0, steps: int = 30, test_items: int =
                                       "down_proj"],
                      "epochs": 1, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-3,
                      "max_length": 96},
-        "evaluation": {"batch_size": 16, "max_length": 128, "max_new_tokens": 8},
+        "evaluation": {"batch_size": 16, "max_length": 128, "max_new_tokens": 32},
         "merge_samples": 64,
         "merge_parameters": {"recall": {"num_typical": 16, "max_length": 96},
                              "task_arithmetic": {"lambda": 1.0},

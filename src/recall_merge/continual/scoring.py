@@ -319,3 +319,25 @@ def score_task(model, tokenizer, task: Task, examples: Sequence[Example], batch_
     metric = task.metric if task.metric in scores else next(iter(scores))
     scores["score"] = scores[metric]
     return scores
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 256) -> float:
+    """exp of the mean next-token negative log-likelihood over every predicted token of ``texts``
+    (raw text, no chat template; each text cut to its first ``max_length`` tokens)."""
+    model.eval()
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+        if len(ids) < 2:
+            continue
+        input_ids = torch.tensor([ids], device=device)
+        logits = model(input_ids=input_ids).logits.float()[0, :-1]
+        nll = torch.nn.functional.cross_entropy(logits, input_ids[0, 1:], reduction="sum")
+        total_nll += float(nll)
+        total_tokens += len(ids) - 1
+    if not total_tokens:
+        raise RecallError("perplexity needs at least one text of two or more tokens",
+                          "pass longer texts")
+    return float(torch.exp(torch.tensor(total_nll / total_tokens)))

