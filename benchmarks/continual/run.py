@@ -44,11 +44,11 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
     return {
         "model": "smollm2",
         "tasks": [spec["tasks"][i] for i in order],
-        "max_train": 240, "max_dev": 16, "max_test": max_test, "seed": seed,
+        "max_train": spec.get("max_train", 240), "max_dev": 16, "max_test": max_test, "seed": seed,
         "run_dir": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / f"order_{label}"),
-        "expert_cache": str(run_folder() / f"experts_t{max_test}_s{seed}"),
+        "expert_cache": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / "experts"),
         "cells": cells,
-        "training": dict(TRAINING),
+        "training": {**TRAINING, **spec.get("training", {})},
         "evaluation": dict(EVALUATION),
         "merge_samples": 64,
         "strategies": [{"name": name, **STRATEGIES[name]} for name in strategies],
@@ -187,7 +187,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
             ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
             data = {"sequence": args.sequence, **spec, "seed": args.seed, "max_test": args.max_test,
-                    "training": TRAINING, "evaluation": EVALUATION, "strategies": STRATEGIES,
+                    "training": {**TRAINING, **spec.get("training", {})}, "evaluation": EVALUATION,
+                    "strategies": STRATEGIES,
                     "command": f"python benchmarks/continual/run.py --sequence {args.sequence}",
                     "runs": ordered, "summary": summarise(ordered),
                     "expert_gains": expert_gains(ordered),

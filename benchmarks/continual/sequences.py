@@ -9,7 +9,7 @@ TRAINING = {"mode": "lora", "lora_rank": 8, "lora_alpha": 16, "top_k_blocks": 8,
                              "down_proj"],
             "epochs": 1, "max_steps": 30, "batch_size": 8, "learning_rate": 5e-3,
             "max_length": 96}
-EVALUATION = {"batch_size": 16, "max_length": 160, "max_new_tokens": 16}
+EVALUATION = {"batch_size": 16, "max_length": 160, "max_new_tokens": 32}
 
 # Three sequences (issue "The default demo, the continual-learning benchmark, ..."). The
 # domain-incremental one is the DEVELOPMENT sequence: every RECALL choice is tuned on it alone; the
@@ -18,14 +18,20 @@ SEQUENCES: dict[str, dict] = {
     "domain": {
         "role": "development",
         "description": "domain-incremental: MultiEmo sentence sentiment (same 4 labels) in 4 domains",
+        # At 30 steps of lr 5e-3 a MultiEmo expert predicts one label for every sentence (no gain);
+        # 120 steps of lr 1e-3 on 960 sentences lifts hotels 0.225 -> 0.525 (task_probe.json).
+        "training": {"max_steps": 120, "learning_rate": 1e-3},
+        "max_train": 960,
         "tasks": ["bigbench:multiemo/hotels_sentence_en", "bigbench:multiemo/medicine_sentence_en",
                   "bigbench:multiemo/products_sentence_en", "bigbench:multiemo/reviews_sentence_en"],
     },
     "task": {
         "role": "held-out",
-        "description": "task-incremental: classification tasks with different label sets",
-        "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:hyperbaton",
-                  "bigbench:fact_checker/fever"],
+        "description": "task-incremental: four tasks with different outputs (news topic, intent, "
+                       "tense rewriting, object counting)",
+        # each checked learnable at this budget (benchmarks/results/task_probe.json); hyperbaton,
+        # FEVER and word unscrambling were not (one-label collapse or no gain), so they are out
+        "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:tense", "bigbench:object_counting"],
     },
 }
 
