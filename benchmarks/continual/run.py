@@ -230,6 +230,26 @@ def table(sequence: str) -> str:
     return "\n".join(lines)
 
 
+def sweep_table() -> str:
+    """The README table of the development sweep (benchmarks/continual/sweep.py)."""
+    data = json.loads((RESULTS / "continual_sweep.json").read_text())
+    names = list(data["base"])
+    short = [name.split("/")[-1].replace("_sentence_en", "") for name in names]
+    lines = [f"Development sequence, order {' → '.join(short)}; the last step's merge of all four "
+             f"experts (newest: {data['newest_task'].split('/')[-1]}), {data['max_test']} test "
+             "items per task.", "",
+             "| point | what it asks | AP | " + " | ".join(short) + " |",
+             "|---|---|---|" + "---|" * len(names),
+             "| base model | | " + f"{sum(data['base'].values()) / len(names):.3f} | "
+             + " | ".join(f"{data['base'][n]:.3f}" for n in names) + " |",
+             "| each task's own expert | | " + f"{sum(data['own_expert'].values()) / len(names):.3f} | "
+             + " | ".join(f"{data['own_expert'][n]:.3f}" for n in names) + " |"]
+    for name, point in data["points"].items():
+        lines.append(f"| {name} | {point['question']} | {point['AP']:.3f} | "
+                     + " | ".join(f"{point['scores'][n]:.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
@@ -242,6 +262,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the README tables and exit")
     args = parser.parse_args()
     if args.table:
+        if (RESULTS / "continual_sweep.json").exists():
+            print(sweep_table() + "\n")
         for sequence in SEQUENCES:
             if (RESULTS / f"continual_{sequence}.json").exists():
                 print(table(sequence) + "\n")
