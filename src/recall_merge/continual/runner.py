@@ -431,7 +431,7 @@ class ContinualRun:
                 merged.append(merged[-1] if merged else ModelState(self.base))
                 continue
             experts.append(expert)
-            if strategy.library == "experts" or step == 1 or not merged:
+            if strategy.library == "experts" or step == 1:
                 models = [e.merge_ref for e in experts]
             else:
                 models = [merged[-1].merge_ref, expert.merge_ref]
