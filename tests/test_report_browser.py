@@ -148,7 +148,7 @@ def test_continual_report_in_browser(merge_folder, tmp_path):
                     reason="set RECALL_REPORT_PAGE=path/to/report.html to check an existing page "
                            "(e.g. the demo's) in the browser")
 def test_given_report_in_browser(tmp_path):
-    page = Path(os.environ["RECALL_REPORT_PAGE"])
+    page = Path(os.environ["RECALL_REPORT_PAGE"]).resolve()  # a relative path has no file URI
     document = page.read_text(encoding="utf-8")
     sections = re.findall(r'<section id="([^"]+)">', document)
     assert {"overview", "configuration", "weights", "metrics", "timings"} <= set(sections)
