@@ -339,7 +339,7 @@ class ContinualRun:
                              if teacher else None)
             if teacher_model is not None:
                 teacher_model.eval().requires_grad_(False)
-            loss = train(model, self.tokenizer, examples, training, seed, description=relative,
+            loss = train(model, self.tokenizer, examples, training, seed, description=str(relative),
                          ewc=ewc, teacher=teacher_model)
             if with_ewc:
                 fisher = fisher_diagonal(model, self.tokenizer, examples, training)
