@@ -212,7 +212,9 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_models):
 
 def _order_config(base: Path, run_dir: Path, tasks: list[str], cache: Path, cells: str) -> dict:
     config = tiny_config(base, run_dir, ["expert", "merge:task_arithmetic"])
-    return {**config, "tasks": tasks, "expert_cache": str(cache), "cells": cells}
+    # progress bars on: their description is the cached expert's path (must be a string)
+    training = {**config["training"], "progress": True}
+    return {**config, "tasks": tasks, "expert_cache": str(cache), "cells": cells, "training": training}
 
 
 def test_orders_share_cached_experts_and_summary_cells_keep_the_metrics(tiny_models, tmp_path):
