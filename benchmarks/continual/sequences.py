@@ -66,6 +66,8 @@ STRATEGIES: dict[str, dict] = {
     "recall_guarded": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN,
                        "guard_newest": True},
     "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
+    # the usual untuned setting, as a reference next to the λ chosen on the development sequence
+    "task_arithmetic_1": {"kind": "merge", "method": "task_arithmetic", "parameters": {"lambda": 1.0}},
     "ties": {"kind": "merge", "method": "ties", "parameters": TIES},
     "magmax": {"kind": "merge", "method": "magmax", "parameters": MAGMAX},
 }
