@@ -1,14 +1,15 @@
 """The continual-learning benchmark: each sequence of ``sequences.py`` in three task orders, every
 strategy on the same splits, seeds and fine-tuning budget, on SmolLM2-135M-Instruct.
 
-    python benchmarks/continual/run.py --sequence domain              # all strategies, 3 orders
-    python benchmarks/continual/run.py --sequence task --orders 0 --strategies expert recall
+    python benchmarks/continual/run.py --sequence task                # every strategy, 3 orders
+    python benchmarks/continual/run.py --sequence task --orders 0 --strategies expert recall_paper
     python benchmarks/continual/run.py --table                        # README tables from the JSON
 
-Each (sequence, order) is one `recall continual` run folder under
+Each (sequence, order, strategy) is one `recall continual` run folder under
 ``$RECALL_MERGE_CACHE/benchmark_runs/`` (durable: an interrupted command continues where it
-stopped); experts fine-tuned from the base are trained once per task and shared by every order and
-sequence (``expert_cache``). ``--cells summary`` scores only the R cells AP, BWT and FWT read.
+stopped, and strategies can be added later); experts fine-tuned from the base are trained once per
+task and shared by every order and strategy of a sequence (``expert_cache``). ``--cells summary``
+(the default) scores only the R cells AP, BWT and FWT read.
 Writes ``benchmarks/results/continual_SEQUENCE.json`` (every R matrix, AP/BWT/FWT per order, mean
 and standard deviation over the orders run, wall times, seed, versions, configs).
 """
@@ -65,8 +66,8 @@ def _stats(values: list[float | None]) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     """Per strategy: AP, BWT, FWT over the orders run (mean, sample std, values)."""
-    names = list(dict.fromkeys(name for run in runs for name in run["results"]["methods"]))
     runs = [run for run in runs if run["results"]]
+    names = list(dict.fromkeys(name for run in runs for name in run["results"]["methods"]))
     summary = {}
     for name in names:
         entries = [run["results"]["methods"].get(name, {}) for run in runs]
