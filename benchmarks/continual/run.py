@@ -200,11 +200,12 @@ def run_sequence(args: argparse.Namespace) -> Path:
     return out
 
 
-def _fmt(stat: dict, signed: bool = True) -> str:
+def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
-    text = f"{stat['mean']:+.3f}" if signed else f"{stat['mean']:.3f}"
-    return text + (f" ± {stat['std']:.3f}" if len([v for v in stat["values"] if v is not None]) > 1 else "")
+    text = f"{stat['mean']:+.{digits}f}" if signed else f"{stat['mean']:.{digits}f}"
+    several = len([v for v in stat["values"] if v is not None]) > 1
+    return text + (f" ± {stat['std']:.{digits}f}" if several else "")
 
 
 def table(sequence: str) -> str:
@@ -218,7 +219,7 @@ def table(sequence: str) -> str:
     for name, stat in data["summary"].items():
         wall = stat["wall_seconds"]["mean"]
         lines.append(f"| {name} | {_fmt(stat['AP'], False)} | {_fmt(stat['BWT'])} | "
-                     f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False)} | "
+                     f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False, 1)} | "
                      f"{stat['orders']} | {'' if wall is None else f'{wall / 60:.1f}'} |")
     if base_ppl:
         lines += ["", f"Base model perplexity on the same text: {base_ppl:.2f}."]
@@ -226,6 +227,18 @@ def table(sequence: str) -> str:
     if gains:
         lines += ["", "| task | base | own expert |", "|---|---|---|"]
         lines += [f"| {task} | {g['base']:.3f} | {g['expert']:.3f} |" for task, g in gains.items()]
+    single = data.get("single_model", [])
+    if single:
+        merges = [name for name in data["summary"]
+                  if name != "expert" and any(name in row for row in single)]
+        lines += ["", "Single-model scenario (step 1: the base merged with one expert, scored on "
+                  "that expert's task):", "",
+                  "| task | expert alone | " + " | ".join(merges) + " |",
+                  "|---|---|" + "---|" * len(merges)]
+        for row in single:
+            cells = [f"{row[m]:.3f}" if row.get(m) is not None else "" for m in merges]
+            expert = "" if row.get("expert") is None else f"{row['expert']:.3f}"
+            lines.append(f"| {row['task']} | {expert} | " + " | ".join(cells) + " |")
     lines += ["", "Orders run: " + "; ".join(" → ".join(t.split(":")[-1] for t in r["tasks"])
                                             for r in data["runs"])]
     return "\n".join(lines)
