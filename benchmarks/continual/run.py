@@ -200,6 +200,18 @@ def run_sequence(args: argparse.Namespace) -> Path:
     return out
 
 
+LEGEND = {
+    "expert": "the newest task's expert alone",
+    "recall_paper": "RECALL, paper form = the default chosen on the development sequence",
+    "task_arithmetic": "λ = 0.25 (best on the development sequence)",
+    "task_arithmetic_1": "λ = 1 (untuned reference)",
+    "ties": "density 0.2, λ = 1",
+    "magmax": "MagMax",
+    "sequential": "one LoRA adapter fine-tuned task after task",
+    "joint": "multi-task LoRA on every task so far (uses old data: an upper bound)",
+}
+
+
 def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
@@ -223,6 +235,8 @@ def table(sequence: str) -> str:
                      f"{stat['orders']} | {'' if wall is None else f'{wall / 60:.1f}'} |")
     if base_ppl:
         lines += ["", f"Base model perplexity on the same text: {base_ppl:.2f}."]
+    legend = {name: LEGEND[name] for name in data["summary"] if name in LEGEND}
+    lines += ["", "; ".join(f"`{name}`: {text}" for name, text in legend.items()) + "."]
     gains = data.get("expert_gains", {})
     if gains:
         lines += ["", "| task | base | own expert |", "|---|---|---|"]
