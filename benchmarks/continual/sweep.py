@@ -73,8 +73,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
     from recall_merge.continual.config import expand_strategies, load_continual_config
     from recall_merge.continual.runner import ContinualRun, ModelState
     from recall_merge.engine import versions
@@ -84,22 +82,15 @@ def main() -> None:
     raw["run_dir"] = str(run_folder() / f"sweep_t{args.max_test}_s{args.seed}")
     config = load_continual_config(raw)
     run = ContinualRun(config)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run._check_config()
-    run._check_expert_cache()
-    run._discard_partials()
-    run.tasks = run.load_tasks()
-    run.base = run.base_folder()
-    run.tokenizer = AutoTokenizer.from_pretrained(run.base)
+    run.prepare()
     expert_strategy = expand_strategies(config)[0]
     steps = len(run.tasks)
-    experts = [run.expert_from_base(expert_strategy, step).merge_ref for step in range(1, steps + 1)]
+    expert_states = [run.expert_from_base(expert_strategy, step) for step in range(1, steps + 1)]
+    experts = [state.merge_ref for state in expert_states]
     base_scores = run.evaluate(ModelState(run.base), run._base_eval_path())
-    own_scores = {}  # each expert on its own task (the other cells are not needed here)
-    for step in range(1, steps + 1):
-        state = run.expert_from_base(expert_strategy, step)
-        own_scores[run.tasks[step - 1].name] = run.evaluate(state, run._eval_path(state),
-                                                            [step - 1])[step - 1]
+    # each expert on its own task (the other cells are not needed here)
+    own_scores = {task.name: run.evaluate(state, run._eval_path(state), [step])[step]
+                  for step, (task, state) in enumerate(zip(run.tasks, expert_states, strict=True))}
 
     out = RESULTS / "continual_sweep.json"
     data = json.loads(out.read_text()) if out.exists() else {}

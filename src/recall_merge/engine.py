@@ -184,6 +184,7 @@ def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[
     for folder, tensor in zip(pool.folders(), [base, *experts], strict=True):
         check_finite(tensor, name, folder)
 
+
 def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
     resolved = output.resolve()
     for ref in [config.base, *config.models]:

@@ -70,6 +70,18 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
+def _stamp_or_refuse(path: Path, current: dict[str, Any], problem: str, fix: str) -> None:
+    """Write ``current`` to ``path`` the first time; afterwards refuse anything else, naming the
+    keys that differ."""
+    if not path.exists():
+        _write_json(path, current)
+        return
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if stored != current:
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise ConfigError(f"{problem} (differs in: {', '.join(changed)})", fix)
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` atomically (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,32 +159,28 @@ class ContinualRun:
         current = {key: value for key, value in comparable_config(self.config).items()
                    if key in ("model", "seed", "max_train", "max_dev", "max_test", "task_options",
                               "evaluation", "device")}
-        path = cache / "manifest.json"
-        if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored != current:
-                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-                raise ConfigError(
-                    f"expert_cache {str(cache)!r} holds experts of other settings "
-                    f"(differs in: {', '.join(changed)})",
-                    "use another expert_cache folder for these settings")
-        else:
-            _write_json(path, current)
+        _stamp_or_refuse(cache / "manifest.json", current,
+                         f"expert_cache {str(cache)!r} holds experts of other settings",
+                         "use another expert_cache folder for these settings")
 
     def _check_config(self) -> None:
         """Refuse to mix two configs in one run folder (their stages would not match)."""
-        current = comparable_config(self.config)
-        path = self.root / "config.json"
-        if path.exists():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored != current:
-                changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-                raise ConfigError(
-                    f"run folder {str(self.root)!r} holds a run of another config "
-                    f"(differs in: {', '.join(changed)})",
-                    "use a new run_dir, or delete the old folder to start over")
-        else:
-            _write_json(path, current)
+        _stamp_or_refuse(self.root / "config.json", comparable_config(self.config),
+                         f"run folder {str(self.root)!r} holds a run of another config",
+                         "use a new run_dir, or delete the old folder to start over")
+
+    def prepare(self) -> None:
+        """Check the folders, drop half-written stages, load the tasks, the base and its tokenizer
+        (what every use of a run folder needs before its first stage)."""
+        from transformers import AutoTokenizer
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        self._check_expert_cache()
+        self._discard_partials()
+        self.tasks = self.load_tasks()
+        self.base = self.base_folder()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base)
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -198,17 +206,10 @@ class ContinualRun:
     # --- the run ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per stage drowns the log
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._check_config()
-        self._check_expert_cache()
-        self._discard_partials()
-        self.tasks = self.load_tasks()
-        self.base = self.base_folder()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base)
+        self.prepare()
         strategies = expand_strategies(self.config, merge_methods=_classic_and_recall_methods())
         base_scores = self.evaluate(ModelState(self.base), self._base_eval_path())
         methods: dict[str, Any] = {}
