@@ -6,6 +6,10 @@ layer of the top 8 blocks, lr 5e-3), score it again. A task whose expert does no
 cannot show forgetting or merging, so the sequences in ``sequences.py`` drop or replace it.
 
     python benchmarks/continual/probe_tasks.py bigbench:hyperbaton bbc ...   # appends to the JSON
+    python benchmarks/continual/probe_tasks.py --base-only bigbench:winowhy ...  # zero-shot only
+
+``--base-only`` scores the base alone (no expert): how the zero-shot tasks of the benchmark's
+generalisation check were chosen (tasks never trained on, where the base is above chance).
 
 Writes ``benchmarks/results/task_probe.json`` (one record per task, with seed and versions).
 Experts go to ``$RECALL_MERGE_CACHE/task_probe`` (never into the repository).
@@ -24,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
 
 
-def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None) -> dict:
+def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
+          base_only: bool = False) -> dict:
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
@@ -51,16 +56,25 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None) -
 
     started = time.perf_counter()
     base_score, base_predictions = evaluate(load_causal_lm(base))
+    majority = Counter(ex.target for ex in task.test).most_common(1)[0][1] / len(task.test) \
+        if task.kind != "generation" else None
+    chance = (sum(1 / len(ex.choices) for ex in task.test) / len(task.test)
+              if task.kind != "generation" and all(getattr(ex, "choices", None) for ex in task.test)
+              else None)
+    if base_only:
+        return {"task": spec, "kind": task.kind, "metric": task.metric, "num_test": len(task.test),
+                "steps": 0, "learning_rate": None, "base": base_score, "chance": chance,
+                "majority_class_rate": majority, "base_predictions": base_predictions,
+                "eval_max_length": 160, "seconds": round(time.perf_counter() - started, 1),
+                "seed": seed}
     model = make_trainable(load_causal_lm(base), training, seed=seed)
     loss = train(model, tokenizer, task.train, training, seed, description=spec)
     expert_score, expert_predictions = evaluate(model.merge_and_unload())
-    majority = Counter(ex.target for ex in task.test).most_common(1)[0][1] / len(task.test) \
-        if task.kind != "generation" else None
     return {"task": spec, "kind": task.kind, "metric": task.metric, "num_train": len(task.train),
             "num_test": len(task.test), "steps": steps, "learning_rate": training.learning_rate,
             "num_train_used": min(len(task.train), steps * training.batch_size), "final_loss": loss,
             "base": base_score, "expert": expert_score, "gain": expert_score - base_score,
-            "majority_class_rate": majority, "base_predictions": base_predictions,
+            "majority_class_rate": majority, "chance": chance, "base_predictions": base_predictions,
             "expert_predictions": expert_predictions,
             "eval_max_length": 160, "seconds": round(time.perf_counter() - started, 1), "seed": seed}
 
@@ -72,20 +86,21 @@ def main() -> None:
     parser.add_argument("--test-items", type=int, default=40)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
+    parser.add_argument("--base-only", action="store_true", help="score the base only (zero-shot)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from recall_merge.engine import versions
 
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
     for spec in args.tasks:
-        record = probe(spec, args.seed, args.test_items, args.steps, args.lr)
+        record = probe(spec, args.seed, args.test_items, args.steps, args.lr, args.base_only)
         print(json.dumps(record), flush=True)
         data["records"] = [r for r in data["records"]
                            if (r["task"], r["steps"], r["seed"], r.get("learning_rate"))
-                           != (spec, args.steps, args.seed, record["learning_rate"])]
+                           != (spec, record["steps"], args.seed, record["learning_rate"])]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
-                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N]")
+                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only]")
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -29,7 +29,7 @@ REPO = HERE.parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(HERE))
 
-from sequences import EVALUATION, SEQUENCES, STRATEGIES, TRAINING, orders  # noqa: E402
+from sequences import EVALUATION, SEQUENCES, STRATEGIES, TRAINING, ZERO_SHOT, orders  # noqa: E402
 
 
 def run_folder() -> Path:
@@ -50,7 +50,7 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
         "expert_cache": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / "experts"),
         "cells": cells,
         "training": {**TRAINING, **spec.get("training", {})},
-        "evaluation": dict(EVALUATION),
+        "evaluation": {**EVALUATION, **spec.get("evaluation", {})},
         "merge_samples": 64,
         "strategies": [{"name": name, **STRATEGIES[name]} for name in strategies],
     }
@@ -74,8 +74,9 @@ def summarise(runs: list[dict]) -> dict:
         summary[name] = {metric: _stats([entry.get(metric) for entry in entries])
                          for metric in ("AP", "BWT", "FWT", "average_forgetting")}
         summary[name]["orders"] = len([e for e in entries if "R" in e])
-        summary[name]["perplexity"] = _stats([run.get("generalisation", {}).get(name, {})
-                                              .get("perplexity") for run in runs])
+        for key in ("perplexity", "zero_shot_mean"):
+            summary[name][key] = _stats([run.get("generalisation", {}).get(name, {}).get(key)
+                                         for run in runs])
         summary[name]["wall_seconds"] = _stats([run.get("wall_seconds", {}).get(name) for run in runs])
     return summary
 
@@ -116,27 +117,38 @@ def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None
 
 
 def generalisation(run_dir: Path, strategies: list[str]) -> dict:
-    """Perplexity of each strategy's final model (and the base) on general English text, kept in
-    ``run_dir/generalisation.json`` so reruns are free."""
+    """What the paper calls generalisation, for each strategy's final model (and the base):
+    perplexity on general English text and zero-shot scores on never-trained tasks
+    (``ZERO_SHOT``). Kept in ``run_dir/generalisation.json`` so reruns are free."""
     from transformers import AutoTokenizer
 
     from recall_merge.checkpoints.packaged import resolve_model_ref
-    from recall_merge.continual.scoring import perplexity
+    from recall_merge.continual.scoring import perplexity, score_task
     from recall_merge.continual.training import load_causal_lm
     from recall_merge.data.bbc import article_bodies
+    from recall_merge.data.registry import load_task
 
     path = run_dir / "generalisation.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
-    texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
     for name in ["base", *strategies]:
-        if name in stored or (state := final_model(run_dir, name)) is None:
+        entry = stored.setdefault(name, {})
+        missing = [task for task in ZERO_SHOT if task not in entry.get("zero_shot", {})]
+        if ("perplexity" in entry and not missing) or (state := final_model(run_dir, name)) is None:
             continue
         model = load_causal_lm(*state)
-        stored[name] = {"perplexity": perplexity(model, tokenizer, texts, 256),
-                        "texts": f"{PERPLEXITY_TEXTS} BBC article bodies, first 256 tokens"}
+        if "perplexity" not in entry:
+            texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
+            entry.update(perplexity=perplexity(model, tokenizer, texts, 256),
+                         texts=f"{PERPLEXITY_TEXTS} BBC article bodies, first 256 tokens")
+        for spec in missing:
+            task = load_task(spec, seed=0, **ZERO_SHOT[spec])
+            entry.setdefault("zero_shot", {})[spec] = score_task(
+                model, tokenizer, task, task.test, EVALUATION["batch_size"],
+                EVALUATION["max_length"], EVALUATION["max_new_tokens"])["score"]
+        entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in ZERO_SHOT)
         path.write_text(json.dumps(stored, indent=2) + "\n")
-    return stored
+    return {name: entry for name, entry in stored.items() if entry}
 
 
 def single_model(run: dict) -> dict:
@@ -152,11 +164,34 @@ def single_model(run: dict) -> dict:
     return out
 
 
+def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_orders: list) -> Path:
+    """Every run of a sequence, its summary over orders, expert gains and the single-model
+    scenario, as one JSON (rewritten after each strategy so an interrupted command loses nothing)."""
+    from recall_merge.engine import versions
+
+    spec = SEQUENCES[sequence]
+    ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
+    data = {"sequence": sequence, **spec, "seed": seed, "max_test": max_test,
+            "training": {**TRAINING, **spec.get("training", {})},
+            "evaluation": {**EVALUATION, **spec.get("evaluation", {})},
+            "zero_shot_tasks": ZERO_SHOT, "perplexity_texts": PERPLEXITY_TEXTS,
+            "strategies": STRATEGIES,
+            "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}",
+            "runs": ordered, "summary": summarise(ordered), "expert_gains": expert_gains(ordered),
+            "single_model": [single_model(r) for r in ordered if r["results"]],
+            "versions": versions()}
+    out = RESULTS / f"continual_{sequence}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return out
+
+
 def run_sequence(args: argparse.Namespace) -> Path:
     """Run (or resume) every requested (order, strategy); each is its own run folder, so strategies
-    can be added to an order later. Results merge into one JSON per sequence."""
+    can be added to an order later. Results merge into one JSON per sequence. With
+    ``--generalisation`` nothing is trained or merged: the generalisation scores of the final
+    models already on disk are completed (e.g. after a zero-shot task was added)."""
     from recall_merge.continual.runner import print_summary, run_continual
-    from recall_merge.engine import versions
 
     spec = SEQUENCES[args.sequence]
     out = RESULTS / f"continual_{args.sequence}.json"
@@ -174,6 +209,11 @@ def run_sequence(args: argparse.Namespace) -> Path:
             config = continual_config(args.sequence, order, [name], args.max_test, args.cells,
                                       args.seed)
             config["run_dir"] = str(Path(config["run_dir"]) / name)
+            if args.generalisation:
+                if run["results"] and name in run["results"]["methods"]:
+                    run["generalisation"].update(generalisation(Path(config["run_dir"]), [name]))
+                    out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
+                continue
             started = time.perf_counter()
             results = run_continual(config, quiet=args.quiet)
             seconds = time.perf_counter() - started
@@ -186,17 +226,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
-            ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
-            data = {"sequence": args.sequence, **spec, "seed": args.seed, "max_test": args.max_test,
-                    "training": {**TRAINING, **spec.get("training", {})}, "evaluation": EVALUATION,
-                    "strategies": STRATEGIES,
-                    "command": f"python benchmarks/continual/run.py --sequence {args.sequence}",
-                    "runs": ordered, "summary": summarise(ordered),
-                    "expert_gains": expert_gains(ordered),
-                    "single_model": [single_model(r) for r in ordered if r["results"]],
-                    "versions": versions()}
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(data, indent=2) + "\n")
+            out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
     return out
 
 
@@ -225,16 +255,22 @@ def table(sequence: str) -> str:
     data = json.loads((RESULTS / f"continual_{sequence}.json").read_text())
     lines = [f"**{data['description']}** ({data['role']}; {len(data['runs'])} order(s), "
              f"{data['max_test']} test items per task)", "",
-             "| strategy | AP | BWT | FWT | perplexity | orders | wall min / order |",
-             "|---|---|---|---|---|---|---|"]
-    base_ppl = data["runs"][0].get("generalisation", {}).get("base", {}).get("perplexity")
+             "| strategy | AP | BWT | FWT | perplexity | zero-shot | orders | wall min / order |",
+             "|---|---|---|---|---|---|---|---|"]
+    base_general = data["runs"][0].get("generalisation", {}).get("base", {})
+    base_ppl = base_general.get("perplexity")
     for name, stat in data["summary"].items():
         wall = stat["wall_seconds"]["mean"]
         lines.append(f"| {name} | {_fmt(stat['AP'], False)} | {_fmt(stat['BWT'])} | "
                      f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False, 1)} | "
+                     f"{_fmt(stat.get('zero_shot_mean', {'mean': None}), False)} | "
                      f"{stat['orders']} | {'' if wall is None else f'{wall / 60:.1f}'} |")
     if base_ppl:
-        lines += ["", f"Base model perplexity on the same text: {base_ppl:.2f}."]
+        lines += ["", f"Base model: perplexity {base_ppl:.2f} on the same text"
+                  + (f", zero-shot {base_general['zero_shot_mean']:.3f} ("
+                     + ", ".join(f"{t.split(':')[-1]} {v:.3f}"
+                                 for t, v in base_general["zero_shot"].items()) + ")"
+                     if "zero_shot_mean" in base_general else "") + "."]
     legend = {name: LEGEND[name] for name in data["summary"] if name in LEGEND}
     lines += ["", "; ".join(f"`{name}`: {text}" for name, text in legend.items()) + "."]
     gains = data.get("expert_gains", {})
@@ -287,6 +323,8 @@ def main() -> None:
     parser.add_argument("--cells", choices=["full", "summary"], default="summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--generalisation", action="store_true",
+                        help="only complete the generalisation scores of final models on disk")
     parser.add_argument("--table", action="store_true", help="print the README tables and exit")
     args = parser.parse_args()
     if args.table:

@@ -33,6 +33,36 @@ SEQUENCES: dict[str, dict] = {
         # FEVER and word unscrambling were not (one-label collapse or no gain), so they are out
         "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:tense", "bigbench:object_counting"],
     },
+    "paper": {
+        "role": "held-out",
+        "description": "paper-shaped: one task of each kind the paper used (sentiment, extractive "
+                       "QA, transduction, reading-comprehension MC, domain-knowledge MC)",
+        # sentiment needs more steps at a lower rate than the demo budget (at 30 steps of 5e-3 a
+        # MultiEmo expert predicts one label); SQuAD paragraphs need longer sequences. Set once,
+        # before any merge was scored on this sequence.
+        "training": {"max_steps": 60, "learning_rate": 2e-3, "max_length": 192},
+        "evaluation": {"max_length": 320},
+        "tasks": ["bigbench:multiemo/hotels_sentence_en",  # sentiment (4 labels), accuracy
+                  "bigbench:squad_shifts/nyt",  # extractive QA, token F1
+                  "bigbench:tense",  # transduction (tense rewriting), exact match
+                  "bigbench:social_iqa",  # reading-comprehension multiple choice, accuracy
+                  # domain-knowledge (grade-school science) multiple choice answered with a letter;
+                  # BIG-bench's preferred metric ROUGE-L (= exact match for a lone letter)
+                  "bigbench:natural_instructions/subtask047_misc_answering_science_questions"],
+    },
+}
+
+
+# Generalisation beyond the trained tasks: zero-shot score on BIG-bench tasks that no sequence
+# trains on and where the base is above chance (chosen from the base's scores alone, before any
+# merge was scored: benchmarks/results/task_probe.json, `probe_tasks.py --base-only`):
+# general_knowledge 0.357 vs chance 0.148, physics 0.375 vs 0.25. Candidates left out because the
+# base sat at or below chance or on one label: sports_understanding, winowhy, strategyqa,
+# anachronisms, causal_judgment, physical_intuition, emojis_emotion_prediction, hindu_knowledge,
+# misconceptions, qa_wikidata.
+ZERO_SHOT: dict[str, dict] = {
+    "bigbench:general_knowledge": {"n_train": 0, "n_dev": 0, "test_fraction": 0.8},  # 56 items
+    "bigbench:physics": {"n_train": 0, "n_dev": 0, "n_test": 40},
 }
 
 
