@@ -1,8 +1,12 @@
 """Per-layer, mean-pooled hidden states of a model on a list of texts.
 
-For LoRA experts the base model is loaded once; each adapter's dense deltas are added to the
-affected weights for its pass and the original weights restored after, so memory never grows by
-a model copy per expert.
+Llama-family models (Llama, Mistral, Qwen2) run on a pure-torch forward (fast_forward.py) whose
+weights are a ``name -> tensor`` dict: a full expert is the dict of its own safetensors, a LoRA
+expert the base dict with its adapted tensors replaced, so no model object is built and no
+weights are copied into one; the tokenizer comes from tokenizer.json (fast_tokenizer.py). Both
+give transformers' results; anything they do not cover runs on transformers as before: the base
+model is loaded once, each LoRA adapter's dense deltas are added in place for its pass and removed
+after, and full experts are copied into it.
 """
 
 from __future__ import annotations
@@ -10,13 +14,31 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints.reader import check_finite
+from .checkpoints.reader import Checkpoint, check_finite
+from .fast_forward import (
+    DecoderSpec,
+    UnsupportedModel,
+    check_weights,
+    hidden_states,
+    spec_from_config,
+)
+from .fast_tokenizer import FastTokenizer, load_fast_tokenizer
 from .pool import ModelPool
+
+
+@dataclass
+class FastDecoder:
+    """A Llama-family decoder for the pure-torch forward: its spec and its weights by tensor name."""
+
+    spec: DecoderSpec
+    weights: dict[str, torch.Tensor]
+    device: torch.device
 
 
 @functools.lru_cache(maxsize=4)
@@ -29,6 +51,18 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _fast_tokenizer(folder: Path) -> FastTokenizer | None:
+    return load_fast_tokenizer(folder)
+
+
+def representation_tokenizer(folder: Path, trust_remote_code: bool = False, *, fast: bool = True):
+    """The tokenizer of the representation pass: tokenizer.json read directly where that gives
+    AutoTokenizer's ids (no transformers import), AutoTokenizer otherwise."""
+    tokenizer = _fast_tokenizer(Path(folder)) if fast else None
+    return tokenizer if tokenizer is not None else load_tokenizer(folder, trust_remote_code)
 
 
 def load_model(folder: Path, trust_remote_code: bool = False, device: str = "cpu"):
@@ -63,15 +97,19 @@ def pooled_hidden_states(model, tokenizer, texts: list[str], *, max_length: int,
     Returns (num_hidden_states, len(texts), hidden) float32, where index 0 is the embedding output
     and index j + 1 the output of block j (HF ``hidden_states``).
     """
-    device = next(model.parameters()).device
+    fast = isinstance(model, FastDecoder)
+    device = model.device if fast else next(model.parameters()).device
     chunks: list[torch.Tensor] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=quiet, leave=False):
         batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                           truncation=True, max_length=max_length, add_special_tokens=False)
         batch = {key: value.to(device) for key, value in batch.items()}
-        outputs = model(**batch, output_hidden_states=True, use_cache=False)
+        if fast:
+            states = hidden_states(model.weights, model.spec, batch["input_ids"], batch["attention_mask"])
+        else:
+            states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states
         mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)  # (b, t, 1)
-        stacked = torch.stack(outputs.hidden_states, dim=0).to(torch.float32)  # (L+1, b, t, d)
+        stacked = torch.stack(states, dim=0).to(torch.float32)  # (L+1, b, t, d)
         summed = (stacked * mask.unsqueeze(0)).sum(dim=2)
         counts = mask.sum(dim=1).clamp(min=1.0).unsqueeze(0)  # (1, b, 1)
         chunks.append((summed / counts).cpu())
@@ -105,23 +143,31 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           max_length: int, batch_size: int, use_chat_template: bool,
                           trust_remote_code: bool = False, device: str = "cpu",
                           quiet: bool = True, model_indices: list[int] | None = None,
-                          ) -> dict[int, torch.Tensor]:
+                          fast: bool = True) -> dict[int, torch.Tensor]:
     """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
 
-    The base model is built once; LoRA experts and full checkpoints are swapped into it in turn,
-    so memory holds one model whatever the number of experts.
+    Memory holds one model (plus, on the fast path, the base weights while LoRA experts run)
+    whatever the number of experts. ``fast=False`` forces the transformers path.
     """
     indices = model_indices if model_indices is not None else list(range(len(pool.experts) + 1))
-    tokenizer = load_tokenizer(pool.base.folder, trust_remote_code)
+    tokenizer = representation_tokenizer(pool.base.folder, trust_remote_code, fast=fast)
     texts = texts_for if isinstance(texts_for, list) else None
     states: dict[int, torch.Tensor] = {}
-    saved_base_weights: dict[str, torch.Tensor] = {}
 
     def run(model, k: int) -> torch.Tensor:
         chosen = texts if texts is not None else texts_for[k]
         framed = format_texts(tokenizer, chosen, use_chat_template)
         return pooled_hidden_states(model, tokenizer, framed, max_length=max_length,
                                     batch_size=batch_size, desc=f"hidden states M_{k}", quiet=quiet)
+
+    spec = fast_decoder_spec(pool, max_length) if fast else None
+    if spec is not None:
+        for k, decoder in _fast_decoders(pool, spec, indices, torch.device(device)):
+            states[k] = run(decoder, k)
+            del decoder  # before the next expert's weights are read: one expert in memory at a time
+        return states
+
+    saved_base_weights: dict[str, torch.Tensor] = {}
 
     # One model object serves every pass: the base, then each LoRA expert (ΔW added in place and
     # removed after), then each full expert (its weights copied in from safetensors, far cheaper
@@ -160,3 +206,69 @@ def _copy_weights_into(model, checkpoint) -> bool:
         check_finite(tensor, name, checkpoint.folder)
         parameter.copy_(tensor.to(parameter.dtype))
     return True
+
+
+def fast_decoder_spec(pool: ModelPool, max_length: int) -> DecoderSpec | None:
+    """The base's spec when every model can run on the pure-torch forward, else None.
+
+    Experts are checked against the base when the pool opens (same tensor names and shapes), and
+    the transformers path runs every expert with the base's config too, so the base decides.
+    """
+    try:
+        spec = spec_from_config(pool.base.config)
+        check_weights(spec, pool.base.tensors)
+    except (UnsupportedModel, KeyError, TypeError, ValueError):
+        return None
+    if spec.sliding_window is not None and max_length > spec.sliding_window:
+        return None  # the window would cut attention; transformers builds that mask
+    return spec
+
+
+def _model_tensor_names(spec: DecoderSpec, checkpoint: Checkpoint) -> list[str]:
+    """The forward's tensors, plus an untied LM head: the transformers path loads (and so checks)
+    every parameter of the model, and a broken head should be refused here as it was there."""
+    names = spec.tensor_names()
+    tied = checkpoint.config.get("tie_word_embeddings", False)
+    if not tied and "lm_head.weight" in checkpoint.tensors:
+        names.append("lm_head.weight")
+    return names
+
+
+def _read_weights(checkpoint: Checkpoint, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """The named tensors as float32 on ``device``; float32 ones on the CPU are views of the
+    memory-mapped file (nothing copied), all are checked for NaN/Inf."""
+    weights: dict[str, torch.Tensor] = {}
+    for name, tensor in checkpoint.get_mapped(names).items():
+        check_finite(tensor, name, checkpoint.folder)
+        weights[name] = tensor.to(device=device, dtype=torch.float32)
+    return weights
+
+
+def _fast_decoders(pool: ModelPool, spec: DecoderSpec, indices: list[int],
+                   device: torch.device) -> Iterator[tuple[int, FastDecoder]]:
+    """(k, decoder) for each requested model: the base and LoRA experts first (they share the base
+    weights, read once), then each full expert from its own file (the base weights freed by then).
+    The order of passes does not change any result."""
+    names = _model_tensor_names(spec, pool.base)
+    on_base = [k for k in indices if k == 0 or pool.experts[k - 1].is_lora]
+    full = [k for k in indices if k not in on_base]
+    if on_base:
+        base_weights = _read_weights(pool.base, names, device)
+        for k in sorted(on_base):
+            if k == 0:
+                yield k, FastDecoder(spec, base_weights, device)
+                continue
+            adapter = pool.experts[k - 1].adapter
+            weights = dict(base_weights)  # shares the untouched tensors
+            for name in list(adapter.modules) + list(adapter.replacements):
+                if name in weights:
+                    weight = adapter.apply(name, base_weights[name])
+                    check_finite(weight, name, f"adapter {adapter.folder}")
+                    weights[name] = weight.to(device=device, dtype=torch.float32)
+            yield k, FastDecoder(spec, weights, device)
+            del weights
+        del base_weights
+    for k in sorted(full):
+        checkpoint = pool.experts[k - 1].checkpoint
+        yield k, FastDecoder(spec, _read_weights(checkpoint, _model_tensor_names(spec, checkpoint), device),
+                             device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,29 @@ class Checkpoint:
             tensor = self._pickle_state[name]
             return tensor if rows is None else tensor[rows[0]:rows[1]]
         return read_tensor(self.tensors[name], name, rows)
+
+    def get_mapped(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors as views of their memory-mapped shards: no copy, pages shared with
+        the OS cache and read only when touched (faster than ``get`` for whole-model passes).
+        Each shard is mapped once and stays mapped while any of its views lives, so dropping the
+        dict releases the memory. Treat the views as read-only: the mapping is private
+        (copy-on-write), so a write never reaches the file, but other views of the same call would
+        see it. Pickle checkpoints, and tensors whose offset does not fit their dtype's alignment,
+        are read as ``get`` does."""
+        shards: dict[Path, torch.Tensor] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for name in names:
+            info = self.tensors[name]
+            if self._pickle_state is not None or info.start % info.dtype.itemsize:
+                tensors[name] = self.get(name)
+                continue
+            whole = shards.get(info.file)
+            if whole is None:
+                with open(info.file, "rb") as handle:
+                    mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+                whole = shards[info.file] = torch.frombuffer(mapping, dtype=torch.uint8)
+            tensors[name] = whole[info.start:info.end].view(info.dtype).reshape(info.shape)
+        return tensors
 
 
 def read_tensor(info: TensorInfo, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
