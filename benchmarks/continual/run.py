@@ -314,6 +314,25 @@ def sweep_table() -> str:
     return "\n".join(lines)
 
 
+def update_readme(readme: Path = REPO / "README.md") -> list[str]:
+    """Rewrite the README's generated tables in place: the text between
+    ``<!-- NAME-table ... -->`` and ``<!-- /NAME-table -->`` for NAME = sweep or a sequence."""
+    import re
+
+    text = readme.read_text(encoding="utf-8")
+    done = []
+    for name in ["sweep", *SEQUENCES]:
+        source = RESULTS / ("continual_sweep.json" if name == "sweep" else f"continual_{name}.json")
+        pattern = re.compile(rf"(<!-- {name}-table[^>]*-->\n)(.*?)(<!-- /{name}-table -->)", re.S)
+        if not source.exists() or not pattern.search(text):
+            continue
+        body = sweep_table() if name == "sweep" else table(name)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
+        done.append(name)
+    readme.write_text(text, encoding="utf-8")
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
@@ -326,6 +345,8 @@ def main() -> None:
     parser.add_argument("--generalisation", action="store_true",
                         help="only complete the generalisation scores of final models on disk")
     parser.add_argument("--table", action="store_true", help="print the README tables and exit")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the generated tables in README.md and exit")
     args = parser.parse_args()
     if args.table:
         if (RESULTS / "continual_sweep.json").exists():
@@ -333,6 +354,9 @@ def main() -> None:
         for sequence in SEQUENCES:
             if (RESULTS / f"continual_{sequence}.json").exists():
                 print(table(sequence) + "\n")
+        return
+    if args.readme:
+        print("rewrote README tables: " + ", ".join(update_readme()))
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")
