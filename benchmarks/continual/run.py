@@ -38,6 +38,14 @@ def run_folder() -> Path:
     return cache_dir() / "benchmark_runs"
 
 
+def sequence_settings(sequence: str) -> dict:
+    """A sequence's fine-tuning and evaluation settings: the shared defaults of ``sequences.py``
+    with the sequence's own overrides on top (one place, for the runs and the result file)."""
+    spec = SEQUENCES[sequence]
+    return {"training": {**TRAINING, **spec.get("training", {})},
+            "evaluation": {**EVALUATION, **spec.get("evaluation", {})}}
+
+
 def continual_config(sequence: str, order: list[int], strategies: list[str], max_test: int,
                      cells: str, seed: int) -> dict:
     spec = SEQUENCES[sequence]
@@ -49,8 +57,7 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
         "run_dir": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / f"order_{label}"),
         "expert_cache": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / "experts"),
         "cells": cells,
-        "training": {**TRAINING, **spec.get("training", {})},
-        "evaluation": {**EVALUATION, **spec.get("evaluation", {})},
+        **sequence_settings(sequence),
         "merge_samples": 64,
         "strategies": [{"name": name, **STRATEGIES[name]} for name in strategies],
     }
@@ -119,7 +126,9 @@ def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None
 def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
-    (``ZERO_SHOT``). Kept in ``run_dir/generalisation.json`` so reruns are free."""
+    (``ZERO_SHOT``). Kept in ``run_dir/generalisation.json`` so reruns are free; the base model's
+    entry is the same for every run, so it is scored once and kept in
+    ``benchmark_runs/base_generalisation.json``."""
     from transformers import AutoTokenizer
 
     from recall_merge.checkpoints.packaged import resolve_model_ref
@@ -128,10 +137,15 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     from recall_merge.data.bbc import article_bodies
     from recall_merge.data.registry import load_task
 
-    path = run_dir / "generalisation.json"
-    stored = json.loads(path.read_text()) if path.exists() else {}
+    def load(file: Path) -> dict:
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    run_path, base_path = run_dir / "generalisation.json", run_folder() / "base_generalisation.json"
+    run_stored, base_stored = load(run_path), load(base_path)
+    run_stored.pop("base", None)  # older run folders kept their own copy of the base's scores
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
     for name in ["base", *strategies]:
+        path, stored = (base_path, base_stored) if name == "base" else (run_path, run_stored)
         entry = stored.setdefault(name, {})
         missing = [task for task in ZERO_SHOT if task not in entry.get("zero_shot", {})]
         if ("perplexity" in entry and not missing) or (state := final_model(run_dir, name)) is None:
@@ -147,8 +161,10 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
                 model, tokenizer, task, task.test, EVALUATION["batch_size"],
                 EVALUATION["max_length"], EVALUATION["max_new_tokens"])["score"]
         entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in ZERO_SHOT)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(stored, indent=2) + "\n")
-    return {name: entry for name, entry in stored.items() if entry}
+    merged = {"base": base_stored.get("base", {}), **run_stored}
+    return {name: entry for name, entry in merged.items() if entry}
 
 
 def single_model(run: dict) -> dict:
@@ -172,8 +188,7 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
     spec = SEQUENCES[sequence]
     ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
     data = {"sequence": sequence, **spec, "seed": seed, "max_test": max_test,
-            "training": {**TRAINING, **spec.get("training", {})},
-            "evaluation": {**EVALUATION, **spec.get("evaluation", {})},
+            **sequence_settings(sequence),
             "zero_shot_tasks": ZERO_SHOT, "perplexity_texts": PERPLEXITY_TEXTS,
             "strategies": STRATEGIES,
             "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}",
