@@ -62,6 +62,18 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     "samples_32": ("recall", {**P, "num_typical": 32}, "number of typical samples"),
     "task_vector_shifts": ("recall", {**P, "variant": "task_vector", "similarity_space": "shifts",
                                       "standardize": True}, "variant: similarity of shifts"),
+    # the variants above at full strength overshoot like task arithmetic at λ = 1; the same at the
+    # development λ (0.25), so that each is compared at its best-known strength
+    "task_vector_share_0.4_0.25": ("recall", {**P, "variant": "task_vector", "newest_share": 0.4,
+                                              "standardize": True, "scale": 0.25},
+                                   "variant: fixed share for M_N, at TA's λ"),
+    "task_vector_shifts_0.25": ("recall", {**P, "variant": "task_vector",
+                                           "similarity_space": "shifts", "standardize": True,
+                                           "scale": 0.25},
+                                "variant: similarity of shifts, at TA's λ"),
+    "task_vector_agreement_0.25": ("recall", {**P, "variant": "task_vector",
+                                              "strength": "agreement", "scale": 0.25},
+                                   "variant: strength from agreement, at TA's λ"),
 }
 
 
