@@ -1,0 +1,68 @@
+"""The continual benchmark's README tables are generated from the committed result JSON
+(``benchmarks/results/``); these tests keep the generator and the README in step and check the
+settings helper. Nothing is trained or merged here."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONTINUAL = REPO / "benchmarks" / "continual"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        yield importlib.import_module("run"), importlib.import_module("sequences")
+    finally:
+        sys.path.remove(str(CONTINUAL))
+
+
+def test_sequence_settings_put_a_sequences_overrides_on_the_shared_defaults(bench):
+    run, sequences = bench
+    for name, spec in sequences.SEQUENCES.items():
+        settings = run.sequence_settings(name)
+        for part, defaults in (("training", sequences.TRAINING), ("evaluation", sequences.EVALUATION)):
+            overrides = spec.get(part, {})
+            assert set(settings[part]) == set(defaults) | set(overrides)
+            for key, value in settings[part].items():
+                assert value == overrides.get(key, defaults.get(key))
+    # the paper-shaped sequence evaluates longer prompts than the shared default
+    assert run.sequence_settings("paper")["evaluation"]["max_length"] == 320
+
+
+def test_readme_tables_are_the_generated_ones(bench, tmp_path):
+    """Every generated table in README.md equals what ``run.py --readme`` writes from the JSON,
+    and rewriting leaves the text outside the markers untouched."""
+    run, sequences = bench
+    readme = REPO / "README.md"
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
+    done = run.update_readme(copy)
+    expected = {"sweep", *[s for s in sequences.SEQUENCES
+                           if (run.RESULTS / f"continual_{s}.json").exists()]}
+    assert set(done) == expected
+    assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
+        "README tables are stale: run `python benchmarks/continual/run.py --readme`")
+
+
+def test_summary_statistics_over_orders(bench):
+    run, _ = bench
+    stat = run._stats([0.5, None, 0.7])
+    assert stat["mean"] == pytest.approx(0.6)
+    assert stat["std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std of the two present
+    assert run._stats([None])["mean"] is None
+    assert run._fmt(run._stats([0.25])) == "+0.250"
+    assert run._fmt(run._stats([0.5, 0.7]), signed=False) == "0.600 ± 0.141"
+
+
+def test_committed_results_record_seed_versions_and_command():
+    for path in sorted((REPO / "benchmarks" / "results").glob("continual_*.json")):
+        data = json.loads(path.read_text())
+        assert "seed" in data and "versions" in data and "command" in data, path.name
