@@ -251,7 +251,7 @@ LEGEND = {
     "recall_previous": "RECALL of the base, the previous step's merge and the newest expert "
                        "(previous-merge protocol)",
     "recall_guarded": "RECALL leaving out a newest expert that does not beat the base on its "
-                      "held-out slice",
+                      "task's dev split (data at hand at that step)",
     "task_arithmetic": "λ = 0.25 (best on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
     "ties": "density 0.2, λ = 1",
