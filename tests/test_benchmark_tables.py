@@ -4,7 +4,7 @@ settings helper. Nothing is trained or merged here."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,11 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 CONTINUAL = REPO / "benchmarks" / "continual"
 
 
+def _load(name: str, path: Path):
+    # a name of its own, so that no other script called run.py (benchmarks/merge_speed) collides
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(CONTINUAL))
     try:
-        yield importlib.import_module("run"), importlib.import_module("sequences")
+        run = _load("continual_benchmark_run", CONTINUAL / "run.py")
+        yield run, sys.modules["sequences"]
     finally:
         sys.path.remove(str(CONTINUAL))
 
@@ -45,8 +54,8 @@ def test_readme_tables_are_the_generated_ones(bench, tmp_path):
     copy = tmp_path / "README.md"
     copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
     done = run.update_readme(copy)
-    expected = {"sweep", *[s for s in sequences.SEQUENCES
-                           if (run.RESULTS / f"continual_{s}.json").exists()]}
+    expected = {"sweep", "summary", *[s for s in sequences.SEQUENCES
+                                      if (run.RESULTS / f"continual_{s}.json").exists()]}
     assert set(done) == expected
     assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
         "README tables are stale: run `python benchmarks/continual/run.py --readme`")
@@ -66,3 +75,31 @@ def test_committed_results_record_seed_versions_and_command():
     for path in sorted((REPO / "benchmarks" / "results").glob("continual_*.json")):
         data = json.loads(path.read_text())
         assert "seed" in data and "versions" in data and "command" in data, path.name
+
+
+def test_summary_table_puts_every_sequence_side_by_side(bench):
+    run, sequences = bench
+    table = run.summary_table().splitlines()
+    present = [s for s in sequences.SEQUENCES if (run.RESULTS / f"continual_{s}.json").exists()]
+    assert len(table[0].split("|")) - 2 == 1 + 2 * len(present)  # strategy, then AP and BWT each
+    assert table[2].startswith("| RECALL, paper form")
+    gaps = table[-1].split("|")[2:-1:2]
+    for sequence, gap in zip(present, gaps, strict=True):
+        summary = json.loads((run.RESULTS / f"continual_{sequence}.json").read_text())["summary"]
+        best = max(summary[b]["AP"]["mean"] for b in run.MERGE_BASELINES if b in summary)
+        assert float(gap.split()[0]) == pytest.approx(summary["recall_paper"]["AP"]["mean"] - best,
+                                                      abs=5e-4)
+
+
+def test_generalisation_scores_under_other_settings_are_not_reused(bench, tmp_path):
+    run, _ = bench
+    file = tmp_path / "generalisation.json"
+    assert run.load_scores(file) == {}
+    run.save_scores(file, {"ties": {"perplexity": 40.0}})
+    assert run.load_scores(file) == {"ties": {"perplexity": 40.0}}
+    stored = json.loads(file.read_text())
+    stored["_settings"]["perplexity_texts"] += 1
+    file.write_text(json.dumps(stored))
+    assert run.load_scores(file) == {}  # scored on other texts: scored again
+    file.write_text(json.dumps({"ties": {"perplexity": 40.0}}))  # written before settings were kept
+    assert run.load_scores(file) == {"ties": {"perplexity": 40.0}}

@@ -123,12 +123,39 @@ def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None
     return (base, last) if (last / "adapter_config.json").exists() else (last, None)
 
 
+PERPLEXITY_TOKENS = 256
+# What a stored generalisation score depends on besides the model: kept in each score file, and a
+# file scored under other settings is scored again instead of being mixed with new scores.
+GENERALISATION_SETTINGS = {"perplexity_texts": PERPLEXITY_TEXTS, "perplexity_tokens": PERPLEXITY_TOKENS,
+                           "zero_shot": ZERO_SHOT, "evaluation": EVALUATION}
+
+
+def load_scores(file: Path) -> dict:
+    """A generalisation score file's entries; empty when it is missing or was scored under other
+    settings (files written before settings were recorded are taken as scored under these)."""
+    if not file.exists():
+        return {}
+    stored = json.loads(file.read_text())
+    settings = stored.pop("_settings", None)
+    if settings is not None and settings != json.loads(json.dumps(GENERALISATION_SETTINGS)):
+        print(f"{file}: scored under other settings, scoring again", file=sys.stderr)
+        return {}
+    return stored
+
+
+def save_scores(file: Path, stored: dict) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps({"_settings": GENERALISATION_SETTINGS, **stored}, indent=2) + "\n")
+
+
 def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
     (``ZERO_SHOT``). Kept in ``run_dir/generalisation.json`` so reruns are free; the base model's
     entry is the same for every run, so it is scored once and kept in
     ``benchmark_runs/base_generalisation.json``."""
+    from functools import cache
+
     from transformers import AutoTokenizer
 
     from recall_merge.checkpoints.packaged import resolve_model_ref
@@ -137,13 +164,13 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     from recall_merge.data.bbc import article_bodies
     from recall_merge.data.registry import load_task
 
-    def load(file: Path) -> dict:
-        return json.loads(file.read_text()) if file.exists() else {}
+    @cache
+    def tokenizer():  # loaded only when something is left to score
+        return AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
 
     run_path, base_path = run_dir / "generalisation.json", run_folder() / "base_generalisation.json"
-    run_stored, base_stored = load(run_path), load(base_path)
+    run_stored, base_stored = load_scores(run_path), load_scores(base_path)
     run_stored.pop("base", None)  # older run folders kept their own copy of the base's scores
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
     for name in ["base", *strategies]:
         path, stored = (base_path, base_stored) if name == "base" else (run_path, run_stored)
         entry = stored.setdefault(name, {})
@@ -153,16 +180,15 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
         model = load_causal_lm(*state)
         if "perplexity" not in entry:
             texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
-            entry.update(perplexity=perplexity(model, tokenizer, texts, 256),
-                         texts=f"{PERPLEXITY_TEXTS} BBC article bodies, first 256 tokens")
+            entry.update(perplexity=perplexity(model, tokenizer(), texts, PERPLEXITY_TOKENS),
+                         texts=f"{PERPLEXITY_TEXTS} BBC article bodies, first {PERPLEXITY_TOKENS} tokens")
         for spec in missing:
             task = load_task(spec, seed=0, **ZERO_SHOT[spec])
             entry.setdefault("zero_shot", {})[spec] = score_task(
-                model, tokenizer, task, task.test, EVALUATION["batch_size"],
+                model, tokenizer(), task, task.test, EVALUATION["batch_size"],
                 EVALUATION["max_length"], EVALUATION["max_new_tokens"])["score"]
         entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in ZERO_SHOT)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(stored, indent=2) + "\n")
+        save_scores(path, stored)
     merged = {"base": base_stored.get("base", {}), **run_stored}
     return {name: entry for name, entry in merged.items() if entry}
 
@@ -333,6 +359,59 @@ def sweep_table() -> str:
     return "\n".join(lines)
 
 
+# Rows of the cross-sequence summary (issue: RECALL variants), in this order, where a sequence has them.
+SUMMARY_ROWS = {
+    "recall_paper": "RECALL, paper form (the chosen default)",
+    "recall_guarded": "RECALL, guarded against a weak newest expert (variant)",
+    "recall_previous": "RECALL, previous-merge protocol (variant)",
+    "task_arithmetic": "task arithmetic, λ 0.25 (tuned on the development sequence)",
+    "task_arithmetic_1": "task arithmetic, λ 1 (untuned)",
+    "ties": "TIES, density 0.2, λ 1",
+    "magmax": "MagMax",
+    "sequential": "sequential fine-tuning",
+    "joint": "multi-task training (uses old data)",
+    "expert": "newest expert alone",
+}
+MERGE_BASELINES = ("task_arithmetic", "ties", "magmax")
+
+
+def summary_table() -> str:
+    """AP and BWT (mean ± sample std over the orders run) of every strategy on every sequence side by
+    side, and RECALL's AP minus the best merge baseline's (task arithmetic, TIES, MagMax)."""
+    present = [s for s in SEQUENCES if (RESULTS / f"continual_{s}.json").exists()]
+    data = {s: json.loads((RESULTS / f"continual_{s}.json").read_text()) for s in present}
+    header = [f"{s} ({data[s]['role']})" for s in present]
+    lines = ["| strategy | " + " | ".join(f"{h} AP | BWT" for h in header) + " |",
+             "|---|" + "---|---|" * len(present)]
+
+    def cell(stat: dict, signed: bool, orders: int) -> str:
+        text = _fmt(stat, signed)
+        return text if orders in (0, 3) else f"{text} ({orders} order{'s' if orders > 1 else ''})"
+
+    for name, label in SUMMARY_ROWS.items():
+        stats = [data[s]["summary"].get(name) for s in present]
+        if not any(stats):
+            continue
+        cells = []
+        for stat in stats:
+            cells += ["—", "—"] if stat is None else [cell(stat["AP"], False, stat["orders"]),
+                                                       cell(stat["BWT"], True, stat["orders"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    gaps = []
+    for s in present:
+        summary = data[s]["summary"]
+        baselines = {b: summary[b]["AP"]["mean"] for b in MERGE_BASELINES
+                     if b in summary and summary[b]["AP"]["mean"] is not None}
+        recall = summary.get("recall_paper", {}).get("AP", {}).get("mean")
+        if recall is None or not baselines:
+            gaps += ["—", ""]
+            continue
+        best = max(baselines, key=baselines.get)
+        gaps += [f"{recall - baselines[best]:+.3f} (vs {best})", ""]
+    lines.append("| RECALL − best merge baseline | " + " | ".join(gaps) + " |")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     """Rewrite the README's generated tables in place: the text between
     ``<!-- NAME-table ... -->`` and ``<!-- /NAME-table -->`` for NAME = sweep or a sequence."""
@@ -340,12 +419,14 @@ def update_readme(readme: Path = REPO / "README.md") -> list[str]:
 
     text = readme.read_text(encoding="utf-8")
     done = []
-    for name in ["sweep", *SEQUENCES]:
-        source = RESULTS / ("continual_sweep.json" if name == "sweep" else f"continual_{name}.json")
+    for name in ["sweep", *SEQUENCES, "summary"]:
+        sources = ([RESULTS / f"continual_{s}.json" for s in SEQUENCES] if name == "summary"
+                   else [RESULTS / f"continual_{name}.json"])
         pattern = re.compile(rf"(<!-- {name}-table[^>]*-->\n)(.*?)(<!-- /{name}-table -->)", re.S)
-        if not source.exists() or not pattern.search(text):
+        if not any(source.exists() for source in sources) or not pattern.search(text):
             continue
-        body = sweep_table() if name == "sweep" else table(name)
+        body = (sweep_table() if name == "sweep" else summary_table() if name == "summary"
+                else table(name))
         text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
         done.append(name)
     readme.write_text(text, encoding="utf-8")
@@ -373,6 +454,7 @@ def main() -> None:
         for sequence in SEQUENCES:
             if (RESULTS / f"continual_{sequence}.json").exists():
                 print(table(sequence) + "\n")
+        print(summary_table())
         return
     if args.readme:
         print("rewrote README tables: " + ", ".join(update_readme()))
