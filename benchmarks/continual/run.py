@@ -283,6 +283,9 @@ LEGEND = {
     "ties": "density 0.2, λ = 1",
     "magmax": "MagMax",
     "sequential": "one LoRA adapter fine-tuned task after task",
+    "ewc": "sequential with an online EWC penalty (λ 100, Fisher on 64 examples)",
+    "lwf": "sequential with LwF distillation from the model before the task (α 1, T 2)",
+    "replay": "sequential with 16 replayed examples of each old task (uses old data)",
     "joint": "multi-task LoRA on every task so far (uses old data: an upper bound)",
 }
 
@@ -369,6 +372,9 @@ SUMMARY_ROWS = {
     "ties": "TIES, density 0.2, λ 1",
     "magmax": "MagMax",
     "sequential": "sequential fine-tuning",
+    "ewc": "EWC (harness default, untuned)",
+    "lwf": "LwF (harness default, untuned)",
+    "replay": "experience replay (uses old data)",
     "joint": "multi-task training (uses old data)",
     "expert": "newest expert alone",
 }

@@ -94,6 +94,11 @@ MAGMAX = {}
 STRATEGIES: dict[str, dict] = {
     "expert": {"kind": "expert"},
     "sequential": {"kind": "sequential"},
+    # the harness's continual-learning baselines at its own defaults (EWC λ 100 on a 64-example
+    # Fisher, LwF α 1 at temperature 2, replay of 16 examples per old task): not tuned anywhere
+    "ewc": {"kind": "ewc"},
+    "lwf": {"kind": "lwf"},
+    "replay": {"kind": "replay"},
     "joint": {"kind": "joint"},
     "recall_paper": {"kind": "merge", "method": "recall", "parameters": RECALL_PAPER},
     "recall": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN},
