@@ -390,18 +390,19 @@ def summary_table() -> str:
     lines = ["| strategy | " + " | ".join(f"{h} AP | BWT" for h in header) + " |",
              "|---|" + "---|---|" * len(present)]
 
-    def cell(stat: dict, signed: bool, orders: int) -> str:
+    def cell(stat: dict, signed: bool, runs: int, full: int) -> str:
         text = _fmt(stat, signed)
-        return text if orders in (0, 3) else f"{text} ({orders} order{'s' if orders > 1 else ''})"
+        return text if runs in (0, full) else f"{text} ({runs} order{'s' if runs > 1 else ''})"
 
     for name, label in SUMMARY_ROWS.items():
         stats = [data[s]["summary"].get(name) for s in present]
         if not any(stats):
             continue
         cells = []
-        for stat in stats:
-            cells += ["—", "—"] if stat is None else [cell(stat["AP"], False, stat["orders"]),
-                                                       cell(stat["BWT"], True, stat["orders"])]
+        for sequence, stat in zip(present, stats, strict=True):
+            full = len(orders(len(SEQUENCES[sequence]["tasks"])))
+            cells += ["—", "—"] if stat is None else [cell(stat["AP"], False, stat["orders"], full),
+                                                       cell(stat["BWT"], True, stat["orders"], full)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     gaps = []
     for s in present:
