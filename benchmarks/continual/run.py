@@ -63,6 +63,11 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
     }
 
 
+def sequences_with_results() -> list[str]:
+    """The sequences whose ``benchmarks/results/continual_SEQUENCE.json`` exists, in SEQUENCES order."""
+    return [s for s in SEQUENCES if (RESULTS / f"continual_{s}.json").exists()]
+
+
 def _stats(values: list[float | None]) -> dict:
     present = [v for v in values if v is not None]
     if not present:
@@ -384,15 +389,17 @@ MERGE_BASELINES = ("task_arithmetic", "ties", "magmax")
 def summary_table() -> str:
     """AP and BWT (mean ± sample std over the orders run) of every strategy on every sequence side by
     side, and RECALL's AP minus the best merge baseline's (task arithmetic, TIES, MagMax)."""
-    present = [s for s in SEQUENCES if (RESULTS / f"continual_{s}.json").exists()]
+    present = sequences_with_results()
     data = {s: json.loads((RESULTS / f"continual_{s}.json").read_text()) for s in present}
+    full_orders = {s: len(orders(len(SEQUENCES[s]["tasks"]))) for s in present}
     header = [f"{s} ({data[s]['role']})" for s in present]
     lines = ["| strategy | " + " | ".join(f"{h} AP | BWT" for h in header) + " |",
              "|---|" + "---|---|" * len(present)]
 
-    def cell(stat: dict, signed: bool, runs: int, full: int) -> str:
+    def cell(stat: dict, signed: bool, runs: int, sequence: str) -> str:
         text = _fmt(stat, signed)
-        return text if runs in (0, full) else f"{text} ({runs} order{'s' if runs > 1 else ''})"
+        full = runs in (0, full_orders[sequence])
+        return text if full else f"{text} ({runs} order{'s' if runs > 1 else ''})"
 
     for name, label in SUMMARY_ROWS.items():
         stats = [data[s]["summary"].get(name) for s in present]
@@ -400,9 +407,9 @@ def summary_table() -> str:
             continue
         cells = []
         for sequence, stat in zip(present, stats, strict=True):
-            full = len(orders(len(SEQUENCES[sequence]["tasks"])))
-            cells += ["—", "—"] if stat is None else [cell(stat["AP"], False, stat["orders"], full),
-                                                       cell(stat["BWT"], True, stat["orders"], full)]
+            cells += ["—", "—"] if stat is None else [
+                cell(stat["AP"], False, stat["orders"], sequence),
+                cell(stat["BWT"], True, stat["orders"], sequence)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     gaps = []
     for s in present:
@@ -427,10 +434,10 @@ def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     text = readme.read_text(encoding="utf-8")
     done = []
     for name in ["sweep", *SEQUENCES, "summary"]:
-        sources = ([RESULTS / f"continual_{s}.json" for s in SEQUENCES] if name == "summary"
-                   else [RESULTS / f"continual_{name}.json"])
+        has_results = (bool(sequences_with_results()) if name == "summary"
+                       else (RESULTS / f"continual_{name}.json").exists())
         pattern = re.compile(rf"(<!-- {name}-table[^>]*-->\n)(.*?)(<!-- /{name}-table -->)", re.S)
-        if not any(source.exists() for source in sources) or not pattern.search(text):
+        if not has_results or not pattern.search(text):
             continue
         body = (sweep_table() if name == "sweep" else summary_table() if name == "summary"
                 else table(name))
@@ -458,9 +465,8 @@ def main() -> None:
     if args.table:
         if (RESULTS / "continual_sweep.json").exists():
             print(sweep_table() + "\n")
-        for sequence in SEQUENCES:
-            if (RESULTS / f"continual_{sequence}.json").exists():
-                print(table(sequence) + "\n")
+        for sequence in sequences_with_results():
+            print(table(sequence) + "\n")
         print(summary_table())
         return
     if args.readme:
