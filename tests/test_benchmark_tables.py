@@ -54,7 +54,7 @@ def test_readme_tables_are_the_generated_ones(bench, tmp_path):
     copy = tmp_path / "README.md"
     copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
     done = run.update_readme(copy)
-    expected = {"sweep", "summary", *[s for s in sequences.SEQUENCES
+    expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants"]
                                       if (run.RESULTS / f"continual_{s}.json").exists()]}
     assert set(done) == expected
     assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
@@ -103,3 +103,30 @@ def test_generalisation_scores_under_other_settings_are_not_reused(bench, tmp_pa
     assert run.load_scores(file) == {}  # scored on other texts: scored again
     file.write_text(json.dumps({"ties": {"perplexity": 40.0}}))  # written before settings were kept
     assert run.load_scores(file) == {"ties": {"perplexity": 40.0}}
+
+
+def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):
+    """Held-out AP of each variant is the mean over the orders run, and the last row is the best
+    RECALL form minus the best baseline, per column."""
+    run, _ = bench
+    path = run.RESULTS / "continual_variants.json"
+    if not path.exists():
+        pytest.skip("no held-out variant results committed")
+    held_out = json.loads(path.read_text())["sequences"]
+    rows = {line.split("|")[1].strip(): line.split("|")[3:-1]
+            for line in run.variants_table().splitlines()[2:]}
+    gaps = rows.pop("best RECALL form − best baseline")
+    columns = [s for s in run.SEQUENCES if s in held_out]
+    for index, sequence in enumerate(columns, start=1):
+        means = {}
+        for name in rows:
+            values = [r["points"][name]["AP"] for r in held_out[sequence].values()
+                      if name in r["points"]]
+            means[name] = sum(values) / len(values)
+            assert float(rows[name][index].split()[0]) == pytest.approx(means[name], abs=5e-4)
+        methods = {n: next(r["points"][n]["method"] for r in held_out[sequence].values()
+                           if n in r["points"]) for n in means}
+        baselines = [n for n in means if methods[n] != "recall"]
+        best_recall = max(means[n] for n in means if n not in baselines)
+        best_baseline = max(means[n] for n in baselines)
+        assert float(gaps[index].split()[0]) == pytest.approx(best_recall - best_baseline, abs=5e-4)

@@ -244,6 +244,37 @@ def test_agreement_strength_averages_to_one_and_is_reported(tiny_models, tmp_pat
     assert sum(strengths) / len(strengths) == pytest.approx(1.0)
 
 
+def test_redundancy_strength_averages_copies_and_sums_orthogonal_shifts():
+    """Synthetic shifts: N copies of one shift → 1/N; orthogonal → 1; opposed ones are not boosted."""
+    from recall_merge.methods.recall import redundancy_strength
+
+    generator = torch.Generator().manual_seed(0)
+    shift = torch.randn(1, 5, 16, generator=generator, dtype=torch.float64)
+    assert redundancy_strength(shift.repeat(4, 1, 1)) == pytest.approx(0.25)
+    assert redundancy_strength(2.0 * shift.repeat(3, 1, 1)) == pytest.approx(1 / 3)  # scale-free
+    orthogonal = torch.eye(3, dtype=torch.float64).reshape(3, 1, 3)
+    assert redundancy_strength(orthogonal) == pytest.approx(1.0)
+    assert redundancy_strength(torch.cat([shift, -shift])) == pytest.approx(1.0)
+    assert redundancy_strength(torch.zeros(3, 5, 16, dtype=torch.float64)) == 1.0  # nothing moved
+    assert redundancy_strength(shift) == 1.0  # one expert: task arithmetic's own λ
+    # one expert that did not move counts as orthogonal: two copies + one still → 3 / (4 + 1)
+    still = torch.cat([shift, shift, torch.zeros_like(shift)])
+    assert redundancy_strength(still) == pytest.approx(3 / 5)
+
+
+def test_redundancy_strength_of_identical_experts_is_one_over_n_in_every_moved_layer(tiny_models,
+                                                                                     tmp_path):
+    """Two copies of one expert: the task-vector sum at λ_j = 1/2 is that expert again."""
+    expert = tiny_models["e1"]
+    result = merge(_recall_config(tiny_models, [expert, expert], tmp_path / "out",
+                                  variant="task_vector", strength="redundancy"), quiet=True)
+    strengths = [layer["strength"] for layer in result.report["layers"]]
+    assert strengths == pytest.approx([0.5] * len(strengths))
+    ours, theirs = _state(result.output), _state(expert)
+    for name in ours:
+        assert (ours[name] - theirs[name]).abs().max() <= 1e-5, name
+
+
 def test_full_experts_swapped_into_one_model_match_separately_loaded_models(tiny_models):
     from recall_merge.pool import ModelPool
     from recall_merge.representations import (

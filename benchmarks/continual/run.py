@@ -29,7 +29,16 @@ REPO = HERE.parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(HERE))
 
-from sequences import EVALUATION, SEQUENCES, STRATEGIES, TRAINING, ZERO_SHOT, orders  # noqa: E402
+from sequences import (  # noqa: E402
+    EVALUATION,
+    SEQUENCES,
+    STRATEGIES,
+    TASK_ARITHMETIC,
+    TIES,
+    TRAINING,
+    ZERO_SHOT,
+    orders,
+)
 
 
 def run_folder() -> Path:
@@ -283,9 +292,9 @@ LEGEND = {
                        "(previous-merge protocol)",
     "recall_guarded": "RECALL leaving out a newest expert that does not beat the base on its "
                       "task's dev split (data at hand at that step)",
-    "task_arithmetic": "λ = 0.25 (best on the development sequence)",
+    "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (best on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
-    "ties": "density 0.2, λ = 1",
+    "ties": f"density {TIES['density']:g}, λ = {TIES['lambda']:g}",
     "magmax": "MagMax",
     "sequential": "one LoRA adapter fine-tuned task after task",
     "ewc": "sequential with an online EWC penalty (λ 100, Fisher on 64 examples)",
@@ -372,9 +381,10 @@ SUMMARY_ROWS = {
     "recall_paper": "RECALL, paper form (the chosen default)",
     "recall_guarded": "RECALL, guarded against a weak newest expert (variant)",
     "recall_previous": "RECALL, previous-merge protocol (variant)",
-    "task_arithmetic": "task arithmetic, λ 0.25 (tuned on the development sequence)",
+    "task_arithmetic": f"task arithmetic, λ {TASK_ARITHMETIC['lambda']:g} (tuned on the development "
+                       "sequence)",
     "task_arithmetic_1": "task arithmetic, λ 1 (untuned)",
-    "ties": "TIES, density 0.2, λ 1",
+    "ties": f"TIES, density {TIES['density']:g}, λ {TIES['lambda']:g}",
     "magmax": "MagMax",
     "sequential": "sequential fine-tuning",
     "ewc": "EWC (harness default, untuned)",
@@ -426,21 +436,68 @@ def summary_table() -> str:
     return "\n".join(lines)
 
 
+def variants_table() -> str:
+    """RECALL's variants at the settings fixed on the development sequence (its sweep, first order),
+    then run unchanged on the held-out sequences (``sweep.py --sequence task|paper``): AP of the
+    last step's merge of all experts, mean ± sample std over the task orders run."""
+    sweep = json.loads((RESULTS / "continual_sweep.json").read_text())["points"]
+    variants_file = RESULTS / "continual_variants.json"
+    held_out = json.loads(variants_file.read_text())["sequences"] if variants_file.exists() else {}
+    names = list(dict.fromkeys(name for runs in held_out.values() for run in runs.values()
+                               for name in run["points"]))
+    columns = [s for s in SEQUENCES if s in held_out]
+    header = ["development (order 0, where it was chosen)"] + [
+        f"{s} ({len(held_out[s])} order{'s' if len(held_out[s]) > 1 else ''})" for s in columns]
+    lines = ["| point | what it asks | " + " | ".join(f"{h} AP" for h in header) + " |",
+             "|---|---|" + "---|" * len(header)]
+    aps: dict[str, list[dict]] = {}
+    methods: dict[str, str] = {}
+    for name in names:
+        stats = [_stats([sweep[name]["AP"]]) if name in sweep else _stats([])]
+        stats += [_stats([run["points"][name]["AP"] if name in run["points"] else None
+                          for run in held_out[s].values()]) for s in columns]
+        aps[name] = stats
+        point = sweep.get(name) or next(run["points"][name] for s in columns
+                                        for run in held_out[s].values() if name in run["points"])
+        question, methods[name] = point["question"], point["method"]
+        cells = [_fmt(stats[0], False)]
+        for sequence, stat in zip(columns, stats[1:], strict=True):
+            runs = sum(value is not None for value in stat["values"])
+            partial = 0 < runs < len(held_out[sequence])
+            cells.append(_fmt(stat, False) + (f" ({runs} order{'s' if runs > 1 else ''})"
+                                              if partial else ""))
+        lines.append(f"| {name} | {question} | " + " | ".join(cells) + " |")
+    baselines = [n for n in names if methods[n] != "recall"]
+    recall_forms = [n for n in names if n not in baselines]
+
+    def best(group: list[str], column: int) -> tuple[str, float] | None:
+        scored = [(n, aps[n][column]["mean"]) for n in group if aps[n][column]["mean"] is not None]
+        return max(scored, key=lambda item: item[1]) if scored else None
+
+    cells = []
+    for column in range(len(header)):
+        recall, baseline = best(recall_forms, column), best(baselines, column)
+        cells.append("—" if not recall or not baseline else
+                     f"{recall[1] - baseline[1]:+.3f} ({recall[0]} vs {baseline[0]})")
+    lines.append("| best RECALL form − best baseline | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
-    """Rewrite the README's generated tables in place: the text between
-    ``<!-- NAME-table ... -->`` and ``<!-- /NAME-table -->`` for NAME = sweep or a sequence."""
+    """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
+    and ``<!-- /NAME-table -->`` for NAME = sweep, variants, a sequence or summary."""
     import re
 
     text = readme.read_text(encoding="utf-8")
     done = []
-    for name in ["sweep", *SEQUENCES, "summary"]:
+    for name in ["sweep", "variants", *SEQUENCES, "summary"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
                        else (RESULTS / f"continual_{name}.json").exists())
         pattern = re.compile(rf"(<!-- {name}-table[^>]*-->\n)(.*?)(<!-- /{name}-table -->)", re.S)
         if not has_results or not pattern.search(text):
             continue
-        body = (sweep_table() if name == "sweep" else summary_table() if name == "summary"
-                else table(name))
+        body = {"sweep": sweep_table, "variants": variants_table,
+                "summary": summary_table}.get(name, lambda name=name: table(name))()
         text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
         done.append(name)
     readme.write_text(text, encoding="utf-8")
@@ -465,6 +522,8 @@ def main() -> None:
     if args.table:
         if (RESULTS / "continual_sweep.json").exists():
             print(sweep_table() + "\n")
+        if (RESULTS / "continual_variants.json").exists():
+            print(variants_table() + "\n")
         for sequence in sequences_with_results():
             print(table(sequence) + "\n")
         print(summary_table())

@@ -74,62 +74,158 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     "task_vector_agreement_0.25": ("recall", {**P, "variant": "task_vector",
                                               "strength": "agreement", "scale": 0.25},
                                    "variant: strength from agreement, at TA's λ"),
+    # TIES and the TIES variant at full strength overshoot on this sequence like task arithmetic
+    # at λ = 1; the same at lower λ, so that both are compared at their best-known strength
+    "ties_0.5": ("ties", {"density": 0.2, "lambda": 0.5}, "baseline λ"),
+    "ties_0.25": ("ties", {"density": 0.2, "lambda": 0.25}, "baseline λ"),
+    "ties_variant_0.5": ("recall", {**P, "variant": "ties", "scale": 0.5},
+                         "variant: TIES under RECALL's weights, λ 0.5"),
+    "ties_variant_0.25": ("recall", {**P, "variant": "ties", "scale": 0.25},
+                          "variant: TIES under RECALL's weights, λ 0.25"),
+    # per-layer strength of the task-vector sum from the overlap of the experts' representation
+    # shifts on the typical samples: no λ to tune (N redundant experts averaged, orthogonal summed)
+    "task_vector_redundancy": ("recall", {**P, "variant": "task_vector", "strength": "redundancy"},
+                               "variant: task vectors, strength from the overlap of representation "
+                               "shifts (no λ)"),
+    "ties_variant_redundancy": ("recall", {**P, "variant": "ties", "strength": "redundancy"},
+                                "variant: TIES under RECALL's weights, strength from the overlap of "
+                                "representation shifts (no λ)"),
+    # the strategy recall_guarded at the last step: the paper form over the experts that beat the
+    # base on their own task's dev split, with the typical samples of the last one kept
+    "guarded": ("recall", P, "variant: paper form without experts that do not beat the base on "
+                "their task's dev split"),
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
-    parser.add_argument("--max-test", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The variants of the issue "RECALL variants beyond the paper", each at the setting the development
+# sweep fixed (every task-vector form at task arithmetic's tuned λ 0.25, where each did best), run
+# unchanged on the held-out sequences (``--sequence task|paper``); the paper form and the two
+# baselines run next to them on the same experts, as the reference.
+HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "magmax", "task_vector_0.25",
+                   "task_vector_std_0.25", "task_vector_share_0.4_0.25", "task_vector_shifts_0.25",
+                   "task_vector_agreement_0.25", "ties_variant", "guarded"]
+
+
+def score_points(sequence: str, order_index: int, names: list[str], max_test: int, seed: int,
+                 run_dir: Path, on_point) -> dict:
+    """Merge the experts of ``sequence``'s last step (task order ``order_index``) once per point and
+    score each merged model on every task. ``on_point(summary)`` gets the running summary (base and
+    own-expert scores, points so far) after each point, so a long sweep can be saved as it goes."""
     from recall_merge.continual.config import expand_strategies, load_continual_config
     from recall_merge.continual.runner import ContinualRun, ModelState
-    from recall_merge.engine import versions
 
-    order = orders(len(SEQUENCES[SEQUENCE]["tasks"]))[0]
-    raw = continual_config(SEQUENCE, order, ["expert"], args.max_test, "full", args.seed)
-    raw["run_dir"] = str(run_folder() / f"sweep_t{args.max_test}_s{args.seed}")
+    order = orders(len(SEQUENCES[sequence]["tasks"]))[order_index]
+    raw = continual_config(sequence, order, ["expert"], max_test, "full", seed)
+    raw["run_dir"] = str(run_dir)
     config = load_continual_config(raw)
     run = ContinualRun(config)
     run.prepare()
     expert_strategy = expand_strategies(config)[0]
     steps = len(run.tasks)
+    task_names = [task.name for task in run.tasks]
     expert_states = [run.expert_from_base(expert_strategy, step) for step in range(1, steps + 1)]
     experts = [state.merge_ref for state in expert_states]
     base_scores = run.evaluate(ModelState(run.base), run._base_eval_path())
     # each expert on its own task (the other cells are not needed here)
     own_scores = {task.name: run.evaluate(state, run._eval_path(state), [step])[step]
                   for step, (task, state) in enumerate(zip(run.tasks, expert_states, strict=True))}
-
-    out = RESULTS / "continual_sweep.json"
-    data = json.loads(out.read_text()) if out.exists() else {}
-    points = data.get("points", {})
-    for name in args.points:
+    # The guarded variant (strategy recall_guarded) leaves out an expert that does not beat the
+    # base on its own task's dev split; where every expert does, it is the paper form exactly.
+    beats_base = {task.name: run.beats_base_on_dev(state, step)
+                  for step, (task, state) in enumerate(zip(run.tasks, expert_states, strict=True),
+                                                       start=1)}
+    summary = {"sequence": sequence, "order": task_names, "newest_task": task_names[-1],
+               "max_test": max_test, "seed": seed,
+               "base": dict(zip(task_names, base_scores, strict=True)),
+               "own_expert": own_scores, "expert_beats_base_on_dev": beats_base,
+               "points": {}, "config": raw}
+    for name in names:
         method, parameters, question = POINTS[name]
         strategy = expand_strategies(load_continual_config(
             {**raw, "strategies": [{"kind": "merge", "method": method, "name": name,
                                     "parameters": parameters}]}))[0]
+        kept = [step for step, task in enumerate(task_names, start=1) if beats_base[task]]
+        if name == "guarded" and len(kept) == steps and "paper" in summary["points"]:
+            # every expert passes the guard: the same merge as the paper form, not made twice
+            summary["points"][name] = {**summary["points"]["paper"], "question": question,
+                                       "same_as": "paper"}
+            on_point(summary)
+            continue
         started = time.perf_counter()
-        folder = run.merge_stage(f"points/{name}", strategy, experts, steps)
+        if name == "guarded" and not kept:
+            folder = run.base
+        elif name == "guarded":
+            folder = run.merge_stage(f"points/{name}", strategy,
+                                     [experts[step - 1] for step in kept], kept[-1])
+        else:
+            folder = run.merge_stage(f"points/{name}", strategy, experts, steps)
         merge_seconds = time.perf_counter() - started
         scores = run.evaluate(ModelState(folder), run.root / "evals" / f"{name}.json")
-        previous = points.get(name, {})
-        points[name] = {"method": method, "parameters": parameters, "question": question,
-                        "scores": dict(zip([t.name for t in run.tasks], scores, strict=True)),
-                        "AP": sum(scores) / len(scores),
-                        "merge_seconds": previous.get("merge_seconds", round(merge_seconds, 1))
-                        if merge_seconds < 1 else round(merge_seconds, 1)}
-        print(f"{name:28s} AP {points[name]['AP']:.3f}  {scores}", flush=True)
-        data = {"sequence": SEQUENCE, "order": [run.tasks[i].name for i in range(steps)],
-                "newest_task": run.tasks[-1].name, "max_test": args.max_test, "seed": args.seed,
-                "base": dict(zip([t.name for t in run.tasks], base_scores, strict=True)),
-                "own_expert": own_scores,
-                "points": points, "config": raw, "versions": versions(),
-                "command": "python benchmarks/continual/sweep.py"}
-        out.write_text(json.dumps(data, indent=2) + "\n")
+        summary["points"][name] = {
+            "method": method, "parameters": parameters, "question": question,
+            "scores": dict(zip(task_names, scores, strict=True)), "AP": sum(scores) / len(scores),
+            # a cached merge takes < 1 s; keep the time measured when it was made
+            "merge_seconds": round(merge_seconds, 1) if merge_seconds >= 1 else None}
+        print(f"{sequence} order {order_index} {name:28s} AP {summary['points'][name]['AP']:.3f}  "
+              f"{scores}", flush=True)
+        on_point(summary)
+    return summary
+
+
+def keep_measured_times(points: dict, previous: dict) -> dict:
+    """A point whose merge came from the cache keeps the merge time stored before."""
+    for name, point in points.items():
+        if point["merge_seconds"] is None:
+            point["merge_seconds"] = previous.get(name, {}).get("merge_seconds")
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", nargs="+", choices=list(POINTS),
+                        help="default: every point (development), HELD_OUT_POINTS (held out)")
+    parser.add_argument("--sequence", choices=sorted(SEQUENCES), default=SEQUENCE,
+                        help="a held-out sequence runs the chosen points unchanged, per order")
+    parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2],
+                        help="held-out sequences only; the development sweep uses the first order")
+    parser.add_argument("--max-test", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from recall_merge.engine import versions
+
+    if args.sequence == SEQUENCE:
+        out = RESULTS / "continual_sweep.json"
+        previous = json.loads(out.read_text()).get("points", {}) if out.exists() else {}
+
+        def save(summary: dict) -> None:
+            points = {**previous, **keep_measured_times(dict(summary["points"]), previous)}
+            data = {**summary, "points": points, "versions": versions(),
+                    "command": "python benchmarks/continual/sweep.py"}
+            out.write_text(json.dumps(data, indent=2) + "\n")
+
+        score_points(SEQUENCE, 0, args.points or list(POINTS), args.max_test, args.seed,
+                     run_folder() / f"sweep_t{args.max_test}_s{args.seed}", save)
+        return
+
+    out = RESULTS / "continual_variants.json"
+    data = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
+    for order_index in args.orders:
+        label = f"order_{order_index}"
+        runs = data["sequences"].setdefault(args.sequence, {})
+        previous = runs.get(label, {}).get("points", {})
+
+        def save(summary: dict, runs=runs, label=label, previous=previous) -> None:
+            points = {**previous, **keep_measured_times(dict(summary["points"]), previous)}
+            runs[label] = {**summary, "points": points}
+            data.update({"seed": args.seed, "versions": versions(), "command": "python benchmarks/continual/sweep.py "
+                         "--sequence SEQUENCE --max-test N (N as in the sequence's benchmark run)"})
+            out.write_text(json.dumps(data, indent=2) + "\n")
+
+        score_points(args.sequence, order_index, args.points or HELD_OUT_POINTS, args.max_test,
+                     args.seed, run_folder() / f"variants_{args.sequence}_t{args.max_test}_s{args.seed}"
+                     / label, save)
 
 
 if __name__ == "__main__":

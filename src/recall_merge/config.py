@@ -54,9 +54,12 @@ class RecallParameters(_Strict):
     newest_share: float | None = Field(
         None, gt=0, lt=1, description="fixed share of the weight for M_N; the other models split the rest "
         "by softmax of their similarity to M_N (removes M_N's self-similarity bias)")
-    strength: Literal["none", "agreement"] = Field(
+    strength: Literal["none", "agreement", "redundancy"] = Field(
         "none", description="agreement: per-layer task-vector strength λ_j ∝ mean similarity among the "
-        "experts at layer j (mean 1 over layers), for the task_vector and ties variants")
+        "experts at layer j (mean 1 over layers). redundancy: λ_j = N / Σ_ik C_j[i, k], C_j the cosine "
+        "(clipped at 0) between the experts' representation shifts h_k − h_0 at layer j, so N identical "
+        "shifts are averaged (λ = 1/N) and orthogonal ones summed (λ = 1); no λ to tune. Both for the "
+        "task_vector and ties variants, times `scale`")
     max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
     batch_size: int = Field(8, ge=1)
 

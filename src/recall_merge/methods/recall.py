@@ -49,6 +49,29 @@ def mean_expert_agreement(similarity: torch.Tensor) -> float:
     return float((experts.sum() - experts.diagonal().sum()) / (count * (count - 1)))
 
 
+def redundancy_strength(shifts: torch.Tensor, *, eps: float = 1e-8) -> float:
+    """Strength of the summed task vectors from how much the experts' representation shifts overlap.
+
+    ``shifts`` (N, m, d): h_k − h_0 of each expert on the same m typical samples at one layer. With
+    C the cosine matrix of the flattened shifts, off-diagonals clipped at 0 (opposed shifts are not
+    made stronger), λ = N / Σ_ik C_ik: N copies of one shift give λ = 1/N (their sum is that shift
+    once), N orthogonal shifts λ = 1 (task arithmetic's sum keeps each). Where no expert moved the
+    representations (every shift ~0, e.g. below a LoRA's first adapted block) λ = 1: nothing to scale.
+    """
+    count = shifts.shape[0]
+    flat = shifts.reshape(count, -1).to(torch.float64)
+    norms = flat.norm(dim=1)
+    moved = norms > eps * max(float(norms.max()), 1.0)
+    if count < 2 or int(moved.sum()) < 2:
+        return 1.0
+    unit = flat[moved] / norms[moved, None]
+    cosine = (unit @ unit.T).clamp(min=0.0, max=1.0)
+    cosine.fill_diagonal_(1.0)
+    # experts that did not move here count as orthogonal to the rest (diagonal 1, off-diagonal 0)
+    total = float(cosine.sum()) + float(count - int(moved.sum()))
+    return count / total
+
+
 @register
 class RecallMethod(MergeMethod):
     name = "recall"
@@ -100,8 +123,10 @@ class RecallMethod(MergeMethod):
         included = list(range(newest + 1)) if params.include_base else list(range(1, newest + 1))
         alphas = torch.zeros(self.num_layers, newest + 1, dtype=torch.float64)
         agreement = torch.ones(self.num_layers, dtype=torch.float64)
+        redundancy = torch.ones(self.num_layers, dtype=torch.float64)
         for layer in range(self.num_layers):
             layer_states = torch.stack([states[k][layer + 1] for k in range(newest + 1)])  # (K, m, d)
+            redundancy[layer] = redundancy_strength(layer_states[1:] - layer_states[0:1])
             if params.similarity_space == "shifts":
                 layer_states = layer_states - layer_states[0:1]
             similarity, sigma = similarity_matrix(layer_states, params.kernel, params.aggregation,
@@ -118,8 +143,12 @@ class RecallMethod(MergeMethod):
             })
         if not params.per_layer:
             alphas[:] = alphas.mean(dim=0, keepdim=True)
-        self.strength_per_layer = (agreement / agreement.mean() if params.strength == "agreement"
-                                   else torch.ones(self.num_layers, dtype=torch.float64))
+        if params.strength == "agreement":
+            self.strength_per_layer = agreement / agreement.mean()
+        elif params.strength == "redundancy":
+            self.strength_per_layer = redundancy
+        else:
+            self.strength_per_layer = torch.ones(self.num_layers, dtype=torch.float64)
         for layer, entry in enumerate(self.layer_reports):
             entry["alpha"] = alphas[layer].tolist()
             entry["strength"] = float(self.strength_per_layer[layer])
