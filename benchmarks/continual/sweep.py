@@ -98,19 +98,29 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
 
 
 # The variants of the issue "RECALL variants beyond the paper", each at the setting the development
-# sweep fixed (every task-vector form at task arithmetic's tuned λ 0.25, where each did best), run
-# unchanged on the held-out sequences (``--sequence task|paper``); the paper form and the two
-# baselines run next to them on the same experts, as the reference.
-HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "magmax", "task_vector_0.25",
-                   "task_vector_std_0.25", "task_vector_share_0.4_0.25", "task_vector_shifts_0.25",
-                   "task_vector_agreement_0.25", "ties_variant", "guarded"]
+# sweep fixed (the task-vector forms at task arithmetic's tuned λ 0.25, the TIES variant at its
+# best λ 0.5, the redundancy strength with no λ), run unchanged on the held-out sequences
+# (``--sequence task|paper``); the paper form and the baselines (task arithmetic and TIES at their
+# development λ, TIES at λ 1 too, MagMax) run next to them on the same experts, as the reference.
+# In the order they run: the ones that lost to the paper form on the development sequence last.
+HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "ties_0.5", "magmax",
+                   "task_vector_redundancy", "ties_variant_0.5", "ties_variant_redundancy",
+                   "task_vector_0.25", "guarded", "task_vector_std_0.25",
+                   "task_vector_share_0.4_0.25", "task_vector_shifts_0.25",
+                   "task_vector_agreement_0.25"]
 
 
 def score_points(sequence: str, order_index: int, names: list[str], max_test: int, seed: int,
-                 run_dir: Path, on_point) -> dict:
+                 run_dir: Path, on_point, known: dict | None = None,
+                 other_orders: dict[str, dict] | None = None) -> dict:
     """Merge the experts of ``sequence``'s last step (task order ``order_index``) once per point and
     score each merged model on every task. ``on_point(summary)`` gets the running summary (base and
-    own-expert scores, points so far) after each point, so a long sweep can be saved as it goes."""
+    own-expert scores, points so far) after each point, so a long sweep can be saved as it goes.
+
+    ``known``: points of this order scored before (kept, not run again). ``other_orders``: label ->
+    points of the same sequence in other orders; a baseline found there (task arithmetic, TIES,
+    MagMax, the plain average: sums over the same experts, whatever their order) is that same
+    merged model and is taken over, marked ``same_as``, instead of being made and scored again."""
     from recall_merge.continual.config import expand_strategies, load_continual_config
     from recall_merge.continual.runner import ContinualRun, ModelState
 
@@ -138,9 +148,18 @@ def score_points(sequence: str, order_index: int, names: list[str], max_test: in
                "max_test": max_test, "seed": seed,
                "base": dict(zip(task_names, base_scores, strict=True)),
                "own_expert": own_scores, "expert_beats_base_on_dev": beats_base,
-               "points": {}, "config": raw}
+               "points": dict(known or {}), "config": raw}
     for name in names:
         method, parameters, question = POINTS[name]
+        if name in summary["points"]:
+            continue
+        earlier = [(label, points[name]) for label, points in (other_orders or {}).items()
+                   if name in points and "same_as" not in points[name]]
+        if method != "recall" and earlier:
+            label, point = earlier[0]
+            summary["points"][name] = {**point, "same_as": label}
+            on_point(summary)
+            continue
         strategy = expand_strategies(load_continual_config(
             {**raw, "strategies": [{"kind": "merge", "method": method, "name": name,
                                     "parameters": parameters}]}))[0]
@@ -219,13 +238,19 @@ def main() -> None:
         def save(summary: dict, runs=runs, label=label, previous=previous) -> None:
             points = {**previous, **keep_measured_times(dict(summary["points"]), previous)}
             runs[label] = {**summary, "points": points}
-            data.update({"seed": args.seed, "versions": versions(), "command": "python benchmarks/continual/sweep.py "
-                         "--sequence SEQUENCE --max-test N (N as in the sequence's benchmark run)"})
-            out.write_text(json.dumps(data, indent=2) + "\n")
+            # read the file again and replace only this (sequence, order): another sequence's run
+            # may have saved since this one started
+            current = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
+            current["sequences"].setdefault(args.sequence, {})[label] = runs[label]
+            current.update({"seed": args.seed, "versions": versions(),
+                            "command": "python benchmarks/continual/sweep.py --sequence SEQUENCE "
+                                       "--max-test N (N as in the sequence's benchmark run)"})
+            out.write_text(json.dumps(current, indent=2) + "\n")
 
+        other_orders = {other: run["points"] for other, run in runs.items() if other != label}
         score_points(args.sequence, order_index, args.points or HELD_OUT_POINTS, args.max_test,
                      args.seed, run_folder() / f"variants_{args.sequence}_t{args.max_test}_s{args.seed}"
-                     / label, save)
+                     / label, save, known=previous, other_orders=other_orders)
 
 
 if __name__ == "__main__":
