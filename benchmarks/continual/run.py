@@ -474,12 +474,16 @@ def variants_table() -> str:
         scored = [(n, aps[n][column]["mean"]) for n in group if aps[n][column]["mean"] is not None]
         return max(scored, key=lambda item: item[1]) if scored else None
 
-    cells = []
-    for column in range(len(header)):
-        recall, baseline = best(recall_forms, column), best(baselines, column)
-        cells.append("—" if not recall or not baseline else
-                     f"{recall[1] - baseline[1]:+.3f} ({recall[0]} vs {baseline[0]})")
-    lines.append("| best RECALL form − best baseline | | " + " | ".join(cells) + " |")
+    # The chosen default is the point that the development sweep kept (the paper form); the best
+    # form per column is picked on that column's own numbers, i.e. with hindsight on a held-out one.
+    for label, group in [("chosen default (paper form) − best baseline", ["paper"]),
+                         ("best RECALL form, picked with hindsight − best baseline", recall_forms)]:
+        cells = []
+        for column in range(len(header)):
+            recall, baseline = best(group, column), best(baselines, column)
+            cells.append("—" if not recall or not baseline else
+                         f"{recall[1] - baseline[1]:+.3f} ({recall[0]} vs {baseline[0]})")
+        lines.append(f"| {label} | | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -152,7 +152,9 @@ class LoraAdapter:
             return delta if rows is None else delta[rows[0]:rows[1]].contiguous()
         if rows is not None:  # rows of B·A need only those rows of B
             lora_b = lora_b[rows[0]:rows[1]]
-        return (lora_b @ lora_a) * scale
+        # float64 product, rounded once to float32: a float32 matmul's kernel (and so its last
+        # bit) depends on the number of rows, and a row block must give the whole tensor's bytes
+        return ((lora_b.double() @ lora_a.double()) * scale).to(torch.float32)
 
     def replacement(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
         """A full tensor the adapter trained directly (PEFT modules_to_save), else None."""
