@@ -7,6 +7,13 @@ on every task (AP of the last row of R). The defaults of ``sequences.py`` come f
 
 Writes ``benchmarks/results/continual_sweep.json`` (per point: parameters, per-task scores, AP,
 merge time; seed, versions, config).
+
+With ``--sequence task|paper`` the points of HELD_OUT_POINTS (the settings fixed here) run
+unchanged on a held-out sequence, in every task order, into
+``benchmarks/results/continual_variants.json``; points already scored for an order are kept.
+
+    python benchmarks/continual/sweep.py --sequence task --max-test 30
+    python benchmarks/continual/sweep.py --sequence paper --max-test 24
 """
 
 from __future__ import annotations
