@@ -126,7 +126,8 @@ class RecallMethod(MergeMethod):
         redundancy = torch.ones(self.num_layers, dtype=torch.float64)
         for layer in range(self.num_layers):
             layer_states = torch.stack([states[k][layer + 1] for k in range(newest + 1)])  # (K, m, d)
-            redundancy[layer] = redundancy_strength(layer_states[1:] - layer_states[0:1])
+            if params.strength == "redundancy":
+                redundancy[layer] = redundancy_strength(layer_states[1:] - layer_states[0:1])
             if params.similarity_space == "shifts":
                 layer_states = layer_states - layer_states[0:1]
             similarity, sigma = similarity_matrix(layer_states, params.kernel, params.aggregation,
