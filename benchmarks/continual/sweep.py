@@ -243,8 +243,8 @@ def main() -> None:
         previous = runs.get(label, {}).get("points", {})
 
         def save(summary: dict, runs=runs, label=label, previous=previous) -> None:
-            points = {**previous, **keep_measured_times(dict(summary["points"]), previous)}
-            runs[label] = {**summary, "points": points}
+            # summary["points"] starts from this order's known points, so it already holds them all
+            runs[label] = {**summary, "points": keep_measured_times(dict(summary["points"]), previous)}
             # read the file again and replace only this (sequence, order): another sequence's run
             # may have saved since this one started
             current = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
