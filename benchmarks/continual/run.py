@@ -300,7 +300,7 @@ LEGEND = {
     "ewc": "sequential with an online EWC penalty (λ 100, Fisher on 64 examples)",
     "lwf": "sequential with LwF distillation from the model before the task (α 1, T 2)",
     "replay": "sequential with 16 replayed examples of each old task (uses old data)",
-    "joint": "multi-task LoRA on every task so far (uses old data: an upper bound)",
+    "joint": "multi-task LoRA on every task so far, the same step budget per stage (uses old data)",
 }
 
 
