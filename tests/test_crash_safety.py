@@ -91,3 +91,17 @@ def test_sigkill_at_random_times(tiny_models, tmp_path):
         digest = _digest(output)
         # either the previous output, or (if the run had finished) a complete identical new one
         assert digest == previous
+
+
+def test_command_line_exit_flushes_output_and_keeps_exit_codes(tiny_models, tmp_path):
+    """`python -m recall_merge.cli` ends with os._exit (no interpreter teardown): what it printed
+    into a pipe must still arrive, and the exit code must be main()'s."""
+    config = _config(tiny_models, tmp_path, "linear")
+    done = _run(config)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(summary["output"]) == tmp_path / "out" and (tmp_path / "out" / "recall_report.json").exists()
+
+    refused = _run(tmp_path / "missing.yaml")
+    assert refused.returncode == 2
+    assert "does not exist" in refused.stderr and "fix:" in refused.stderr

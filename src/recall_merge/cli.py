@@ -146,5 +146,18 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def run() -> None:
+    """Console entry point: ``main()``, then exit without tearing the interpreter down.
+
+    Every command has closed and renamed its outputs when ``main`` returns; what is left is
+    CPython's finalisation of torch's modules, ~0.4 s of a 6-9 s cold merge (measured on the
+    2.1 GB speed-benchmark pair). Tests call ``main`` and keep the normal exit.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
