@@ -136,3 +136,21 @@ def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(ben
         assert float(gaps[index].split()[0]) == pytest.approx(best_recall - best_baseline, abs=5e-4)
         assert float(chosen_gaps[index].split()[0]) == pytest.approx(means["paper"] - best_baseline,
                                                                      abs=5e-4)
+
+
+def test_readme_speed_table_is_the_generated_one(tmp_path):
+    """The README's speed table equals what ``merge_speed/run.py --readme`` writes from the JSON,
+    and every case of the committed run has a row with its ratios."""
+    speed = _load("merge_speed_benchmark_run", REPO / "benchmarks" / "merge_speed" / "run.py")
+    document = json.loads(speed.RESULTS.read_text())
+    assert {"measured_at", "command", "versions", "machine"} <= set(document)
+    copy = tmp_path / "README.md"
+    copy.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    speed.update_readme(copy, document)
+    assert copy.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8"), (
+        "README speed table is stale: run `python benchmarks/merge_speed/run.py --readme`")
+    rows = speed.speed_table(document).splitlines()[2:]
+    assert len(rows) == len(document["cases"])
+    for row, case in zip(rows, document["cases"], strict=True):
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert float(cells[4]) == pytest.approx(case["ratios"]["our_linear_wall_over_mergekit"], abs=5e-3)

@@ -6,6 +6,7 @@ state. Inputs are SmolLM2-135M-Instruct plus N seeded perturbations of it (fp32,
 and optionally one synthetic Llama checkpoint of ≥ 2 GB.
 
     python benchmarks/merge_speed/run.py --counts 2 4 8 --big
+    python benchmarks/merge_speed/run.py --readme     # rewrite the README's table from the JSON
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "merge_speed.json"
+README = HERE.parents[1] / "README.md"
+TABLE_START, TABLE_END = "<!-- speed-table (python benchmarks/merge_speed/run.py --readme) -->", "<!-- /speed-table -->"
 
 
 def measure(command: list[str], env: dict | None = None) -> dict:
@@ -126,13 +129,47 @@ def run_case(label: str, base: Path, experts: list[Path], work: Path, samples: P
     return results
 
 
+def speed_table(document: dict) -> str:
+    """The README's speed table, every figure read from the benchmark's JSON."""
+    header = ("| models | disk floor | ours linear: wall / merge stage / peak RSS | mergekit linear: wall / peak RSS "
+              "| linear wall ratio | merge stage / floor | RSS ratio | RECALL full merge: wall (plan) / peak RSS "
+              "| RECALL wall / mergekit linear |")
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for case in document["cases"]:
+        floor, ours, theirs = case["disk_floor"], case["recall_merge_linear"], case["mergekit_linear"]
+        ratios, recall = case["ratios"], case.get("recall_merge_recall")
+        label = case["label"].replace("smollm2 x", "").replace("synthetic 2.1 GB x", "")
+        kind = "SmolLM2" if case["label"].startswith("smollm2") else "2.1 GB synthetic"
+        cells = [f"{label} × {kind}", f"{floor['total_s']:.1f} s",
+                 f"{ours['wall_s']:.1f} s / {ours['merge_stage_s']:.1f} s / {ours['peak_rss_mb']:.0f} MB",
+                 f"{theirs['wall_s']:.1f} s / {theirs['peak_rss_mb']:.0f} MB",
+                 f"{ratios['our_linear_wall_over_mergekit']:.2f}",
+                 f"{ratios['our_linear_merge_stage_over_disk_floor']:.2f}",
+                 f"{ratios['our_peak_rss_over_mergekit']:.2f}",
+                 f"{recall['wall_s']:.1f} s ({recall['plan_s']:.1f} s) / {recall['peak_rss_mb']:.0f} MB" if recall else "",
+                 f"{ratios['our_recall_wall_over_mergekit_linear']:.2f}" if recall else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, document: dict) -> None:
+    """Replace the text between the speed-table markers with the generated table."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    readme.write_text(text[:start] + "\n" + speed_table(document) + "\n" + text[end:], encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--counts", type=int, nargs="+", default=[2, 4, 8], help="experts per merge (N)")
     parser.add_argument("--big", action="store_true", help="also a synthetic ≥2 GB checkpoint pair")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recall-merge-speed")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's table from --output and exit")
     args = parser.parse_args()
+    if args.readme:
+        update_readme(README, json.loads(args.output.read_text()))
+        return
     os.environ["HF_HUB_OFFLINE"] = "1"
 
     base = Path(subprocess.run([sys.executable, "-m", "recall_merge.cli", "cache", "smollm2"], check=True,
@@ -158,7 +195,8 @@ def main() -> None:
         print(json.dumps(cases[-1]["ratios"]), flush=True)
     from importlib.metadata import version
 
-    document = {"benchmark": "merge_speed", "command": "python benchmarks/merge_speed/run.py " + " ".join(sys.argv[1:]),
+    document = {"benchmark": "merge_speed", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": "python benchmarks/merge_speed/run.py " + " ".join(sys.argv[1:]),
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "versions": {name: version(name) for name in ("recall-merge", "torch", "mergekit", "safetensors")},
                 "driver_note": "each tool runs in its own subprocess of a driver that never imports torch, so "
