@@ -110,14 +110,14 @@ def test_generalisation_scores_under_other_settings_are_not_reused(bench, tmp_pa
 def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):
     """Held-out AP of each variant is the mean over the orders run; the last two rows are the
     chosen default (the paper form) and the best RECALL form minus the best baseline, per column."""
-    run, _ = bench
+    run, sequences = bench
     path = run.RESULTS / "continual_variants.json"
     if not path.exists():
         pytest.skip("no held-out variant results committed")
     held_out = json.loads(path.read_text())["sequences"]
     rows = {line.split("|")[1].strip(): line.split("|")[3:-1]
             for line in run.variants_table().splitlines()[2:]}
-    chosen_gaps = rows.pop("chosen default (paper form) − best baseline")
+    chosen_gaps = rows.pop(f"chosen default ({sequences.CHOSEN_SWEEP_POINT}) − best baseline")
     gaps = rows.pop("best RECALL form, picked with hindsight − best baseline")
     columns = [s for s in run.SEQUENCES if s in held_out]
     for index, sequence in enumerate(columns, start=1):
@@ -156,3 +156,25 @@ def test_readme_speed_table_is_the_generated_one(tmp_path):
     for row, case in zip(rows, document["cases"], strict=True):
         cells = [cell.strip() for cell in row.split("|")[1:-1]]
         assert float(cells[4]) == pytest.approx(case["ratios"]["our_linear_wall_over_mergekit"], abs=5e-3)
+
+
+def test_chosen_sweep_point_has_the_chosen_recall_settings(bench):
+    """The variants table's "chosen default" row reads the sweep point named in sequences.py; that
+    point must have been scored with exactly the settings the continual runs use as RECALL."""
+    run, sequences = bench
+    points = json.loads((run.RESULTS / "continual_sweep.json").read_text())["points"]
+    chosen = points[sequences.CHOSEN_SWEEP_POINT]
+    assert chosen["method"] == "recall"
+    assert chosen["parameters"] == sequences.RECALL_CHOSEN == sequences.STRATEGIES["recall"]["parameters"]
+
+
+def test_replace_table_rewrites_only_between_its_markers():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from readme_tables import replace_table
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    text = "intro\n<!-- speed-table (cmd) -->\nold\nrows\n<!-- /speed-table -->\nafter\n"
+    assert replace_table(text, "speed", "| new |") == (
+        "intro\n<!-- speed-table (cmd) -->\n| new |\n<!-- /speed-table -->\nafter\n")
+    assert replace_table(text, "summary", "| new |") is None

@@ -28,8 +28,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # benchmarks/readme_tables.py
 
+from readme_tables import replace_table  # noqa: E402
 from sequences import (  # noqa: E402
+    CHOSEN_SWEEP_POINT,
     EVALUATION,
     SEQUENCES,
     STRATEGIES,
@@ -485,9 +488,10 @@ def variants_table() -> str:
         scored = [(n, aps[n][column]["mean"]) for n in group if aps[n][column]["mean"] is not None]
         return max(scored, key=lambda item: item[1]) if scored else None
 
-    # The chosen default is the point that the development sweep kept (the paper form); the best
-    # form per column is picked on that column's own numbers, i.e. with hindsight on a held-out one.
-    for label, group in [("chosen default (paper form) − best baseline", ["paper"]),
+    # The chosen default is the point that the development sweep kept; the best form per column
+    # is picked on that column's own numbers, i.e. with hindsight on a held-out one.
+    chosen = CHOSEN_SWEEP_POINT
+    for label, group in [(f"chosen default ({chosen}) − best baseline", [chosen]),
                          ("best RECALL form, picked with hindsight − best baseline", recall_forms)]:
         cells = []
         for column in range(len(header)):
@@ -501,20 +505,19 @@ def variants_table() -> str:
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
     and ``<!-- /NAME-table -->`` for NAME = sweep, variants, a sequence or summary."""
-    import re
-
     text = readme.read_text(encoding="utf-8")
     done = []
     for name in ["sweep", "variants", *SEQUENCES, "summary"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
                        else (RESULTS / f"continual_{name}.json").exists())
-        pattern = re.compile(rf"(<!-- {name}-table[^>]*-->\n)(.*?)(<!-- /{name}-table -->)", re.S)
-        if not has_results or not pattern.search(text):
+        if not has_results or f"<!-- /{name}-table -->" not in text:
             continue
         body = {"sweep": sweep_table, "variants": variants_table,
                 "summary": summary_table}.get(name, lambda name=name: table(name))()
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(3), text)
-        done.append(name)
+        replaced = replace_table(text, name, body)
+        if replaced is not None:
+            text = replaced
+            done.append(name)
     readme.write_text(text, encoding="utf-8")
     return done
 

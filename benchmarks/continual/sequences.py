@@ -87,6 +87,9 @@ RECALL_PAPER = {"variant": "paper", "num_typical": 16, "max_length": 96}
 # variant, previous-merge protocol) were scored: a point replaces the default only if it beats
 # the paper form's AP by at least 0.025 (one test item per task on average, 40 items per task).
 RECALL_CHOSEN = RECALL_PAPER
+# The development sweep's point whose settings RECALL_CHOSEN copies (the variants table's
+# "chosen default" row); tests/test_benchmark_tables.py checks that the two agree.
+CHOSEN_SWEEP_POINT = "paper"
 TASK_ARITHMETIC = {"lambda": 0.25}  # best of 0.25 / 0.5 / 1.0 on the development sweep
 # TIES at its usual λ = 1: the continual runs' setting, fixed before TIES's λ was swept. The
 # development sweep later found λ 0.5 best for TIES (0.500 vs 0.450 at 0.25 and 0.219 at 1); the

@@ -27,7 +27,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "merge_speed.json"
 README = HERE.parents[1] / "README.md"
-TABLE_START, TABLE_END = "<!-- speed-table (python benchmarks/merge_speed/run.py --readme) -->", "<!-- /speed-table -->"
+sys.path.insert(0, str(HERE.parent))  # benchmarks/readme_tables.py
+from readme_tables import replace_table  # noqa: E402
 
 
 def measure(command: list[str], env: dict | None = None) -> dict:
@@ -154,9 +155,10 @@ def speed_table(document: dict) -> str:
 
 def update_readme(readme: Path, document: dict) -> None:
     """Replace the text between the speed-table markers with the generated table."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    readme.write_text(text[:start] + "\n" + speed_table(document) + "\n" + text[end:], encoding="utf-8")
+    text = replace_table(readme.read_text(encoding="utf-8"), "speed", speed_table(document))
+    if text is None:
+        raise SystemExit(f"{readme} has no <!-- speed-table --> ... <!-- /speed-table --> markers")
+    readme.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
