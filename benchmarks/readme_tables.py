@@ -12,6 +12,6 @@ def replace_table(text: str, name: str, body: str) -> str | None:
     The opening marker (which names the command that makes the table) is kept as it is."""
     pattern = re.compile(rf"(<!-- {re.escape(name)}-table[^>]*-->\n)(.*?)(<!-- /{re.escape(name)}-table -->)",
                          re.S)
-    if not pattern.search(text):
-        return None
-    return pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(3), text, count=1)
+    replaced, count = pattern.subn(lambda match: match.group(1) + body + "\n" + match.group(3), text,
+                                   count=1)
+    return replaced if count else None

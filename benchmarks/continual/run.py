@@ -490,8 +490,7 @@ def variants_table() -> str:
 
     # The chosen default is the point that the development sweep kept; the best form per column
     # is picked on that column's own numbers, i.e. with hindsight on a held-out one.
-    chosen = CHOSEN_SWEEP_POINT
-    for label, group in [(f"chosen default ({chosen}) − best baseline", [chosen]),
+    for label, group in [(f"chosen default ({CHOSEN_SWEEP_POINT}) − best baseline", [CHOSEN_SWEEP_POINT]),
                          ("best RECALL form, picked with hindsight − best baseline", recall_forms)]:
         cells = []
         for column in range(len(header)):
@@ -510,7 +509,7 @@ def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     for name in ["sweep", "variants", *SEQUENCES, "summary"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
                        else (RESULTS / f"continual_{name}.json").exists())
-        if not has_results or f"<!-- /{name}-table -->" not in text:
+        if not has_results:
             continue
         body = {"sweep": sweep_table, "variants": variants_table,
                 "summary": summary_table}.get(name, lambda name=name: table(name))()
