@@ -38,6 +38,7 @@ from sequences import (  # noqa: E402
     STRATEGIES,
     TASK_ARITHMETIC,
     TIES,
+    TIES_DEV,
     TRAINING,
     ZERO_SHOT,
     orders,
@@ -295,9 +296,14 @@ LEGEND = {
                        "(previous-merge protocol)",
     "recall_guarded": "RECALL leaving out a newest expert that does not beat the base on its "
                       "task's dev split (data at hand at that step)",
+    "recall_ties_redundancy": "RECALL's weights over TIES-trimmed task vectors, per-layer strength "
+                              "from the overlap of the experts' representation shifts (variant, "
+                              "no λ)",
     "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (best on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
     "ties": f"density {TIES['density']:g}, λ = {TIES['lambda']:g}",
+    "ties_0.5": f"density {TIES_DEV['density']:g}, λ = {TIES_DEV['lambda']:g} (best on the "
+                "development sweep)",
     "magmax": "MagMax",
     "sequential": "one LoRA adapter fine-tuned task after task",
     "ewc": "sequential with an online EWC penalty (λ 100, Fisher on 64 examples)",
@@ -384,10 +390,13 @@ SUMMARY_ROWS = {
     "recall_paper": "RECALL, paper form (the chosen default)",
     "recall_guarded": "RECALL, guarded against a weak newest expert (variant)",
     "recall_previous": "RECALL, previous-merge protocol (variant)",
+    "recall_ties_redundancy": "RECALL, TIES variant with the redundancy strength (variant)",
     "task_arithmetic": f"task arithmetic, λ {TASK_ARITHMETIC['lambda']:g} (tuned on the development "
                        "sequence)",
     "task_arithmetic_1": "task arithmetic, λ 1 (untuned)",
     "ties": f"TIES, density {TIES['density']:g}, λ {TIES['lambda']:g}",
+    "ties_0.5": f"TIES, density {TIES_DEV['density']:g}, λ {TIES_DEV['lambda']:g} (tuned on the "
+                "development sequence)",
     "magmax": "MagMax",
     "sequential": "sequential fine-tuning",
     "ewc": "EWC (harness default, untuned)",
@@ -396,7 +405,7 @@ SUMMARY_ROWS = {
     "joint": "multi-task training (uses old data)",
     "expert": "newest expert alone",
 }
-MERGE_BASELINES = ("task_arithmetic", "ties", "magmax")
+MERGE_BASELINES = ("task_arithmetic", "ties", "ties_0.5", "magmax")
 # the continual-learning baselines that, like RECALL, keep no data of old tasks
 NO_OLD_DATA_BASELINES = ("sequential", "ewc", "lwf")
 

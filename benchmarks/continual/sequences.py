@@ -95,6 +95,9 @@ TASK_ARITHMETIC = {"lambda": 0.25}  # best of 0.25 / 0.5 / 1.0 on the developmen
 # development sweep later found λ 0.5 best for TIES (0.500 vs 0.450 at 0.25 and 0.219 at 1); the
 # held-out variant comparison (sweep.py --sequence) carries TIES at both λ.
 TIES = {"density": 0.2, "lambda": 1.0}
+# TIES at the λ the development sweep found best, run as a continual strategy afterwards (its
+# continual rows were added after the λ-1 rows were published; the λ-1 rows stay as run)
+TIES_DEV = {"density": 0.2, "lambda": 0.5}
 MAGMAX = {}
 
 STRATEGIES: dict[str, dict] = {
@@ -112,9 +115,16 @@ STRATEGIES: dict[str, dict] = {
                         "library": "previous"},
     "recall_guarded": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN,
                        "guard_newest": True},
+    # the development sweep's TIES variant with the redundancy strength (no λ), the best RECALL
+    # form on the task-incremental sequence's last step (sweep.py --sequence), run as a continual
+    # strategy afterwards; its setting comes from the development sweep, untouched
+    "recall_ties_redundancy": {"kind": "merge", "method": "recall",
+                               "parameters": {**RECALL_CHOSEN, "variant": "ties",
+                                              "strength": "redundancy"}},
     "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
     # the usual untuned setting, as a reference next to the λ chosen on the development sequence
     "task_arithmetic_1": {"kind": "merge", "method": "task_arithmetic", "parameters": {"lambda": 1.0}},
     "ties": {"kind": "merge", "method": "ties", "parameters": TIES},
+    "ties_0.5": {"kind": "merge", "method": "ties", "parameters": TIES_DEV},
     "magmax": {"kind": "merge", "method": "magmax", "parameters": MAGMAX},
 }
