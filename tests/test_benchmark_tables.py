@@ -168,6 +168,30 @@ def test_chosen_sweep_point_has_the_chosen_recall_settings(bench):
     assert chosen["parameters"] == sequences.RECALL_CHOSEN == sequences.STRATEGIES["recall"]["parameters"]
 
 
+def test_every_strategy_has_a_legend_and_a_summary_row(bench):
+    """A strategy added to sequences.py without a LEGEND or SUMMARY_ROWS entry would run and then
+    drop out of the README's legend or summary table without a word. ``recall`` is left out: it
+    is the chosen default, run once as ``recall_paper``. The summary's merge baselines must be
+    strategies that are merges other than RECALL."""
+    run, sequences = bench
+    named = set(sequences.STRATEGIES) - {"recall"}
+    assert named <= set(run.LEGEND)
+    assert named <= set(run.SUMMARY_ROWS)
+    for name in run.MERGE_BASELINES:
+        strategy = sequences.STRATEGIES[name]
+        assert strategy["kind"] == "merge" and strategy["method"] != "recall"
+
+
+def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
+    """The strategies run after the development sweep (TIES at its best λ, the TIES variant with
+    the redundancy strength) must merge exactly as the sweep points the README compares them with."""
+    _, sequences = bench
+    points = json.loads((REPO / "benchmarks" / "results" / "continual_sweep.json").read_text())["points"]
+    for strategy, point in (("ties_0.5", "ties_0.5"), ("recall_ties_redundancy", "ties_variant_redundancy")):
+        assert sequences.STRATEGIES[strategy]["method"] == points[point]["method"]
+        assert sequences.STRATEGIES[strategy]["parameters"] == points[point]["parameters"]
+
+
 def test_replace_table_rewrites_only_between_its_markers():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
