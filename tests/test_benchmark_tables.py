@@ -185,8 +185,8 @@ def test_every_strategy_has_a_legend_and_a_summary_row(bench):
 def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
     """The strategies run after the development sweep (TIES at its best λ, the TIES variant with
     the redundancy strength) must merge exactly as the sweep points the README compares them with."""
-    _, sequences = bench
-    points = json.loads((REPO / "benchmarks" / "results" / "continual_sweep.json").read_text())["points"]
+    run, sequences = bench
+    points = json.loads((run.RESULTS / "continual_sweep.json").read_text())["points"]
     for strategy, point in (("ties_0.5", "ties_0.5"), ("recall_ties_redundancy", "ties_variant_redundancy")):
         assert sequences.STRATEGIES[strategy]["method"] == points[point]["method"]
         assert sequences.STRATEGIES[strategy]["parameters"] == points[point]["parameters"]
