@@ -98,6 +98,9 @@ TIES = {"density": 0.2, "lambda": 1.0}
 # TIES at the λ the development sweep found best, as the continual strategy ties_0.5 (run after
 # the λ-1 rows were published; those stay as run, and the summary's gap row takes the better one)
 TIES_DEV = {"density": 0.2, "lambda": 0.5}
+# RECALL's TIES variant with the redundancy strength (no λ): the sweep point
+# ties_variant_redundancy and the continual strategy recall_ties_redundancy (one definition)
+RECALL_TIES_REDUNDANCY = {**RECALL_PAPER, "variant": "ties", "strength": "redundancy"}
 MAGMAX = {}
 
 STRATEGIES: dict[str, dict] = {
@@ -119,8 +122,7 @@ STRATEGIES: dict[str, dict] = {
     # form on the task-incremental sequence's last step (sweep.py --sequence), run as a continual
     # strategy afterwards; its setting comes from the development sweep, untouched
     "recall_ties_redundancy": {"kind": "merge", "method": "recall",
-                               "parameters": {**RECALL_CHOSEN, "variant": "ties",
-                                              "strength": "redundancy"}},
+                               "parameters": RECALL_TIES_REDUNDANCY},
     "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
     # the usual untuned setting, as a reference next to the λ chosen on the development sequence
     "task_arithmetic_1": {"kind": "merge", "method": "task_arithmetic", "parameters": {"lambda": 1.0}},

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import RESULTS, continual_config, run_folder  # noqa: E402
-from sequences import RECALL_PAPER, SEQUENCES, orders  # noqa: E402
+from sequences import RECALL_PAPER, RECALL_TIES_REDUNDANCY, SEQUENCES, TIES_DEV, orders  # noqa: E402
 
 SEQUENCE = "domain"
 P = RECALL_PAPER
@@ -83,7 +83,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
                                    "variant: strength from agreement, at TA's λ"),
     # TIES and the TIES variant at full strength overshoot on this sequence like task arithmetic
     # at λ = 1; the same at lower λ, so that both are compared at their best-known strength
-    "ties_0.5": ("ties", {"density": 0.2, "lambda": 0.5}, "baseline λ"),
+    "ties_0.5": ("ties", TIES_DEV, "baseline λ"),
     "ties_0.25": ("ties", {"density": 0.2, "lambda": 0.25}, "baseline λ"),
     "ties_variant_0.5": ("recall", {**P, "variant": "ties", "scale": 0.5},
                          "variant: TIES under RECALL's weights, λ 0.5"),
@@ -94,7 +94,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     "task_vector_redundancy": ("recall", {**P, "variant": "task_vector", "strength": "redundancy"},
                                "variant: task vectors, strength from the overlap of representation "
                                "shifts (no λ)"),
-    "ties_variant_redundancy": ("recall", {**P, "variant": "ties", "strength": "redundancy"},
+    "ties_variant_redundancy": ("recall", RECALL_TIES_REDUNDANCY,
                                 "variant: TIES under RECALL's weights, strength from the overlap of "
                                 "representation shifts (no λ)"),
     # the strategy recall_guarded at the last step: the paper form over the experts that beat the
