@@ -146,6 +146,32 @@ def test_config_errors_name_the_key(tiny_models, tmp_path):
         load_continual_config(tiny_config(tiny_models["base"], tmp_path, ["ewc", "ewc"]))
 
 
+def test_joint_with_steps_per_task_scales_the_step_budget(tiny_models, tmp_path):
+    strategies = ["joint", {"kind": "joint", "name": "joint_scaled", "steps_per_task": True}]
+    config = tiny_config(tiny_models["base"], tmp_path / "run", strategies)
+    config["training"]["max_steps"] = 2
+    results = ContinualRun(load_continual_config(config), quiet=True).run()
+    assert results["methods"]["joint_scaled"]["steps_per_task"] is True
+    assert results["methods"]["joint"]["steps_per_task"] is False
+
+    def budget(name: str, step: int) -> int:
+        stage = tmp_path / "run" / "strategies" / name / f"step{step}" / "training.json"
+        return json.loads(stage.read_text())["max_steps"]
+
+    assert [budget("joint", 1), budget("joint", 2)] == [2, 2]
+    assert [budget("joint_scaled", 1), budget("joint_scaled", 2)] == [2, 4]
+
+
+def test_steps_per_task_is_refused_where_it_means_nothing(tiny_models, tmp_path):
+    # refused when the config is read, before any model is loaded
+    sequential = {"kind": "sequential", "steps_per_task": True}
+    with pytest.raises(ConfigError, match="steps_per_task is for joint"):
+        load_continual_config(tiny_config(tiny_models["base"], tmp_path, [sequential]))
+    joint = {"kind": "joint", "steps_per_task": True}  # tiny_config sets epochs, no max_steps
+    with pytest.raises(ConfigError, match="max_steps, which is not set"):
+        load_continual_config(tiny_config(tiny_models["base"], tmp_path, [joint]))
+
+
 def test_shorthands_and_all_expansion(tiny_models, tmp_path):
     assert parse_shorthand("sequential_full").training == {"mode": "full"}
     spec = parse_shorthand("merge:ties:previous:base")

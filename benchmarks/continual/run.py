@@ -310,6 +310,8 @@ LEGEND = {
     "lwf": "sequential with LwF distillation from the model before the task (α 1, T 2)",
     "replay": "sequential with 16 replayed examples of each old task (uses old data)",
     "joint": "multi-task LoRA on every task so far, the same step budget per stage (uses old data)",
+    "joint_scaled": f"multi-task LoRA on the k tasks so far with up to k × {TRAINING['max_steps']} "
+                    "steps, the experts' total budget (uses old data)",
 }
 
 
@@ -403,6 +405,7 @@ SUMMARY_ROWS = {
     "lwf": "LwF (harness default, untuned)",
     "replay": "experience replay (uses old data)",
     "joint": "multi-task training (uses old data)",
+    "joint_scaled": "multi-task training, step budget × tasks (uses old data)",
     "expert": "newest expert alone",
 }
 MERGE_BASELINES = ("task_arithmetic", "ties", "ties_0.5", "magmax")

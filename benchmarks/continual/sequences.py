@@ -112,6 +112,8 @@ STRATEGIES: dict[str, dict] = {
     "lwf": {"kind": "lwf"},
     "replay": {"kind": "replay"},
     "joint": {"kind": "joint"},
+    # the fair upper bound for a merge of k experts: k × the experts' step budget at step k
+    "joint_scaled": {"kind": "joint", "steps_per_task": True},
     "recall_paper": {"kind": "merge", "method": "recall", "parameters": RECALL_PAPER},
     "recall": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN},
     "recall_previous": {"kind": "merge", "method": "recall", "parameters": RECALL_CHOSEN,

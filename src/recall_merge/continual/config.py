@@ -65,6 +65,10 @@ class StrategyConfig(_Strict):
         False, description="merge: score the newest expert and the base on the newest task's dev "
         "split (data that is at hand at that step) and leave the expert out of the merge when it "
         "does not beat the base")
+    steps_per_task: bool = Field(
+        False, description="joint: train max_steps × the number of tasks so far at each step, the "
+        "total step budget of the experts a merge of those tasks gets (without it every stage "
+        "has max_steps, spread over more tasks)")
 
 
 class ContinualConfig(_Strict):
@@ -105,6 +109,7 @@ class Strategy:
     finetune_from: FinetuneFrom = "base"
     parameters: dict[str, Any] = field(default_factory=dict)
     guard_newest: bool = False
+    steps_per_task: bool = False
 
     @property
     def uses_old_data(self) -> bool:
@@ -150,9 +155,17 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
         spec = parse_shorthand(entry) if isinstance(entry, str) else entry
         training = _validate(TrainingConfig, {**config.training.model_dump(), **spec.training},
                              prefix="training overrides: ")
+        if spec.steps_per_task and spec.kind != "joint":
+            raise ConfigError(f"steps_per_task is for joint training, not {spec.kind!r}",
+                              "drop steps_per_task from this strategy")
+        if spec.steps_per_task and training.max_steps is None:
+            raise ConfigError("steps_per_task scales training.max_steps, which is not set",
+                              "set training.max_steps, or drop steps_per_task: with epochs alone "
+                              "joint training already passes over every task's examples")
         if spec.kind != "merge":
             name = spec.name or spec.kind
-            strategies.append(Strategy(name, spec.kind, training))
+            strategies.append(Strategy(name, spec.kind, training,
+                                       steps_per_task=spec.steps_per_task))
             continue
         if not spec.method:
             raise ConfigError("a merge strategy needs `method`", "add method: recall (or ties, ...)")

@@ -25,6 +25,7 @@ resumed run ends with the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -347,7 +348,7 @@ class ContinualRun:
                 update_ewc(model, ewc, fisher).save(tmp / "ewc.safetensors")
             (save_merged if merged_output else save_model)(model, self.tokenizer, tmp)
             _write_json(tmp / "training.json", {"loss": loss, "examples": len(examples),
-                                                "seed": seed})
+                                                "seed": seed, "max_steps": training.max_steps})
             self.log(f"trained {relative}: loss {loss:.4f}")
 
         return self.folder_stage(relative, build)
@@ -378,9 +379,15 @@ class ContinualRun:
             kwargs: dict[str, Any] = {}
             examples = list(task.train)
             start, continue_adapter = previous, step > 1
+            stage_strategy = strategy
             if strategy.kind == "joint":
                 examples = [ex for t in self.tasks[:step] for ex in t.train]
                 start, continue_adapter = ModelState(self.base), False
+                if strategy.steps_per_task and strategy.training.max_steps is not None:
+                    # the experts of these `step` tasks had max_steps each: give joint their total
+                    scaled = strategy.training.model_copy(
+                        update={"max_steps": strategy.training.max_steps * step})
+                    stage_strategy = dataclasses.replace(strategy, training=scaled)
             elif strategy.kind == "replay":
                 examples += self.replay_buffer(strategy, step)
             elif strategy.kind == "ewc":
@@ -389,7 +396,8 @@ class ContinualRun:
                     kwargs["ewc_from"] = (previous.adapter or previous.folder) / "ewc.safetensors"
             elif strategy.kind == "lwf" and step > 1:
                 kwargs["teacher"] = previous
-            folder = self.train_stage(relative, strategy, examples, start, continue_adapter, **kwargs)
+            folder = self.train_stage(relative, stage_strategy, examples, start, continue_adapter,
+                                      **kwargs)
             previous = self._state_of(folder, strategy)
             states.append(previous)
         return states
@@ -524,6 +532,8 @@ def describe(strategy: Strategy) -> dict[str, Any]:
     info: dict[str, Any] = {"kind": strategy.kind, "uses_old_data": strategy.uses_old_data,
                             "training": strategy.training.mode,
                             "top_k_blocks": strategy.training.top_k_blocks}
+    if strategy.kind == "joint":
+        info["steps_per_task"] = strategy.steps_per_task
     if strategy.kind == "merge":
         info.update(method=strategy.method, library=strategy.library,
                     finetune_from=strategy.finetune_from, parameters=strategy.parameters,
@@ -538,6 +548,9 @@ def comparable_config(config: ContinualConfig) -> dict[str, Any]:
     for entry in data["strategies"]:
         if isinstance(entry, dict):
             entry.get("training", {}).pop("progress", None)
+            # added after run folders existed: left out at its default so that they still match
+            if not entry.get("steps_per_task"):
+                entry.pop("steps_per_task", None)
     return data
 
 
