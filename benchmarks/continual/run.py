@@ -310,8 +310,8 @@ LEGEND = {
     "lwf": "sequential with LwF distillation from the model before the task (α 1, T 2)",
     "replay": "sequential with 16 replayed examples of each old task (uses old data)",
     "joint": "multi-task LoRA on every task so far, the same step budget per stage (uses old data)",
-    "joint_scaled": f"multi-task LoRA on the k tasks so far with up to k × {TRAINING['max_steps']} "
-                    "steps, the experts' total budget (uses old data)",
+    "joint_scaled": "multi-task LoRA on the k tasks so far with k × an expert's step budget, "
+                    "the total the merged experts had (uses old data)",
 }
 
 
