@@ -54,7 +54,7 @@ def test_readme_tables_are_the_generated_ones(bench, tmp_path):
     copy = tmp_path / "README.md"
     copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
     done = run.update_readme(copy)
-    expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants"]
+    expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants", "seeds"]
                                       if (run.RESULTS / f"continual_{s}.json").exists()]}
     assert set(done) == expected
     assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
@@ -202,3 +202,32 @@ def test_replace_table_rewrites_only_between_its_markers():
     assert replace_table(text, "speed", "| new |") == (
         "intro\n<!-- speed-table (cmd) -->\n| new |\n<!-- /speed-table -->\nafter\n")
     assert replace_table(text, "summary", "| new |") is None
+
+
+def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench, tmp_path, monkeypatch):
+    """The seeds table reads seed 0 from the committed sweep and the other seeds from
+    ``continual_seeds.json`` (here a made-up one: invented scores, for the table logic only)."""
+    run, _ = bench
+    sweep = json.loads((run.RESULTS / "continual_sweep.json").read_text())
+    (tmp_path / "continual_sweep.json").write_text(json.dumps(sweep))
+    tasks = list(sweep["base"])
+
+    def point(name: str, ap: float) -> dict:
+        return {**sweep["points"][name], "AP": ap, "scores": dict.fromkeys(tasks, ap)}
+
+    seed_1 = {"base": dict.fromkeys(tasks, 0.25), "own_expert": dict.fromkeys(tasks, 0.5),
+              "points": {"paper": point("paper", 0.5), "ties_0.5": point("ties_0.5", 0.55),
+                         "ties_variant_redundancy": point("ties_variant_redundancy", 0.6)}}
+    (tmp_path / "continual_seeds.json").write_text(json.dumps({"seeds": {"1": seed_1}}))
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    lines = run.seeds_table().splitlines()
+    assert lines[0] == "| point | seed 0 | seed 1 | mean ± std over seeds |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert set(rows) >= {"base model", "each task's own expert", "paper", "ties_0.5",
+                         "ties_variant_redundancy"}
+    paper_0, ties_0 = sweep["points"]["paper"]["AP"], sweep["points"]["ties_0.5"]["AP"]
+    assert rows["paper"] == (f"| paper | {paper_0:.3f} | 0.500 | "
+                             f"{run._fmt(run._stats([paper_0, 0.5]), False)} |")
+    # the gap is the chosen default minus the best non-RECALL point of the same seed
+    gap_row = lines[-1]
+    assert f"{paper_0 - ties_0:+.3f} (vs ties_0.5)" in gap_row and "-0.050 (vs ties_0.5)" in gap_row

@@ -513,17 +513,60 @@ def variants_table() -> str:
     return "\n".join(lines)
 
 
+def seeds_table() -> str:
+    """The development sweep's SEED_POINTS at seed 0 (``continual_sweep.json``, where the defaults
+    were chosen) and at the other seeds run (``sweep.py --seed S``): AP of the last step's merge of
+    all four experts in the first order, and the mean ± sample std over the seeds."""
+    sweep = json.loads((RESULTS / "continual_sweep.json").read_text())
+    others = json.loads((RESULTS / "continual_seeds.json").read_text())["seeds"]
+    by_seed = {0: sweep, **{int(seed): data for seed, data in sorted(others.items(), key=lambda
+                                                                         item: int(item[0]))}}
+    names = list(dict.fromkeys(name for data in list(by_seed.values())[1:] for name in data["points"]))
+    lines = ["| point | " + " | ".join(f"seed {seed}" for seed in by_seed)
+             + " | mean ± std over seeds |", "|---|" + "---|" * (len(by_seed) + 1)]
+
+    def row(label: str, values: list[float | None]) -> str:
+        cells = ["—" if value is None else f"{value:.3f}" for value in values]
+        return f"| {label} | " + " | ".join(cells) + f" | {_fmt(_stats(values), False)} |"
+
+    def mean_of(scores: dict) -> float:
+        return sum(scores.values()) / len(scores)
+
+    lines.append(row("base model", [mean_of(data["base"]) for data in by_seed.values()]))
+    lines.append(row("each task's own expert", [mean_of(data["own_expert"])
+                                                for data in by_seed.values()]))
+    aps = {name: [data["points"][name]["AP"] if name in data["points"] else None
+                  for data in by_seed.values()] for name in names}
+    for name in names:
+        lines.append(row(name, aps[name]))
+    baselines = [n for n in names if sweep["points"][n]["method"] != "recall"]
+    gaps, cells = [], []
+    for column in range(len(by_seed)):
+        scored = [(n, aps[n][column]) for n in baselines if aps[n][column] is not None]
+        chosen = aps[CHOSEN_SWEEP_POINT][column]
+        if not scored or chosen is None:
+            gaps.append(None)
+            cells.append("—")
+            continue
+        best, value = max(scored, key=lambda item: item[1])
+        gaps.append(chosen - value)
+        cells.append(f"{chosen - value:+.3f} (vs {best})")
+    lines.append(f"| chosen default ({CHOSEN_SWEEP_POINT}) − best baseline of that seed | "
+                 + " | ".join(cells) + f" | {_fmt(_stats(gaps))} |")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
-    and ``<!-- /NAME-table -->`` for NAME = sweep, variants, a sequence or summary."""
+    and ``<!-- /NAME-table -->`` for NAME = sweep, seeds, variants, a sequence or summary."""
     text = readme.read_text(encoding="utf-8")
     done = []
-    for name in ["sweep", "variants", *SEQUENCES, "summary"]:
+    for name in ["sweep", "seeds", "variants", *SEQUENCES, "summary"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
                        else (RESULTS / f"continual_{name}.json").exists())
         if not has_results:
             continue
-        body = {"sweep": sweep_table, "variants": variants_table,
+        body = {"sweep": sweep_table, "seeds": seeds_table, "variants": variants_table,
                 "summary": summary_table}.get(name, lambda name=name: table(name))()
         replaced = replace_table(text, name, body)
         if replaced is not None:

@@ -14,6 +14,14 @@ unchanged on a held-out sequence, in every task order, into
 
     python benchmarks/continual/sweep.py --sequence task --max-test 30
     python benchmarks/continual/sweep.py --sequence paper --max-test 24
+
+With ``--seed S`` (S ≠ 0) on the development sequence, SEED_POINTS (the chosen default, the
+baselines at their development settings and two variants) run again at seed S: other splits,
+other experts (LoRA initialisation and batch order), nothing tuned. They go to
+``benchmarks/results/continual_seeds.json`` by seed, never into the seed-0 sweep the defaults came
+from.
+
+    python benchmarks/continual/sweep.py --seed 1
 """
 
 from __future__ import annotations
@@ -115,6 +123,12 @@ HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "ties_0.5", "mag
                    "task_vector_0.25", "guarded", "task_vector_std_0.25",
                    "task_vector_share_0.4_0.25", "task_vector_shifts_0.25",
                    "task_vector_agreement_0.25"]
+
+
+# The development sweep's points re-run at other seeds (``--seed S``, S ≠ 0): does the chosen
+# default's lead over the baselines on the development sequence hold beyond seed 0?
+SEED_POINTS = ["paper", "task_arithmetic_0.25", "ties_0.5", "ties_1.0", "magmax", "average",
+               "ties_variant_redundancy", "guarded"]
 
 
 def score_points(sequence: str, order_index: int, names: list[str], max_test: int, seed: int,
@@ -220,6 +234,25 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from recall_merge.engine import versions
+
+    if args.sequence == SEQUENCE and args.seed != 0:
+        out = RESULTS / "continual_seeds.json"
+
+        def save(summary: dict) -> None:
+            # read the file again and replace only this seed: another seed's run may have saved
+            current = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
+            previous = current["seeds"].get(str(args.seed), {}).get("points", {})
+            current["seeds"][str(args.seed)] = {
+                **summary, "points": keep_measured_times(dict(summary["points"]), previous)}
+            current.update({"seed": "by seed, under seeds", "versions": versions(),
+                            "command": "python benchmarks/continual/sweep.py --seed S"})
+            out.write_text(json.dumps(current, indent=2) + "\n")
+
+        known = (json.loads(out.read_text())["seeds"].get(str(args.seed), {}).get("points", {})
+                 if out.exists() else {})
+        score_points(SEQUENCE, 0, args.points or SEED_POINTS, args.max_test, args.seed,
+                     run_folder() / f"sweep_t{args.max_test}_s{args.seed}", save, known=known)
+        return
 
     if args.sequence == SEQUENCE:
         out = RESULTS / "continual_sweep.json"
