@@ -187,7 +187,8 @@ def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
     the redundancy strength) must merge exactly as the sweep points the README compares them with."""
     run, sequences = bench
     points = json.loads((run.RESULTS / "continual_sweep.json").read_text())["points"]
-    for strategy, point in (("ties_0.5", "ties_0.5"), ("recall_ties_redundancy", "ties_variant_redundancy")):
+    for strategy, point in (("ties_0.5", "ties_0.5"), ("recall_ties_redundancy", "ties_variant_redundancy"),
+                            ("recall_ties_0.5", "ties_variant_0.5")):
         assert sequences.STRATEGIES[strategy]["method"] == points[point]["method"]
         assert sequences.STRATEGIES[strategy]["parameters"] == points[point]["parameters"]
 

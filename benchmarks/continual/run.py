@@ -299,6 +299,8 @@ LEGEND = {
     "recall_ties_redundancy": "RECALL's weights over TIES-trimmed task vectors, per-layer strength "
                               "from the overlap of the experts' representation shifts (variant, "
                               "no λ)",
+    "recall_ties_0.5": "RECALL's weights over TIES-trimmed task vectors at TIES's λ "
+                       f"{TIES_DEV['lambda']:g} (variant, best on the development sweep)",
     "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (best on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
     "ties": f"density {TIES['density']:g}, λ = {TIES['lambda']:g}",
@@ -393,6 +395,7 @@ SUMMARY_ROWS = {
     "recall_guarded": "RECALL, guarded against a weak newest expert (variant)",
     "recall_previous": "RECALL, previous-merge protocol (variant)",
     "recall_ties_redundancy": "RECALL, TIES variant with the redundancy strength (variant)",
+    "recall_ties_0.5": f"RECALL, TIES variant at λ {TIES_DEV['lambda']:g} (variant)",
     "task_arithmetic": f"task arithmetic, λ {TASK_ARITHMETIC['lambda']:g} (tuned on the development "
                        "sequence)",
     "task_arithmetic_1": "task arithmetic, λ 1 (untuned)",

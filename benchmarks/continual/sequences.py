@@ -101,6 +101,10 @@ TIES_DEV = {"density": 0.2, "lambda": 0.5}
 # RECALL's TIES variant with the redundancy strength (no λ): the sweep point
 # ties_variant_redundancy and the continual strategy recall_ties_redundancy (one definition)
 RECALL_TIES_REDUNDANCY = {**RECALL_PAPER, "variant": "ties", "strength": "redundancy"}
+# RECALL's TIES variant at TIES's development λ 0.5: the sweep point ties_variant_0.5, the best
+# RECALL variant on the development sweep (0.500, level with TIES at λ 0.5; the paper form 0.525),
+# and the continual strategy recall_ties_0.5 (picked on that sweep alone, before it ran held out)
+RECALL_TIES_DEV = {**RECALL_PAPER, "variant": "ties", "scale": TIES_DEV["lambda"]}
 MAGMAX = {}
 
 STRATEGIES: dict[str, dict] = {
@@ -125,6 +129,8 @@ STRATEGIES: dict[str, dict] = {
     # strategy afterwards; its setting comes from the development sweep, untouched
     "recall_ties_redundancy": {"kind": "merge", "method": "recall",
                                "parameters": RECALL_TIES_REDUNDANCY},
+    # the best RECALL variant of the development sweep, run as a continual strategy afterwards
+    "recall_ties_0.5": {"kind": "merge", "method": "recall", "parameters": RECALL_TIES_DEV},
     "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
     # the usual untuned setting, as a reference next to the λ chosen on the development sequence
     "task_arithmetic_1": {"kind": "merge", "method": "task_arithmetic", "parameters": {"lambda": 1.0}},

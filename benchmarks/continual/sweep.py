@@ -37,7 +37,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import RESULTS, continual_config, run_folder  # noqa: E402
-from sequences import RECALL_PAPER, RECALL_TIES_REDUNDANCY, SEQUENCES, TIES_DEV, orders  # noqa: E402
+from sequences import (  # noqa: E402
+    RECALL_PAPER,
+    RECALL_TIES_DEV,
+    RECALL_TIES_REDUNDANCY,
+    SEQUENCES,
+    TIES_DEV,
+    orders,
+)
 
 SEQUENCE = "domain"
 P = RECALL_PAPER
@@ -93,8 +100,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     # at λ = 1; the same at lower λ, so that both are compared at their best-known strength
     "ties_0.5": ("ties", TIES_DEV, "baseline λ"),
     "ties_0.25": ("ties", {"density": 0.2, "lambda": 0.25}, "baseline λ"),
-    "ties_variant_0.5": ("recall", {**P, "variant": "ties", "scale": 0.5},
-                         "variant: TIES under RECALL's weights, λ 0.5"),
+    "ties_variant_0.5": ("recall", RECALL_TIES_DEV, "variant: TIES under RECALL's weights, λ 0.5"),
     "ties_variant_0.25": ("recall", {**P, "variant": "ties", "scale": 0.25},
                           "variant: TIES under RECALL's weights, λ 0.25"),
     # per-layer strength of the task-vector sum from the overlap of the experts' representation
