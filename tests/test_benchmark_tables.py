@@ -184,12 +184,15 @@ def test_every_strategy_has_a_legend_and_a_summary_row(bench):
 
 def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
     """The strategies run after the development sweep (TIES at its best λ, the TIES variant with
-    the redundancy strength and at λ 0.5) must merge exactly as the sweep points the README
+    the redundancy strength and at λ 0.5, the task-vector variant at λ 0.25 and with the redundancy
+    strength) must merge exactly as the sweep points the README
     compares them with."""
     run, sequences = bench
     points = json.loads((run.RESULTS / "continual_sweep.json").read_text())["points"]
     for strategy, point in (("ties_0.5", "ties_0.5"), ("recall_ties_redundancy", "ties_variant_redundancy"),
-                            ("recall_ties_0.5", "ties_variant_0.5")):
+                            ("recall_ties_0.5", "ties_variant_0.5"),
+                            ("recall_tv_0.25", "task_vector_0.25"),
+                            ("recall_tv_redundancy", "task_vector_redundancy")):
         assert sequences.STRATEGIES[strategy]["method"] == points[point]["method"]
         assert sequences.STRATEGIES[strategy]["parameters"] == points[point]["parameters"]
 

@@ -301,6 +301,11 @@ LEGEND = {
                               "no λ)",
     "recall_ties_0.5": "RECALL's weights over TIES-trimmed task vectors at TIES's λ "
                        f"{TIES_DEV['lambda']:g} (variant, best on the development sweep)",
+    "recall_tv_0.25": "RECALL's weights over the task vectors at task arithmetic's λ "
+                      f"{TASK_ARITHMETIC['lambda']:g} (variant, best task-vector form on the "
+                      "development sweep)",
+    "recall_tv_redundancy": "RECALL's weights over the task vectors, per-layer strength from the "
+                            "overlap of the experts' representation shifts (variant, no λ)",
     "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (best on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
     "ties": f"density {TIES['density']:g}, λ = {TIES['lambda']:g}",
@@ -396,6 +401,8 @@ SUMMARY_ROWS = {
     "recall_previous": "RECALL, previous-merge protocol (variant)",
     "recall_ties_redundancy": "RECALL, TIES variant with the redundancy strength (variant)",
     "recall_ties_0.5": f"RECALL, TIES variant at λ {TIES_DEV['lambda']:g} (variant)",
+    "recall_tv_0.25": f"RECALL, task-vector variant at λ {TASK_ARITHMETIC['lambda']:g} (variant)",
+    "recall_tv_redundancy": "RECALL, task-vector variant with the redundancy strength (variant)",
     "task_arithmetic": f"task arithmetic, λ {TASK_ARITHMETIC['lambda']:g} (tuned on the development "
                        "sequence)",
     "task_arithmetic_1": "task arithmetic, λ 1 (untuned)",

@@ -105,6 +105,13 @@ RECALL_TIES_REDUNDANCY = {**RECALL_PAPER, "variant": "ties", "strength": "redund
 # RECALL variant on the development sweep (0.500, level with TIES at λ 0.5; the paper form 0.525),
 # and the continual strategy recall_ties_0.5 (picked on that sweep alone, before it ran held out)
 RECALL_TIES_DEV = {**RECALL_PAPER, "variant": "ties", "scale": TIES_DEV["lambda"]}
+# RECALL's task-vector variant at task arithmetic's development λ 0.25: the sweep point
+# task_vector_0.25, the best task-vector form on the development sweep (0.4875, level with task
+# arithmetic at λ 0.25), and the continual strategy recall_tv_0.25
+RECALL_TV_DEV = {**RECALL_PAPER, "variant": "task_vector", "scale": TASK_ARITHMETIC["lambda"]}
+# RECALL's task-vector variant with the redundancy strength (no λ; 0.456 on the development
+# sweep): the sweep point task_vector_redundancy and the continual strategy recall_tv_redundancy
+RECALL_TV_REDUNDANCY = {**RECALL_PAPER, "variant": "task_vector", "strength": "redundancy"}
 MAGMAX = {}
 
 STRATEGIES: dict[str, dict] = {
@@ -131,6 +138,11 @@ STRATEGIES: dict[str, dict] = {
                                "parameters": RECALL_TIES_REDUNDANCY},
     # the best RECALL variant of the development sweep, run as a continual strategy afterwards
     "recall_ties_0.5": {"kind": "merge", "method": "recall", "parameters": RECALL_TIES_DEV},
+    # the task-vector forms, run as continual strategies after the TIES forms, at the settings
+    # the development sweep fixed (the best task-vector point, and the one without a λ)
+    "recall_tv_0.25": {"kind": "merge", "method": "recall", "parameters": RECALL_TV_DEV},
+    "recall_tv_redundancy": {"kind": "merge", "method": "recall",
+                             "parameters": RECALL_TV_REDUNDANCY},
     "task_arithmetic": {"kind": "merge", "method": "task_arithmetic", "parameters": TASK_ARITHMETIC},
     # the usual untuned setting, as a reference next to the λ chosen on the development sequence
     "task_arithmetic_1": {"kind": "merge", "method": "task_arithmetic", "parameters": {"lambda": 1.0}},

@@ -41,6 +41,8 @@ from sequences import (  # noqa: E402
     RECALL_PAPER,
     RECALL_TIES_DEV,
     RECALL_TIES_REDUNDANCY,
+    RECALL_TV_DEV,
+    RECALL_TV_REDUNDANCY,
     SEQUENCES,
     TIES_DEV,
     orders,
@@ -58,8 +60,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     "ties_variant": ("recall", {**P, "variant": "ties"}, "variant: TIES under RECALL's weights"),
     "task_arithmetic_0.5": ("task_arithmetic", {"lambda": 0.5}, "baseline λ"),
     "task_arithmetic_0.25": ("task_arithmetic", {"lambda": 0.25}, "baseline λ"),
-    "task_vector_0.25": ("recall", {**P, "variant": "task_vector", "scale": 0.25},
-                         "variant: task vectors at TA's tuned λ"),
+    "task_vector_0.25": ("recall", RECALL_TV_DEV, "variant: task vectors at TA's tuned λ"),
     "task_vector_std_0.25": ("recall", {**P, "variant": "task_vector", "scale": 0.25,
                                         "standardize": True},
                              "variant: task vectors at TA's λ, standardised scores"),
@@ -105,7 +106,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
                           "variant: TIES under RECALL's weights, λ 0.25"),
     # per-layer strength of the task-vector sum from the overlap of the experts' representation
     # shifts on the typical samples: no λ to tune (N redundant experts averaged, orthogonal summed)
-    "task_vector_redundancy": ("recall", {**P, "variant": "task_vector", "strength": "redundancy"},
+    "task_vector_redundancy": ("recall", RECALL_TV_REDUNDANCY,
                                "variant: task vectors, strength from the overlap of representation "
                                "shifts (no λ)"),
     "ties_variant_redundancy": ("recall", RECALL_TIES_REDUNDANCY,
