@@ -55,7 +55,8 @@ def test_readme_tables_are_the_generated_ones(bench, tmp_path):
     copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
     done = run.update_readme(copy)
     expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants", "seeds"]
-                                      if (run.RESULTS / f"continual_{s}.json").exists()]}
+                                      if (run.RESULTS / f"continual_{s}.json").exists()],
+                *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)]}
     assert set(done) == expected
     assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
         "README tables are stale: run `python benchmarks/continual/run.py --readme`")
@@ -105,6 +106,32 @@ def test_generalisation_scores_under_other_settings_are_not_reused(bench, tmp_pa
     assert run.load_scores(file) == {}  # scored on other texts: scored again
     file.write_text(json.dumps({"ties": {"perplexity": 40.0}}))  # written before settings were kept
     assert run.load_scores(file) == {"ties": {"perplexity": 40.0}}
+
+
+def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(bench):
+    """Made-up summaries (two tasks, two seeds): a point missing at a seed is a dash and stays out
+    of that seed's gap; the gap row takes the best merge that is not RECALL at each seed."""
+    run, _ = bench
+
+    def summary(points: dict) -> dict:
+        return {"base": {"a": 0.2, "b": 0.4}, "own_expert": {"a": 0.6, "b": 0.8},
+                "points": {name: {"method": method, "AP": ap} for name, (method, ap) in points.items()}}
+
+    seed_zero = summary({"paper": ("recall", 0.5), "ties_0.5": ("ties", 0.45),
+                         "magmax": ("magmax", 0.3), "unrun": ("recall", 0.1)})
+    seed_one = summary({"paper": ("recall", 0.4), "ties_0.5": ("ties", 0.42),
+                        "average": ("linear", 0.44)})
+    table = run._by_seed_table(seed_zero, {"1": seed_one}).splitlines()
+    assert table[0] == "| point | seed 0 | seed 1 | mean ± std over seeds |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    # only the points the other seeds ran; seed 0 has no average, so neither has its gap
+    assert set(rows) == {"base model", "each task's own expert", "paper", "ties_0.5", "average",
+                         "chosen default (paper) − best baseline of that seed"}
+    assert rows["average"].startswith("| average | — | 0.440 |")
+    assert rows["base model"].startswith("| base model | 0.300 | 0.300 |")
+    assert rows["ties_0.5"].startswith("| ties_0.5 | 0.450 | 0.420 |")
+    gap = rows["chosen default (paper) − best baseline of that seed"]
+    assert "+0.050 (vs ties_0.5) | -0.040 (vs average) | +0.005 ± 0.064" in gap
 
 
 def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):

@@ -529,8 +529,32 @@ def seeds_table() -> str:
     all four experts in the first order, and the mean ± sample std over the seeds."""
     sweep = json.loads((RESULTS / "continual_sweep.json").read_text())
     others = json.loads((RESULTS / "continual_seeds.json").read_text())["seeds"]
-    by_seed = {0: sweep, **{int(seed): data for seed, data in sorted(others.items(), key=lambda
-                                                                         item: int(item[0]))}}
+    return _by_seed_table(sweep, others)
+
+
+def held_out_seeds(sequence: str) -> dict:
+    """The held-out sequence's last-step merges at seeds other than 0 (``sweep.py --sequence
+    SEQUENCE --seed S``, first order): seed -> summary; empty where none ran."""
+    path = RESULTS / "continual_seeds.json"
+    if not path.exists():
+        return {}
+    runs = json.loads(path.read_text()).get("held_out", {}).get(sequence, {})
+    return {seed: orders_run["order_0"] for seed, orders_run in runs.items() if "order_0" in orders_run}
+
+
+def held_out_seeds_table(sequence: str) -> str:
+    """The held-out sequence's points at seed 0 (``continual_variants.json``, first order) and at
+    the other seeds run, as the development sequence's seeds table."""
+    variants = json.loads((RESULTS / "continual_variants.json").read_text())
+    return _by_seed_table(variants["sequences"][sequence]["order_0"], held_out_seeds(sequence))
+
+
+def _by_seed_table(seed_zero: dict, others: dict) -> str:
+    """AP of each point the other seeds ran, at seed 0 and at each other seed, the mean ± sample
+    std over seeds, and the chosen default's gap to the best baseline (a merge other than RECALL)
+    of each seed. A point missing at a seed is a dash."""
+    by_seed = {0: seed_zero, **{int(seed): data for seed, data in sorted(others.items(), key=lambda
+                                                                             item: int(item[0]))}}
     names = list(dict.fromkeys(name for data in list(by_seed.values())[1:] for name in data["points"]))
     lines = ["| point | " + " | ".join(f"seed {seed}" for seed in by_seed)
              + " | mean ± std over seeds |", "|---|" + "---|" * (len(by_seed) + 1)]
@@ -549,11 +573,13 @@ def seeds_table() -> str:
                   for data in by_seed.values()] for name in names}
     for name in names:
         lines.append(row(name, aps[name]))
-    baselines = [n for n in names if sweep["points"][n]["method"] != "recall"]
+    method = {name: data["points"][name]["method"] for data in by_seed.values()
+              for name in data["points"]}
+    baselines = [n for n in names if method[n] != "recall"]
     gaps, cells = [], []
     for column in range(len(by_seed)):
         scored = [(n, aps[n][column]) for n in baselines if aps[n][column] is not None]
-        chosen = aps[CHOSEN_SWEEP_POINT][column]
+        chosen = aps[CHOSEN_SWEEP_POINT][column] if CHOSEN_SWEEP_POINT in aps else None
         if not scored or chosen is None:
             gaps.append(None)
             cells.append("—")
@@ -568,16 +594,20 @@ def seeds_table() -> str:
 
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
-    and ``<!-- /NAME-table -->`` for NAME = sweep, seeds, variants, a sequence or summary."""
+    and ``<!-- /NAME-table -->`` for NAME = sweep, seeds, seeds-SEQUENCE (a held-out sequence at
+    other seeds), variants, a sequence or summary."""
     text = readme.read_text(encoding="utf-8")
     done = []
-    for name in ["sweep", "seeds", "variants", *SEQUENCES, "summary"]:
+    held_out = [f"seeds-{sequence}" for sequence in SEQUENCES if held_out_seeds(sequence)]
+    for name in ["sweep", "seeds", *held_out, "variants", *SEQUENCES, "summary"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
-                       else (RESULTS / f"continual_{name}.json").exists())
+                       else name in held_out or (RESULTS / f"continual_{name}.json").exists())
         if not has_results:
             continue
         body = {"sweep": sweep_table, "seeds": seeds_table, "variants": variants_table,
-                "summary": summary_table}.get(name, lambda name=name: table(name))()
+                "summary": summary_table,
+                **{f"seeds-{sequence}": lambda sequence=sequence: held_out_seeds_table(sequence)
+                   for sequence in SEQUENCES}}.get(name, lambda name=name: table(name))()
         replaced = replace_table(text, name, body)
         if replaced is not None:
             text = replaced

@@ -22,6 +22,12 @@ other experts (LoRA initialisation and batch order), nothing tuned. They go to
 from.
 
     python benchmarks/continual/sweep.py --seed 1
+
+With ``--seed S`` (S ≠ 0) on a held-out sequence, SEED_POINTS run the same way on that sequence's
+last step, first order only unless ``--orders`` says otherwise, into ``continual_seeds.json``
+under ``held_out`` (never into ``continual_variants.json``, which is seed 0's).
+
+    python benchmarks/continual/sweep.py --sequence task --max-test 30 --seed 1
 """
 
 from __future__ import annotations
@@ -233,8 +239,9 @@ def main() -> None:
                         help="default: every point (development), HELD_OUT_POINTS (held out)")
     parser.add_argument("--sequence", choices=sorted(SEQUENCES), default=SEQUENCE,
                         help="a held-out sequence runs the chosen points unchanged, per order")
-    parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2],
-                        help="held-out sequences only; the development sweep uses the first order")
+    parser.add_argument("--orders", type=int, nargs="+",
+                        help="held-out sequences only (default: all three at seed 0, the first at "
+                             "other seeds); the development sweep uses the first order")
     parser.add_argument("--max-test", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -275,9 +282,36 @@ def main() -> None:
                      run_folder() / f"sweep_t{args.max_test}_s{args.seed}", save)
         return
 
+    if args.seed != 0:
+        out = RESULTS / "continual_seeds.json"
+        for order_index in args.orders or [0]:
+            label = f"order_{order_index}"
+
+            def save(summary: dict, label=label) -> None:
+                # read the file again and replace only this (sequence, seed, order)
+                current = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
+                runs = current.setdefault("held_out", {}).setdefault(args.sequence, {}).setdefault(
+                    str(args.seed), {})
+                previous = runs.get(label, {}).get("points", {})
+                runs[label] = {**summary,
+                               "points": keep_measured_times(dict(summary["points"]), previous)}
+                current.update({"seed": "by seed, under seeds (development) and held_out",
+                                "versions": versions(),
+                                "command": "python benchmarks/continual/sweep.py --seed S "
+                                           "[--sequence SEQUENCE --max-test N]"})
+                out.write_text(json.dumps(current, indent=2) + "\n")
+
+            stored = json.loads(out.read_text()) if out.exists() else {}
+            known = (stored.get("held_out", {}).get(args.sequence, {}).get(str(args.seed), {})
+                     .get(label, {}).get("points", {}))
+            score_points(args.sequence, order_index, args.points or SEED_POINTS, args.max_test,
+                         args.seed, run_folder() / f"variants_{args.sequence}_t{args.max_test}"
+                         f"_s{args.seed}" / label, save, known=known)
+        return
+
     out = RESULTS / "continual_variants.json"
     data = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
-    for order_index in args.orders:
+    for order_index in args.orders or [0, 1, 2]:
         label = f"order_{order_index}"
         runs = data["sequences"].setdefault(args.sequence, {})
         previous = runs.get(label, {}).get("points", {})
