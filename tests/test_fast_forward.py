@@ -146,7 +146,7 @@ _TEXTS = ["the cat sat on the mat", "Héllo wörld — 日本語\ttabs\nand newl
 
 def _assert_same_ids(folder: Path) -> None:
     from recall_merge.fast_tokenizer import load_fast_tokenizer
-    from recall_merge.representations import format_texts, load_tokenizer
+    from recall_merge.representations import encode, format_texts, load_tokenizer
 
     fast, reference = load_fast_tokenizer(folder), load_tokenizer(folder)
     assert fast is not None
@@ -159,6 +159,12 @@ def _assert_same_ids(folder: Path) -> None:
                                max_length=max_length, add_special_tokens=False)
             assert torch.equal(ours["input_ids"], theirs["input_ids"])
             assert torch.equal(ours["attention_mask"], theirs["attention_mask"])
+            for side in ("left", "right"):  # and through encode, which sets the side on both
+                ours = encode(fast, framed, max_length=max_length, truncation_side=side)
+                theirs = encode(reference, framed, max_length=max_length, truncation_side=side)
+                assert torch.equal(ours["input_ids"], theirs["input_ids"]), side
+                assert torch.equal(ours["attention_mask"], theirs["attention_mask"]), side
+            assert fast.truncation_side == reference.truncation_side == "right"  # restored
 
 
 def test_tokenizer_equals_autotokenizer_on_the_tiny_tokenizer(tiny_models):

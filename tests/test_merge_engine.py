@@ -307,3 +307,31 @@ def test_row_blocks_give_the_same_bytes_as_whole_tensors(method, parameters, tin
                   "block_size": block_size, "parameters": parameters}
         outputs.append((merge(config, quiet=True).output / "model.safetensors").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_typical_samples_that_share_a_long_instruction_are_counted_and_warned_about(tiny_models, tmp_path):
+    """Synthetic samples: one instruction longer than max_length, then a different sentence each.
+    Cut at the right (the default) every sample is the instruction alone: the merge warns, naming
+    the fix, and the report counts one distinct sample; cut at the left each keeps its sentence."""
+    import json
+    import warnings
+
+    from recall_merge.errors import RecallSampleWarning
+
+    instruction = "Read the sentence below and answer with one word only please. " * 6
+    endings = ["the cat sat on the mat", "book a table for two", "rain is expected today",
+               "stocks fell on monday", "the train was late", "she plays the violin"]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"text": instruction + e}) + "\n" for e in endings))
+    config = _recall_config(tiny_models, [tiny_models["e1"], tiny_models["e2"]], tmp_path / "right",
+                            max_length=24)
+    config["samples"] = str(samples)
+    with pytest.warns(RecallSampleWarning, match="only 1 of the 4 typical samples.*truncation_side: left"):
+        right = merge(config, quiet=True)
+    assert right.report["distinct_typical_samples"] == 1
+    config = {**config, "output": str(tmp_path / "left"),
+              "parameters": {**config["parameters"], "truncation_side": "left"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecallSampleWarning)
+        left = merge(config, quiet=True)
+    assert left.report["distinct_typical_samples"] == 4

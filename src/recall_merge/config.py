@@ -61,6 +61,11 @@ class RecallParameters(_Strict):
         "shifts are averaged (λ = 1/N) and orthogonal ones summed (λ = 1); no λ to tune. Both for the "
         "task_vector and ties variants, times `scale`")
     max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
+    truncation_side: Literal["right", "left"] = Field(
+        "right", description="which end of a sample longer than max_length is cut in the "
+        "representation pass: right keeps its start (chat frame and instruction), left keeps its end "
+        "(the input itself and the generation prompt). Samples that share an instruction longer "
+        "than max_length are the same input under right; the report counts the distinct ones")
     batch_size: int = Field(8, ge=1)
 
     @field_validator("bandwidth")

@@ -30,3 +30,7 @@ class SampleError(RecallError):
 
 class OutputError(RecallError):
     """The output path cannot be written safely."""
+
+
+class RecallSampleWarning(UserWarning):
+    """RECALL's representation pass sees fewer distinct samples than it was given."""

@@ -36,10 +36,12 @@ _MAX_PLAIN_VOCAB = 100_000
 
 class FastTokenizer:
     """Encodes batches as ``AutoTokenizer(texts, padding=True, truncation=True, max_length=...,
-    add_special_tokens=False, return_tensors="pt")`` does with right padding."""
+    add_special_tokens=False, return_tensors="pt")`` does with right padding; ``truncation_side``
+    ("right" or "left") is read at each call, as transformers reads its attribute of that name."""
 
     def __init__(self, backend, special_tokens: dict[str, str], chat_template: str | None) -> None:
         self.backend = backend
+        self.truncation_side = "right"
         self.special_tokens = special_tokens  # the template sees these (pad = eos when unset)
         self.chat_template = chat_template
         self.pad_token_id = backend.token_to_id(special_tokens["pad_token"])
@@ -52,7 +54,10 @@ class FastTokenizer:
         if (return_tensors, padding, truncation, add_special_tokens) != ("pt", True, True, False):
             raise NotImplementedError("only padded, truncated torch batches without special tokens")
         encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        ids = [encoding.ids[:max_length] for encoding in encodings]
+        if self.truncation_side == "left":
+            ids = [encoding.ids[-max_length:] for encoding in encodings]
+        else:
+            ids = [encoding.ids[:max_length] for encoding in encodings]
         length = max((len(row) for row in ids), default=0)
         input_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.int64)
         attention_mask = torch.zeros((len(ids), length), dtype=torch.int64)

@@ -89,9 +89,34 @@ def format_texts(tokenizer, texts: list[str], use_chat_template: bool) -> list[s
                                           add_generation_prompt=True) for text in texts]
 
 
+def encode(tokenizer, texts: list[str], *, max_length: int,
+           truncation_side: str = "right") -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask of ``texts``, each cut to ``max_length`` tokens:
+    its end dropped (``truncation_side`` "right") or its start ("left")."""
+    saved = getattr(tokenizer, "truncation_side", "right")
+    tokenizer.truncation_side = truncation_side
+    try:
+        return tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                         max_length=max_length, add_special_tokens=False)
+    finally:
+        tokenizer.truncation_side = saved
+
+
+def distinct_inputs(tokenizer, texts: list[str], *, max_length: int, use_chat_template: bool,
+                    truncation_side: str = "right") -> int:
+    """How many of ``texts`` still differ once framed and cut as the representation pass sees them.
+    Fewer than ``len(texts)`` means some samples are the same input (e.g. a shared instruction
+    longer than ``max_length``), so their hidden states are the same and say nothing more."""
+    batch = encode(tokenizer, format_texts(tokenizer, texts, use_chat_template),
+                   max_length=max_length, truncation_side=truncation_side)
+    return len({tuple(ids[mask.bool()].tolist())
+                for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)})
+
+
 @torch.no_grad()
 def pooled_hidden_states(model, tokenizer, texts: list[str], *, max_length: int, batch_size: int,
-                         desc: str = "hidden states", quiet: bool = True) -> torch.Tensor:
+                         desc: str = "hidden states", quiet: bool = True,
+                         truncation_side: str = "right") -> torch.Tensor:
     """Mean-pooled hidden states of every layer, padding excluded.
 
     Returns (num_hidden_states, len(texts), hidden) float32, where index 0 is the embedding output
@@ -101,8 +126,8 @@ def pooled_hidden_states(model, tokenizer, texts: list[str], *, max_length: int,
     device = model.device if fast else next(model.parameters()).device
     chunks: list[torch.Tensor] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=quiet, leave=False):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                          truncation=True, max_length=max_length, add_special_tokens=False)
+        batch = encode(tokenizer, texts[start:start + batch_size], max_length=max_length,
+                       truncation_side=truncation_side)
         batch = {key: value.to(device) for key, value in batch.items()}
         if fast:
             states = hidden_states(model.weights, model.spec, batch["input_ids"], batch["attention_mask"])
@@ -143,7 +168,7 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           max_length: int, batch_size: int, use_chat_template: bool,
                           trust_remote_code: bool = False, device: str = "cpu",
                           quiet: bool = True, model_indices: list[int] | None = None,
-                          fast: bool = True) -> dict[int, torch.Tensor]:
+                          fast: bool = True, truncation_side: str = "right") -> dict[int, torch.Tensor]:
     """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
 
     Memory holds one model (plus, on the fast path, the base weights while LoRA experts run)
@@ -158,7 +183,8 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
         chosen = texts if texts is not None else texts_for[k]
         framed = format_texts(tokenizer, chosen, use_chat_template)
         return pooled_hidden_states(model, tokenizer, framed, max_length=max_length,
-                                    batch_size=batch_size, desc=f"hidden states M_{k}", quiet=quiet)
+                                    batch_size=batch_size, desc=f"hidden states M_{k}", quiet=quiet,
+                                    truncation_side=truncation_side)
 
     spec = fast_decoder_spec(pool, max_length) if fast else None
     if spec is not None:

@@ -8,13 +8,14 @@ Tensor function: θ_j = Σ_k α_j^(k) θ_j^(k) (``variant: paper``), or the task
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
 
 from ..config import RecallParameters
-from ..errors import ConfigError
-from ..representations import states_for_all_models
+from ..errors import ConfigError, RecallSampleWarning
+from ..representations import distinct_inputs, representation_tokenizer, states_for_all_models
 from ..samples import read_samples
 from ..similarity import similarity_matrix, softmax_weights
 from ..typical import select_typical
@@ -90,6 +91,7 @@ class RecallMethod(MergeMethod):
         self.strength_per_layer: torch.Tensor | None = None  # (num_layers,), task-vector variants
         self.layer_reports: list[dict[str, Any]] = []
         self.typical: list[dict[str, Any]] = []
+        self.distinct_typical: int | None = None  # typical samples that differ as the models see them
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- planning
@@ -99,13 +101,27 @@ class RecallMethod(MergeMethod):
         texts = read_samples(self.config.samples, min_count=params.num_typical)
         common = dict(max_length=params.max_length, batch_size=params.batch_size,
                       use_chat_template=True, trust_remote_code=self.config.trust_remote_code,
-                      device=self.config.device, quiet=quiet)
+                      device=self.config.device, quiet=quiet, truncation_side=params.truncation_side)
 
         started = time.perf_counter()
         newest_states = states_for_all_models(pool, texts, model_indices=[newest], **common)[newest]
         chosen = select_typical(newest_states[params.cluster_layer], params.num_typical,
                                 seed=self.config.seed, selection=params.selection)
         self.typical = [{"index": index, "text": texts[index]} for index in chosen]
+        self.distinct_typical = distinct_inputs(
+            representation_tokenizer(pool.base.folder, self.config.trust_remote_code),
+            [texts[i] for i in chosen], max_length=params.max_length, use_chat_template=True,
+            truncation_side=params.truncation_side)
+        if self.distinct_typical < len(chosen):
+            # the similarities then rest on fewer samples than asked, often on the shared
+            # instruction alone: say so rather than merge on it silently
+            warnings.warn(
+                f"only {self.distinct_typical} of the {len(chosen)} typical samples differ within "
+                f"the first {params.max_length} tokens of the representation pass (a shared "
+                "instruction or chat frame fills them), so RECALL's weights rest on "
+                f"{self.distinct_typical} input(s). Fix: raise parameters.max_length, or set "
+                "parameters.truncation_side: left to keep each sample's end",
+                RecallSampleWarning, stacklevel=2)
         self.timings["typical_samples_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -206,6 +222,7 @@ class RecallMethod(MergeMethod):
             "embedding_alpha": self.alpha_for(TensorPosition("embedding", None, 0.0)).tolist(),
             "head_alpha": self.alpha_for(TensorPosition("head", None, 1.0)).tolist(),
             "typical_samples": self.typical,
+            "distinct_typical_samples": self.distinct_typical,
             "variant": params.variant,
             "planning_timings": self.timings,
         }
