@@ -118,6 +118,11 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
     "ties_variant_redundancy": ("recall", RECALL_TIES_REDUNDANCY,
                                 "variant: TIES under RECALL's weights, strength from the overlap of "
                                 "representation shifts (no λ)"),
+    # the representation pass cuts a long sample at its start instead of its end: the paper-shaped
+    # science task's 64 samples share a 212-token instruction, so at 96 tokens cut at the right
+    # they are one input (sample_truncation.py); added after the held-out runs had shown it there
+    "truncate_left": ("recall", {**P, "truncation_side": "left"},
+                      "representation pass keeps each sample's end, not its start"),
     # the strategy recall_guarded at the last step: the paper form over the experts that beat the
     # base on their own task's dev split, with the typical samples of the last one kept
     "guarded": ("recall", P, "variant: paper form without experts that do not beat the base on "
@@ -135,7 +140,7 @@ HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "ties_0.5", "mag
                    "task_vector_redundancy", "ties_variant_0.5", "ties_variant_redundancy",
                    "task_vector_0.25", "guarded", "task_vector_std_0.25",
                    "task_vector_share_0.4_0.25", "task_vector_shifts_0.25",
-                   "task_vector_agreement_0.25"]
+                   "task_vector_agreement_0.25", "truncate_left"]
 
 
 # The development sweep's points re-run at other seeds (``--seed S``, S ≠ 0): does the chosen
