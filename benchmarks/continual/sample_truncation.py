@@ -15,6 +15,7 @@ Writes ``benchmarks/results/sample_truncation.json`` (seed, versions, command).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -29,22 +30,17 @@ from sequences import RECALL_PAPER, SEQUENCES  # noqa: E402
 MAX_TEST = {"domain": 40, "task": 30, "paper": 24}
 
 
-def shared_prefix(rows: list[list[int]]) -> int:
-    """Number of leading tokens every row has in common."""
-    length = 0
-    for column in zip(*rows, strict=False):
-        if len(set(column)) != 1:
-            break
-        length += 1
-    return length
-
-
 def main() -> None:
     from recall_merge.checkpoints.packaged import resolve_model_ref
     from recall_merge.continual.config import load_continual_config
     from recall_merge.continual.runner import load_any_task
     from recall_merge.engine import versions
-    from recall_merge.representations import distinct_inputs, format_texts, representation_tokenizer
+    from recall_merge.representations import (
+        distinct_inputs,
+        encode,
+        format_texts,
+        representation_tokenizer,
+    )
 
     seed, max_length = 0, RECALL_PAPER["max_length"]
     tokenizer = representation_tokenizer(resolve_model_ref("smollm2"))
@@ -59,14 +55,17 @@ def main() -> None:
                 continue
             texts = task.inputs("train")[: config.merge_samples]
             framed = format_texts(tokenizer, texts, True)
-            rows = [encoding.ids for encoding in tokenizer.backend.encode_batch(framed, add_special_tokens=False)]
+            # uncut: the representation pass's own encoding, with a bound no sample reaches
+            batch = encode(tokenizer, framed, max_length=1 << 20)
+            rows = [ids[mask.bool()].tolist()
+                    for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
             lengths = [len(row) for row in rows]
             out[task.name] = {
                 "sequences": [s for s, other in SEQUENCES.items() if task_spec in other["tasks"]],
                 "samples": len(texts),
                 "median_tokens": statistics.median(lengths),
                 "max_tokens": max(lengths),
-                "shared_prefix_tokens": shared_prefix(rows),
+                "shared_prefix_tokens": len(os.path.commonprefix(rows)),
                 "longer_than_max_length": sum(length > max_length for length in lengths),
                 "distinct_cut_right": distinct_inputs(tokenizer, texts, max_length=max_length,
                                                       use_chat_template=True, truncation_side="right"),
