@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from recall_merge.continual.config import expand_strategies, load_continual_config, parse_shorthand
-from recall_merge.continual.runner import ABORT_ENV, ABORT_EXIT_CODE, ContinualRun
+from recall_merge.continual.runner import ABORT_ENV, ABORT_EXIT_CODE, ContinualRun, ModelState
 from recall_merge.continual.scoring import answer_log_likelihoods, score_task
 from recall_merge.continual.synthetic import load_synthetic_task
 from recall_merge.errors import ConfigError
@@ -92,6 +92,44 @@ def test_run_folder_holds_the_stages_and_a_csv(full_run):
     assert len(cells) == 3 * 2
     ap = next(r for r in rows if r["method"] == "sequential" and r["quantity"] == "AP")
     assert float(ap["value"]) == pytest.approx(results["methods"]["sequential"]["AP"])
+
+
+def test_only_final_models_keep_their_weights_once_scored(full_run, tiny_models, tmp_path):
+    _, run_dir = full_run
+    strategies = run_dir / "strategies"
+    for removed in ("sequential/step1", "merge_ties_experts_base/step1", "recall_lora/expert2",
+                    "recall_lora/step1"):
+        folder = strategies / removed
+        assert not list(folder.glob("model*.safetensors")), removed
+        note = json.loads((folder / "WEIGHTS_REMOVED.json").read_text())
+        assert note["files"] == ["model.safetensors"] and note["bytes"] > 0
+        assert (folder / "config.json").is_file(), "the folder and its config stay"
+    for kept in ("sequential/step2", "merge_ties_experts_base/step2", "recall_lora/step2"):
+        assert (strategies / kept / "model.safetensors").is_file(), kept
+    # LoRA adapters and EWC states are small and stay
+    assert (strategies / "sequential_lora" / "step1" / "adapter_model.safetensors").is_file()
+    assert (strategies / "ewc" / "step1" / "ewc.safetensors").is_file()
+    # a score that was never kept cannot be made again from a model without weights
+    config = load_continual_config(tiny_config(tiny_models["base"], run_dir, ALL_KINDS))
+    run = ContinualRun(config, quiet=True)
+    run.prepare()
+    with pytest.raises(ConfigError, match="weights .* were removed") as error:
+        run.evaluate(ModelState(strategies / "sequential" / "step1"), tmp_path / "scores.json")
+    assert "keep_weights: all" in error.value.fix
+
+
+def test_keep_weights_all_keeps_every_step(tiny_models, tmp_path):
+    raw = {**tiny_config(tiny_models["base"], tmp_path / "run", ["merge:linear"]),
+           "keep_weights": "all"}
+    results = ContinualRun(load_continual_config(raw), quiet=True).run()
+    assert "error" not in results["methods"]["merge:linear:experts:base"]
+    folder = tmp_path / "run" / "strategies" / "merge_linear_experts_base"
+    assert (folder / "step1" / "model.safetensors").is_file()
+    assert not (folder / "step1" / "WEIGHTS_REMOVED.json").exists()
+    # what is kept does not change the results: the folder still accepts the default
+    raw["keep_weights"] = "final"
+    ContinualRun(load_continual_config(raw), quiet=True).run()
+    assert not (folder / "step1" / "model.safetensors").exists()
 
 
 def test_rerun_of_a_finished_run_builds_nothing(full_run, tiny_models):

@@ -166,6 +166,18 @@ def save_scores(file: Path, stored: dict) -> None:
     file.write_text(json.dumps({"_settings": GENERALISATION_SETTINGS, **stored}, indent=2) + "\n")
 
 
+def remove_final_weights(run_dir: Path, strategy: str) -> None:
+    """Once a strategy's final model is scored on the tasks and for generalisation, its weights
+    (0.5 GB for SmolLM2 in fp32) go too: a full benchmark holds ~80 such models. The folder, its
+    merge report and the scores stay; the base and LoRA adapters are never removed."""
+    from recall_merge.continual.runner import remove_model_weights
+
+    state = final_model(run_dir, strategy)
+    if state is not None and state[1] is None and state[0].is_relative_to(run_dir):
+        remove_model_weights(state[0], "benchmarks/continual/run.py, once scored (--keep-weights "
+                                       "keeps the final models)")
+
+
 def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
@@ -177,6 +189,7 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     from transformers import AutoTokenizer
 
     from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.continual.runner import ModelState, refuse_removed_weights
     from recall_merge.continual.scoring import perplexity, score_task
     from recall_merge.continual.training import load_causal_lm
     from recall_merge.data.bbc import article_bodies
@@ -195,6 +208,7 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
         missing = [task for task in ZERO_SHOT if task not in entry.get("zero_shot", {})]
         if ("perplexity" in entry and not missing) or (state := final_model(run_dir, name)) is None:
             continue
+        refuse_removed_weights(ModelState(*state))
         model = load_causal_lm(*state)
         if "perplexity" not in entry:
             texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
@@ -281,6 +295,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
             run["generalisation"].update(generalisation(Path(config["run_dir"]), [name]))
+            if not args.keep_weights:
+                remove_final_weights(Path(config["run_dir"]), name)
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
@@ -627,6 +643,9 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--generalisation", action="store_true",
                         help="only complete the generalisation scores of final models on disk")
+    parser.add_argument("--keep-weights", action="store_true",
+                        help="keep the final models' weights once scored (0.5 GB each); by default "
+                             "only their configs, merge reports and scores stay")
     parser.add_argument("--table", action="store_true", help="print the README tables and exit")
     parser.add_argument("--readme", action="store_true",
                         help="rewrite the generated tables in README.md and exit")

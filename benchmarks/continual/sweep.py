@@ -161,7 +161,7 @@ def score_points(sequence: str, order_index: int, names: list[str], max_test: in
     MagMax, the plain average: sums over the same experts, whatever their order) is that same
     merged model and is taken over, marked ``same_as``, instead of being made and scored again."""
     from recall_merge.continual.config import expand_strategies, load_continual_config
-    from recall_merge.continual.runner import ContinualRun, ModelState
+    from recall_merge.continual.runner import ContinualRun, ModelState, remove_model_weights
 
     order = orders(len(SEQUENCES[sequence]["tasks"]))[order_index]
     raw = continual_config(sequence, order, ["expert"], max_test, "full", seed)
@@ -219,6 +219,8 @@ def score_points(sequence: str, order_index: int, names: list[str], max_test: in
             folder = run.merge_stage(f"points/{name}", strategy, experts, steps)
         merge_seconds = time.perf_counter() - started
         scores = run.evaluate(ModelState(folder), run.root / "evals" / f"{name}.json")
+        if folder != run.base:  # scored: its weights (0.5 GB) are not needed again
+            remove_model_weights(folder, "benchmarks/continual/sweep.py, once scored")
         summary["points"][name] = {
             "method": method, "parameters": parameters, "question": question,
             "scores": dict(zip(task_names, scores, strict=True)), "AP": sum(scores) / len(scores),

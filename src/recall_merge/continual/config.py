@@ -91,6 +91,10 @@ class ContinualConfig(_Strict):
     cells: Literal["full", "summary"] = Field(
         "full", description="which R cells to score: every one, or only those AP, BWT and FWT read "
         "(the last row, the diagonal and the cell just above it); the others are null")
+    keep_weights: Literal["all", "final"] = Field(
+        "final", description="which merged or fully fine-tuned models keep their weights once "
+        "scored: every step's, or only each strategy's final model (a 135M-parameter model is "
+        "0.5 GB in fp32, so T steps × S strategies fill a disk fast); LoRA adapters are always kept")
     expert_cache: Path | None = Field(
         None, description="folder where experts fine-tuned from the base and their scores are kept "
         "by task, so that runs of other orders or sequences share them")

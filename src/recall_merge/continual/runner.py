@@ -47,7 +47,11 @@ from .config import TINY_RANDOM, ContinualConfig, Strategy, expand_strategies, l
 
 ABORT_ENV = "RECALL_CONTINUAL_ABORT_AFTER"  # test hook: hard-exit after this many new stages
 ABORT_EXIT_CODE = 75
-_UNCOMPARED = ("run_dir", "expert_cache")
+# what may differ between runs of one folder: where it lives, and what is kept once scored
+_UNCOMPARED = ("run_dir", "expert_cache", "keep_weights")
+
+# Written where a model's weights were removed after it was scored (``keep_weights``).
+WEIGHTS_REMOVED = "WEIGHTS_REMOVED.json"
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,8 @@ class ContinualRun:
                 self.log(f"strategy {strategy.name} failed: {exc}")
                 methods[strategy.name] = {"error": str(exc), **describe(strategy)}
                 continue
+            if self.config.keep_weights == "final":
+                self.remove_intermediate_weights(strategy)
             matrix = [base_scores] + rows
             methods[strategy.name] = {**metrics.summarise(matrix), **describe(strategy)}
         results = self.results(methods)
@@ -263,6 +269,7 @@ class ContinualRun:
         stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         missing = [task for task in wanted if task.name not in stored]
         if missing:
+            refuse_removed_weights(state)
             from .scoring import score_task
             from .training import load_causal_lm
 
@@ -301,6 +308,22 @@ class ContinualRun:
         if path.is_relative_to(self.root):
             return self.root / "evals" / (_slug(str(path.relative_to(self.root))) + ".json")
         return self._base_eval_path()
+
+    def remove_intermediate_weights(self, strategy: Strategy) -> None:
+        """Once every row of ``strategy`` is scored, remove the full-model weights of its stages
+        but the last step's (``keep_weights: final``). The folders stay, with their configs and
+        merge reports, so a rerun skips them and reads the scores it kept."""
+        folder = self.root / "strategies" / _slug(strategy.name)
+        if not folder.is_dir():
+            return
+        # the final model is the last step's, or an earlier one where guard_newest left the
+        # newest experts out (no folder is made for those steps)
+        steps = [int(stage.name[4:]) for stage in folder.glob("step*") if stage.name[4:].isdigit()]
+        final = folder / f"step{max(steps)}" if steps else None
+        for stage in sorted(folder.iterdir()):
+            if stage.is_dir() and stage != final:
+                remove_model_weights(stage, "keep_weights: final (set keep_weights: all to keep "
+                                            "every step's model)")
 
     # --- training stages -------------------------------------------------------------------
 
@@ -490,6 +513,40 @@ class ContinualRun:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+def _full_model_weight_files(folder: Path) -> list[Path]:
+    """A full HF model's weight files in ``folder`` (shards and index included); a PEFT adapter's
+    ``adapter_model.safetensors`` and an EWC state are not among them (both are small)."""
+    return sorted(path for pattern in ("model*.safetensors", "model.safetensors.index.json",
+                                       "pytorch_model*.bin", "pytorch_model.bin.index.json")
+                  for path in folder.glob(pattern))
+
+
+def remove_model_weights(folder: Path, reason: str) -> int:
+    """Delete the full-model weights in ``folder`` once the model was scored, leaving its config,
+    tokenizer and merge report, and a ``WEIGHTS_REMOVED.json`` that says what went and why.
+    Returns the bytes freed (0 where there were none)."""
+    files = _full_model_weight_files(folder)
+    if not files:
+        return 0
+    freed = sum(path.stat().st_size for path in files)
+    _write_json(folder / WEIGHTS_REMOVED, {"files": [path.name for path in files],
+                                           "bytes": freed, "reason": reason})
+    for path in files:
+        path.unlink()
+    return freed
+
+
+def refuse_removed_weights(state: ModelState) -> None:
+    """A model whose weights were removed cannot be scored again: say so before loading it."""
+    for folder in (state.folder, state.adapter):
+        if folder is not None and (folder / WEIGHTS_REMOVED).exists():
+            reason = json.loads((folder / WEIGHTS_REMOVED).read_text(encoding="utf-8"))["reason"]
+            raise ConfigError(f"the weights of {str(folder)!r} were removed after it was scored "
+                              f"({reason}), and a score is missing for it",
+                              f"delete {str(folder)!r} so that it is built again, and set "
+                              "keep_weights: all if later runs need it")
+
 
 def load_any_task(spec: str | dict[str, Any], config: ContinualConfig) -> Task:
     """A synthetic task, or one from the task registry, with its splits capped."""
