@@ -56,7 +56,9 @@ def test_readme_tables_are_the_generated_ones(bench, tmp_path):
     done = run.update_readme(copy)
     expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants", "seeds"]
                                       if (run.RESULTS / f"continual_{s}.json").exists()],
-                *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)]}
+                *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)],
+                *(["continual-seeds"] if any(run.other_seed_results(s) for s in sequences.SEQUENCES)
+                  else [])}
     assert set(done) == expected
     assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
         "README tables are stale: run `python benchmarks/continual/run.py --readme`")
@@ -132,6 +134,28 @@ def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(benc
     assert rows["ties_0.5"].startswith("| ties_0.5 | 0.450 | 0.420 |")
     gap = rows["chosen default (paper) − best baseline of that seed"]
     assert "+0.050 (vs ties_0.5) | -0.040 (vs average) | +0.005 ± 0.064" in gap
+
+
+def test_continual_runs_at_another_seed_have_their_own_file_and_table(bench, tmp_path, monkeypatch):
+    """Made-up runs: seed 1 writes next to seed 0, never over it, and the table sets each seed-1
+    strategy beside seed 0's runs of the same orders only."""
+    run, _ = bench
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    assert run.results_path("domain") == tmp_path / "continual_domain.json"
+    assert run.results_path("domain", 1) == tmp_path / "continual_domain_seed1.json"
+
+    def order_run(order: list[int], ap: float, bwt: float) -> dict:
+        entry = {"AP": ap, "BWT": bwt, "FWT": 0.01, "average_forgetting": 0.0, "R": [[0.0]]}
+        return {"order": order, "results": {"methods": {"recall_paper": entry}}}
+
+    seed_zero = [order_run([0, 1, 2, 3], 0.5, -0.1), order_run([1, 3, 0, 2], 0.9, 0.2)]
+    (tmp_path / "continual_domain.json").write_text(json.dumps({"runs": seed_zero}))
+    (tmp_path / "continual_domain_seed1.json").write_text(
+        json.dumps({"runs": [order_run([0, 1, 2, 3], 0.4, -0.05)]}))
+    (tmp_path / "continual_domain_seedling.json").write_text("{}")  # not a seed file
+    assert run.other_seed_results("domain") == {1: tmp_path / "continual_domain_seed1.json"}
+    rows = run.continual_seeds_table().splitlines()[2:]
+    assert rows == ["| domain | 1 | 0123 | recall_paper | 0.400 | -0.050 | +0.010 | 0.500 | -0.100 |"]
 
 
 def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):

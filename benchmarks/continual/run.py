@@ -76,6 +76,23 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
     }
 
 
+def results_path(sequence: str, seed: int = 0) -> Path:
+    """Where a sequence's continual runs at ``seed`` go: seed 0 (the README's main tables) in
+    ``continual_SEQUENCE.json``, another seed in a file of its own, so neither overwrites the other."""
+    return RESULTS / (f"continual_{sequence}.json" if seed == 0
+                      else f"continual_{sequence}_seed{seed}.json")
+
+
+def other_seed_results(sequence: str) -> dict[int, Path]:
+    """seed -> file, for the continual runs of ``sequence`` at seeds other than 0."""
+    found = {}
+    for path in RESULTS.glob(f"continual_{sequence}_seed*.json"):
+        suffix = path.stem.removeprefix(f"continual_{sequence}_seed")
+        if suffix.isdigit():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
 def sequences_with_results() -> list[str]:
     """The sequences whose ``benchmarks/results/continual_SEQUENCE.json`` exists, in SEQUENCES order."""
     return [s for s in SEQUENCES if (RESULTS / f"continual_{s}.json").exists()]
@@ -249,11 +266,12 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
             **sequence_settings(sequence),
             "zero_shot_tasks": ZERO_SHOT, "perplexity_texts": PERPLEXITY_TEXTS,
             "strategies": STRATEGIES,
-            "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}",
+            "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}"
+                       + (f" --seed {seed}" if seed else ""),
             "runs": ordered, "summary": summarise(ordered), "expert_gains": expert_gains(ordered),
             "single_model": [single_model(r) for r in ordered if r["results"]],
             "versions": versions()}
-    out = RESULTS / f"continual_{sequence}.json"
+    out = results_path(sequence, seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     return out
@@ -267,7 +285,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
     from recall_merge.continual.runner import print_summary, run_continual
 
     spec = SEQUENCES[args.sequence]
-    out = RESULTS / f"continual_{args.sequence}.json"
+    out = results_path(args.sequence, args.seed)
     previous = json.loads(out.read_text()) if out.exists() else {}
     runs = {tuple(r["order"]): r for r in previous.get("runs", [])
             if r["max_test"] == args.max_test and r["seed"] == args.seed}
@@ -608,6 +626,37 @@ def _by_seed_table(seed_zero: dict, others: dict) -> str:
     return "\n".join(lines)
 
 
+# Strategies shown in the other-seeds continual table, where a run has them.
+OTHER_SEED_ROWS = ("recall_paper", "task_arithmetic", "ties", "ties_0.5", "magmax", "expert")
+
+
+def continual_seeds_table() -> str:
+    """Continual runs (whole R matrix) at seeds other than 0, beside seed 0's runs of the same
+    orders: per sequence, seed and strategy, AP / BWT / FWT averaged over the orders run."""
+    lines = ["| sequence | seed | orders | strategy | AP | BWT | FWT | seed 0, same orders: AP | BWT |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for sequence in SEQUENCES:
+        base_file = results_path(sequence)
+        seed0 = json.loads(base_file.read_text())["runs"] if base_file.exists() else []
+        for seed, path in other_seed_results(sequence).items():
+            runs = [run for run in json.loads(path.read_text())["runs"] if run["results"]]
+            if not runs:
+                continue
+            same = [run for run in seed0 if run["results"]
+                    and run["order"] in [r["order"] for r in runs]]
+            here, there = summarise(runs), summarise(same)
+            order_text = "; ".join("".join(str(i) for i in run["order"]) for run in runs)
+            for name in OTHER_SEED_ROWS:
+                if name not in here:
+                    continue
+                stat, old = here[name], there.get(name)
+                lines.append(
+                    f"| {sequence} | {seed} | {order_text} | {name} | {_fmt(stat['AP'], False)} | "
+                    f"{_fmt(stat['BWT'])} | {_fmt(stat['FWT'])} | "
+                    f"{_fmt(old['AP'], False) if old else '—'} | {_fmt(old['BWT']) if old else '—'} |")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
     and ``<!-- /NAME-table -->`` for NAME = sweep, seeds, seeds-SEQUENCE (a held-out sequence at
@@ -615,13 +664,15 @@ def update_readme(readme: Path = REPO / "README.md") -> list[str]:
     text = readme.read_text(encoding="utf-8")
     done = []
     held_out = [f"seeds-{sequence}" for sequence in SEQUENCES if held_out_seeds(sequence)]
-    for name in ["sweep", "seeds", *held_out, "variants", *SEQUENCES, "summary"]:
+    continual_seeds = any(other_seed_results(sequence) for sequence in SEQUENCES)
+    for name in ["sweep", "seeds", *held_out, "variants", *SEQUENCES, "summary", "continual-seeds"]:
         has_results = (bool(sequences_with_results()) if name == "summary"
+                       else continual_seeds if name == "continual-seeds"
                        else name in held_out or (RESULTS / f"continual_{name}.json").exists())
         if not has_results:
             continue
         body = {"sweep": sweep_table, "seeds": seeds_table, "variants": variants_table,
-                "summary": summary_table,
+                "summary": summary_table, "continual-seeds": continual_seeds_table,
                 **{f"seeds-{sequence}": lambda sequence=sequence: held_out_seeds_table(sequence)
                    for sequence in SEQUENCES}}.get(name, lambda name=name: table(name))()
         replaced = replace_table(text, name, body)
