@@ -287,3 +287,27 @@ def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench,
     # the gap is the chosen default minus the best non-RECALL point of the same seed
     gap_row = lines[-1]
     assert f"{paper_0 - ties_0:+.3f} (vs ties_0.5)" in gap_row and "-0.050 (vs ties_0.5)" in gap_row
+
+
+def test_sweep_saver_replaces_only_its_own_part_and_keeps_measured_times(bench, tmp_path):
+    """Made-up summaries: a held-out seed's save leaves the other seeds' and sequences' parts as
+    they were, and a point taken from the cache (no merge time) keeps the time stored before."""
+    sweep = _load("continual_benchmark_sweep", CONTINUAL / "sweep.py")
+    out = tmp_path / "seeds.json"
+    other = {"points": {"paper": {"AP": 0.1, "merge_seconds": 5.0}}}
+    out.write_text(json.dumps({"seeds": {"1": other}, "held_out": {"task": {"2": {"order_0": other}}}}))
+    keys = ("held_out", "task", "1", "order_0")
+    assert sweep.stored_points(out, keys) == {}
+    save = sweep.saver(out, keys, {"command": "made up"})
+    save({"seed": 1, "points": {"paper": {"AP": 0.3, "merge_seconds": 9.0}}})
+    save({"seed": 1, "points": {"paper": {"AP": 0.3, "merge_seconds": None}}})  # a rerun
+    data = json.loads(out.read_text())
+    assert data["seeds"]["1"] == other and data["held_out"]["task"]["2"]["order_0"] == other
+    assert data["held_out"]["task"]["1"]["order_0"]["points"]["paper"] == {"AP": 0.3,
+                                                                           "merge_seconds": 9.0}
+    assert data["command"] == "made up" and "torch" in data["versions"]
+    assert sweep.stored_points(out, keys) == {"paper": {"AP": 0.3, "merge_seconds": 9.0}}
+    # with no keys the summary is the whole file
+    top = tmp_path / "sweep.json"
+    sweep.saver(top, (), {"command": "c"})({"seed": 0, "points": {"a": {"merge_seconds": 1.0}}})
+    assert set(json.loads(top.read_text())) == {"seed", "points", "command", "versions"}

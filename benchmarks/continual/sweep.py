@@ -240,6 +240,38 @@ def keep_measured_times(points: dict, previous: dict) -> dict:
     return points
 
 
+def stored_points(out: Path, keys: tuple[str, ...]) -> dict:
+    """The points kept in ``out`` under ``keys`` (the top level where ``keys`` is empty)."""
+    node = json.loads(out.read_text()) if out.exists() else {}
+    for key in keys:
+        node = node.get(key, {})
+    return dict(node.get("points", {}))
+
+
+def saver(out: Path, keys: tuple[str, ...], stamp: dict):
+    """``save(summary)`` for :func:`score_points`: read ``out`` again and replace only the part
+    under ``keys`` (another sequence's or seed's run may have saved since this one started), keep
+    the merge times measured before, and stamp the file with ``stamp`` and the versions. With
+    empty ``keys`` the summary is the whole file (the development sweep)."""
+    from recall_merge.engine import versions
+
+    def save(summary: dict) -> None:
+        current = json.loads(out.read_text()) if out.exists() and keys else {}
+        previous = stored_points(out, keys)
+        entry = {**summary, "points": keep_measured_times(dict(summary["points"]), previous)}
+        node = current
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        if keys:
+            node[keys[-1]] = entry
+        else:
+            current = entry
+        current.update({**stamp, "versions": versions()})
+        out.write_text(json.dumps(current, indent=2) + "\n")
+
+    return save
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", nargs="+", choices=list(POINTS),
@@ -254,91 +286,43 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from recall_merge.engine import versions
-
-    if args.sequence == SEQUENCE and args.seed != 0:
-        out = RESULTS / "continual_seeds.json"
-
-        def save(summary: dict) -> None:
-            # read the file again and replace only this seed: another seed's run may have saved
-            current = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
-            previous = current["seeds"].get(str(args.seed), {}).get("points", {})
-            current["seeds"][str(args.seed)] = {
-                **summary, "points": keep_measured_times(dict(summary["points"]), previous)}
-            current.update({"seed": "by seed, under seeds", "versions": versions(),
-                            "command": "python benchmarks/continual/sweep.py --seed S"})
-            out.write_text(json.dumps(current, indent=2) + "\n")
-
-        known = (json.loads(out.read_text())["seeds"].get(str(args.seed), {}).get("points", {})
-                 if out.exists() else {})
-        score_points(SEQUENCE, 0, args.points or SEED_POINTS, args.max_test, args.seed,
-                     run_folder() / f"sweep_t{args.max_test}_s{args.seed}", save, known=known)
-        return
+    seeds_file = RESULTS / "continual_seeds.json"
 
     if args.sequence == SEQUENCE:
-        out = RESULTS / "continual_sweep.json"
-        previous = json.loads(out.read_text()).get("points", {}) if out.exists() else {}
-
-        def save(summary: dict) -> None:
-            points = {**previous, **keep_measured_times(dict(summary["points"]), previous)}
-            data = {**summary, "points": points, "versions": versions(),
-                    "command": "python benchmarks/continual/sweep.py"}
-            out.write_text(json.dumps(data, indent=2) + "\n")
-
-        score_points(SEQUENCE, 0, args.points or list(POINTS), args.max_test, args.seed,
-                     run_folder() / f"sweep_t{args.max_test}_s{args.seed}", save)
+        # seed 0 is the sweep the defaults came from; other seeds go beside it, never into it
+        out, keys, stamp = (
+            (RESULTS / "continual_sweep.json", (), {"command": "python benchmarks/continual/sweep.py"})
+            if args.seed == 0 else
+            (seeds_file, ("seeds", str(args.seed)),
+             {"seed": "by seed, under seeds", "command": "python benchmarks/continual/sweep.py --seed S"}))
+        score_points(SEQUENCE, 0, args.points or (list(POINTS) if args.seed == 0 else SEED_POINTS),
+                     args.max_test, args.seed, run_folder() / f"sweep_t{args.max_test}_s{args.seed}",
+                     saver(out, keys, stamp), known=stored_points(out, keys))
         return
 
-    if args.seed != 0:
-        out = RESULTS / "continual_seeds.json"
-        for order_index in args.orders or [0]:
-            label = f"order_{order_index}"
-
-            def save(summary: dict, label=label) -> None:
-                # read the file again and replace only this (sequence, seed, order)
-                current = json.loads(out.read_text()) if out.exists() else {"seeds": {}}
-                runs = current.setdefault("held_out", {}).setdefault(args.sequence, {}).setdefault(
-                    str(args.seed), {})
-                previous = runs.get(label, {}).get("points", {})
-                runs[label] = {**summary,
-                               "points": keep_measured_times(dict(summary["points"]), previous)}
-                current.update({"seed": "by seed, under seeds (development) and held_out",
-                                "versions": versions(),
-                                "command": "python benchmarks/continual/sweep.py --seed S "
-                                           "[--sequence SEQUENCE --max-test N]"})
-                out.write_text(json.dumps(current, indent=2) + "\n")
-
-            stored = json.loads(out.read_text()) if out.exists() else {}
-            known = (stored.get("held_out", {}).get(args.sequence, {}).get(str(args.seed), {})
-                     .get(label, {}).get("points", {}))
-            score_points(args.sequence, order_index, args.points or SEED_POINTS, args.max_test,
-                         args.seed, run_folder() / f"variants_{args.sequence}_t{args.max_test}"
-                         f"_s{args.seed}" / label, save, known=known)
-        return
-
-    out = RESULTS / "continual_variants.json"
-    data = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
-    for order_index in args.orders or [0, 1, 2]:
+    variants_file = RESULTS / "continual_variants.json"
+    for order_index in args.orders or ([0, 1, 2] if args.seed == 0 else [0]):
         label = f"order_{order_index}"
-        runs = data["sequences"].setdefault(args.sequence, {})
-        previous = runs.get(label, {}).get("points", {})
-
-        def save(summary: dict, runs=runs, label=label, previous=previous) -> None:
-            # summary["points"] starts from this order's known points, so it already holds them all
-            runs[label] = {**summary, "points": keep_measured_times(dict(summary["points"]), previous)}
-            # read the file again and replace only this (sequence, order): another sequence's run
-            # may have saved since this one started
-            current = json.loads(out.read_text()) if out.exists() else {"sequences": {}}
-            current["sequences"].setdefault(args.sequence, {})[label] = runs[label]
-            current.update({"seed": args.seed, "versions": versions(),
-                            "command": "python benchmarks/continual/sweep.py --sequence SEQUENCE "
-                                       "--max-test N (N as in the sequence's benchmark run)"})
-            out.write_text(json.dumps(current, indent=2) + "\n")
-
-        other_orders = {other: run["points"] for other, run in runs.items() if other != label}
-        score_points(args.sequence, order_index, args.points or HELD_OUT_POINTS, args.max_test,
-                     args.seed, run_folder() / f"variants_{args.sequence}_t{args.max_test}_s{args.seed}"
-                     / label, save, known=previous, other_orders=other_orders)
+        other_orders = None
+        if args.seed == 0:
+            out, keys = variants_file, ("sequences", args.sequence, label)
+            stamp = {"seed": 0, "command": "python benchmarks/continual/sweep.py --sequence SEQUENCE "
+                                           "--max-test N (N as in the sequence's benchmark run)"}
+            runs = (json.loads(out.read_text()) if out.exists() else {}).get(
+                "sequences", {}).get(args.sequence, {})
+            # a baseline merged in another order is the same model: taken over, not made again
+            other_orders = {other: run["points"] for other, run in runs.items() if other != label}
+        else:
+            out, keys = seeds_file, ("held_out", args.sequence, str(args.seed), label)
+            stamp = {"seed": "by seed, under seeds (development) and held_out",
+                     "command": "python benchmarks/continual/sweep.py --seed S "
+                                "[--sequence SEQUENCE --max-test N]"}
+        score_points(args.sequence, order_index,
+                     args.points or (HELD_OUT_POINTS if args.seed == 0 else SEED_POINTS),
+                     args.max_test, args.seed,
+                     run_folder() / f"variants_{args.sequence}_t{args.max_test}_s{args.seed}" / label,
+                     saver(out, keys, stamp), known=stored_points(out, keys),
+                     other_orders=other_orders)
 
 
 if __name__ == "__main__":
