@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -326,9 +327,15 @@ def test_typical_samples_that_share_a_long_instruction_are_counted_and_warned_ab
     config = _recall_config(tiny_models, [tiny_models["e1"], tiny_models["e2"]], tmp_path / "right",
                             max_length=24)
     config["samples"] = str(samples)
-    with pytest.warns(RecallSampleWarning, match="only 1 of the 4 typical samples.*truncation_side: left"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         right = merge(config, quiet=True)
     assert right.report["distinct_typical_samples"] == 1
+    ours = [w for w in caught if issubclass(w.category, RecallSampleWarning)]
+    assert len(ours) == 1
+    assert re.search("only 1 of the 4 typical samples.*truncation_side: left", str(ours[0].message))
+    # one warning that names the fix, not sklearn's clustering warning about the same inputs too
+    assert not [w for w in caught if "distinct clusters" in str(w.message)]
     config = {**config, "output": str(tmp_path / "left"),
               "parameters": {**config["parameters"], "truncation_side": "left"}}
     with warnings.catch_warnings():

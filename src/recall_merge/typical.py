@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -23,9 +24,16 @@ def select_typical(features: torch.Tensor, count: int, *, seed: int,
     if selection == "random":
         return sorted(rng.choice(n, size=count, replace=False).tolist())
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     data = features.to(torch.float64).numpy()
-    kmeans = KMeans(n_clusters=count, n_init=10, random_state=seed).fit(data)
+    with warnings.catch_warnings():
+        if len(np.unique(data, axis=0)) < count:
+            # sklearn's "Number of distinct clusters found smaller than n_clusters": the inputs
+            # are the same after truncation, which the merge's RecallSampleWarning names with
+            # its fix; one warning, ours, instead of two
+            warnings.simplefilter("ignore", ConvergenceWarning)
+        kmeans = KMeans(n_clusters=count, n_init=10, random_state=seed).fit(data)
     distances = ((data[:, None, :] - kmeans.cluster_centers_[None, :, :]) ** 2).sum(-1)  # (n, count)
     chosen: list[int] = []
     for cluster in range(count):
