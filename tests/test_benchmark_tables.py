@@ -150,12 +150,17 @@ def test_continual_runs_at_another_seed_have_their_own_file_and_table(bench, tmp
 
     seed_zero = [order_run([0, 1, 2, 3], 0.5, -0.1), order_run([1, 3, 0, 2], 0.9, 0.2)]
     (tmp_path / "continual_domain.json").write_text(json.dumps({"runs": seed_zero}))
-    (tmp_path / "continual_domain_seed1.json").write_text(
-        json.dumps({"runs": [order_run([0, 1, 2, 3], 0.4, -0.05)]}))
+    seed_one = [order_run([0, 1, 2, 3], 0.4, -0.05), order_run([1, 3, 0, 2], 0.6, 0.05)]
+    seed_one[0]["results"]["methods"]["magmax"] = seed_one[0]["results"]["methods"]["recall_paper"]
+    (tmp_path / "continual_domain_seed1.json").write_text(json.dumps({"runs": seed_one}))
     (tmp_path / "continual_domain_seedling.json").write_text("{}")  # not a seed file
     assert run.other_seed_results("domain") == {1: tmp_path / "continual_domain_seed1.json"}
     rows = run.continual_seeds_table().splitlines()[2:]
-    assert rows == ["| domain | 1 | 0123 | recall_paper | 0.400 | -0.050 | +0.010 | 0.500 | -0.100 |"]
+    # each strategy over the orders it ran; seed 0 has no magmax run
+    assert rows == [
+        "| domain | 1 | recall_paper | 0123, 1302 | 0.500 ± 0.141 | +0.000 ± 0.071 | +0.010 ± 0.000 "
+        "| 0.700 ± 0.283 | +0.050 ± 0.212 |",
+        "| domain | 1 | magmax | 0123 | 0.400 | -0.050 | +0.010 | — | — |"]
 
 
 def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):
