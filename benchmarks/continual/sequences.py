@@ -33,6 +33,18 @@ SEQUENCES: dict[str, dict] = {
         # FEVER and word unscrambling were not (one-label collapse or no gain), so they are out
         "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:tense", "bigbench:object_counting"],
     },
+    # The issue asks for five tasks with different label sets; FEVER, hyperbaton, MultiEmo,
+    # social_support, color, metaphor_boolean and presuppositions_as_nli collapse onto one label
+    # (or gain nothing) at this budget (task_probe.json). Bracket balancing does not: 0.450 ->
+    # 0.675 at seed 0 (majority label 0.550; the expert predicts both labels). This sequence is
+    # the four tasks above with it as the fifth; "task" stays as run, with every strategy.
+    "task5": {
+        "role": "held-out",
+        "description": "task-incremental, five tasks: the four above and bracket balancing "
+                       "(valid / invalid)",
+        "tasks": ["bbc", "bigbench:intent_recognition", "bigbench:tense", "bigbench:object_counting",
+                  "bigbench:cs_algorithms/valid_parentheses"],
+    },
     "paper": {
         "role": "held-out",
         "description": "paper-shaped: one task of each kind the paper used (sentiment, extractive "
