@@ -439,3 +439,51 @@ def test_bigbench_squad_shifts_domain():
     assert all(example.target in example.references or not example.references
                for example in task.test)
     assert "Question:" in task.test[0].prompt
+
+
+# --- BIG-bench text targets read as classification (synthetic task JSON) -----------------------
+
+def _text_target_task(targets: list) -> dict:
+    return {"task_prefix": "Name the type of the answer.", "examples": [
+        {"input": f"Question {i}: {phrase(i)}?", "target": target}
+        for i, target in enumerate(targets)]}
+
+
+def test_text_targets_read_as_classification():
+    from recall_merge.data.bigbench import _task_kind, json_task_examples
+
+    # synthetic targets in the shape of natural-instructions question typing: "Type." strings,
+    # some lists naming one type twice, some naming two types (no single right class)
+    content = _text_target_task(["Date.", "Humans.", ["Date.", "Date"], ["Entity.", "Humans."],
+                                 "Quantity.", "Humans."])
+    assert _task_kind(content["examples"], None) == "generation"
+    assert _task_kind(content["examples"], "classification") == "classification"
+    examples = json_task_examples(content, "classification", seed=0)
+    assert [example.target for example in examples] == ["Date", "Humans", "Date", "Quantity",
+                                                        "Humans"]
+    assert all(example.choices == ("Date", "Humans", "Quantity") for example in examples)
+    assert examples[0].prompt.endswith("Options: Date, Humans, Quantity\nAnswer:")
+
+
+@pytest.mark.parametrize("targets, problem", [
+    ([f"free text answer {i}" for i in range(40)], "has 40"),  # generation, not a label set
+    (["Date."] * 5, "has 1"),
+])
+def test_text_targets_that_are_not_a_label_set_are_refused(targets, problem):
+    from recall_merge.data.bigbench import _task_kind
+
+    with pytest.raises(ConfigError, match=problem):
+        _task_kind(_text_target_task(targets)["examples"], "classification")
+
+
+@pytest.mark.skipif(not bigbench_cached(
+    "natural_instructions/subtask046_miscellaenous_question_typing/task.json"),
+    reason="BIG-bench archive not cached")
+def test_bigbench_question_typing_as_classification():
+    spec = {"source": "bigbench", "kind": "classification",
+            "name": "natural_instructions/subtask046_miscellaenous_question_typing"}
+    task = load_task(spec, seed=0, n_train=20, n_test=20)
+    assert (task.kind, task.metric) == ("classification", "accuracy")
+    assert {"Humans", "Date", "Entity", "Location", "Quantity"} <= set(task.meta["labels"])
+    assert task.meta["n_records"] < 6500  # multi-type examples are left out
+    assert all(example.target in example.choices for example in task.test)

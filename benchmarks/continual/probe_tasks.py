@@ -29,7 +29,7 @@ RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
 
 
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
-          base_only: bool = False) -> dict:
+          base_only: bool = False, kind: str | None = None) -> dict:
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
@@ -41,7 +41,8 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
 
     base = resolve_model_ref("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    task = load_task(spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8, n_test=test_items)
+    task = load_task(spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8, n_test=test_items,
+                     **({"kind": kind} if kind else {}))
     training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False,
                                  **({"learning_rate": lr} if lr else {})})
 
@@ -87,20 +88,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
     parser.add_argument("--base-only", action="store_true", help="score the base only (zero-shot)")
+    parser.add_argument("--kind", choices=["classification", "multiple_choice", "generation"],
+                        help="read the tasks as this kind (e.g. classification for a task whose "
+                             "text targets name one of a few labels)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from recall_merge.engine import versions
 
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
     for spec in args.tasks:
-        record = probe(spec, args.seed, args.test_items, args.steps, args.lr, args.base_only)
+        record = probe(spec, args.seed, args.test_items, args.steps, args.lr, args.base_only,
+                       args.kind)
+        if args.kind:
+            record["requested_kind"] = args.kind
         print(json.dumps(record), flush=True)
         data["records"] = [r for r in data["records"]
-                           if (r["task"], r["steps"], r["seed"], r.get("learning_rate"))
-                           != (spec, record["steps"], args.seed, record["learning_rate"])]
+                           if (r["task"], r["steps"], r["seed"], r.get("learning_rate"),
+                               r.get("requested_kind"))
+                           != (spec, record["steps"], args.seed, record["learning_rate"],
+                               args.kind)]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
-                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only]")
+                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only] [--kind K]")
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 

@@ -42,6 +42,7 @@ from sequences import (  # noqa: E402
     TRAINING,
     ZERO_SHOT,
     orders,
+    short_name,
 )
 
 
@@ -403,7 +404,7 @@ def table(sequence: str) -> str:
             cells = [f"{row[m]:.3f}" if row.get(m) is not None else "" for m in merges]
             expert = "" if row.get("expert") is None else f"{row['expert']:.3f}"
             lines.append(f"| {row['task']} | {expert} | " + " | ".join(cells) + " |")
-    lines += ["", "Orders run: " + "; ".join(" → ".join(t.split(":")[-1] for t in r["tasks"])
+    lines += ["", "Orders run: " + "; ".join(" → ".join(short_name(t) for t in r["tasks"])
                                             for r in data["runs"])]
     return "\n".join(lines)
 

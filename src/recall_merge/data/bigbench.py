@@ -178,6 +178,10 @@ def _task_kind(examples: list[dict], requested: TaskKind | None) -> TaskKind:
             raise ConfigError("this BIG-bench task has no target text on every example",
                               "leave kind unset to score it by its target_scores")
         return requested
+    if requested == "classification" and not scored:
+        labels = target_labels(examples)  # raises when the targets are not a small label set
+        if labels:
+            return requested
     if requested is not None and not scored:
         raise ConfigError(f"kind={requested!r} needs target_scores on every example",
                           "leave kind unset (the task is generation)")
@@ -189,6 +193,33 @@ def _task_kind(examples: list[dict], requested: TaskKind | None) -> TaskKind:
     if not scored:
         return "generation"
     return "classification" if len(key_sets) == 1 else "multiple_choice"
+
+
+MAX_TARGET_LABELS = 16
+
+
+def _label_text(target) -> str | None:
+    """The one label an example's ``target`` names ("Humans." -> "Humans"), or None when it names
+    several (a multi-label example has no single right class)."""
+    references = {text.rstrip(".").strip() for text in _references(target)}
+    return references.pop() if len(references) == 1 else None
+
+
+def target_labels(examples: list[dict]) -> list[str]:
+    """The label set of a text-target task read as classification: the distinct single targets,
+    sorted. Some tasks are classification in all but format (natural-instructions question
+    typing: 6,500 examples, each target one of a few type names), and scoring them by exact text
+    would punish a right type said in other words."""
+    if not all("target" in example for example in examples):
+        raise ConfigError("kind='classification' needs target_scores or a target on every example",
+                          "leave kind unset")
+    labels = sorted({label for example in examples
+                     if (label := _label_text(example["target"])) is not None})
+    if not 2 <= len(labels) <= MAX_TARGET_LABELS:
+        raise ConfigError(f"kind='classification' reads the distinct targets as labels, and this "
+                          f"task has {len(labels)} (at most {MAX_TARGET_LABELS} make sense)",
+                          "leave kind unset to score it as generation")
+    return labels
 
 
 def _best_choice(scores: dict) -> str:
@@ -216,9 +247,18 @@ def json_task_examples(content: dict, kind: TaskKind, seed: int) -> list[Example
     input_prefix = (content.get("example_input_prefix") or "").strip()
     answer_cue = (content.get("example_output_prefix") or "").strip() or "Answer:"
     raw = content["examples"]
-    labels = list(raw[0]["target_scores"]) if kind == "classification" else []
+    from_targets = kind == "classification" and "target_scores" not in raw[0]
+    labels = [] if kind != "classification" else \
+        target_labels(raw) if from_targets else list(raw[0]["target_scores"])
     examples = []
     for example in raw:
+        if from_targets:
+            # classification read from text targets: examples naming several labels are left out
+            label = _label_text(example["target"])
+            if label is None:
+                continue
+            example = {**example, "target_scores": {choice: int(choice == label)
+                                                    for choice in labels}}
         body = f"{input_prefix} {str(example['input']).strip()}".strip()
         if kind == "generation":
             references = _references(example.get("target", ""))
@@ -290,7 +330,9 @@ def load_bigbench(
     """A BIG-bench task by its folder name (``intent_recognition``,
     ``multiemo/hotels_sentence_en``, ``squad_shifts`` or ``squad_shifts/nyt``).
 
-    ``kind`` forces generation for tasks with both target_scores and target (e.g. strategyqa);
+    ``kind`` forces generation for tasks with both target_scores and target (e.g. strategyqa),
+    or classification for a task whose text targets name one of a few labels (the distinct
+    single targets become the label set; examples naming several labels are left out);
     ``download=False`` fails instead of fetching the archive. Split options: n_train, n_dev,
     n_test, dev_fraction, test_fraction.
     """
@@ -304,7 +346,7 @@ def load_bigbench(
     kind = _task_kind(raw, kind)
     examples = json_task_examples(content, kind, seed)
     metric = metric or ("accuracy" if kind != "generation" else _generation_metric(content))
-    meta = {"labels": list(raw[0]["target_scores"])} if kind == "classification" else {}
+    meta = {"labels": list(examples[0].choices)} if kind == "classification" and examples else {}
     return make_task(name, kind, metric, examples, seed, sizes,
                      description=str(content.get("description", "")).strip(),
                      source=f"BIG-bench {PIP_SPEC} benchmark_tasks/{name}", meta=meta)
