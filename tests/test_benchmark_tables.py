@@ -320,3 +320,13 @@ def test_sweep_saver_replaces_only_its_own_part_and_keeps_measured_times(bench, 
     top = tmp_path / "sweep.json"
     sweep.saver(top, (), {"command": "c"})({"seed": 0, "points": {"a": {"merge_seconds": 1.0}}})
     assert set(json.loads(top.read_text())) == {"seed", "points", "command", "versions"}
+
+
+def test_tables_name_dict_specs_by_their_name(bench):
+    _, sequences = bench
+    assert sequences.short_name("bigbench:intent_recognition") == "intent_recognition"
+    assert sequences.short_name({"source": "bigbench", "name": "navigate",
+                                 "kind": "classification"}) == "navigate"
+    # every task of every sequence has a table name (dict specs included)
+    assert all(sequences.short_name(task) for spec in sequences.SEQUENCES.values()
+               for task in spec["tasks"])
