@@ -383,7 +383,7 @@ def table(sequence: str) -> str:
     if base_ppl:
         lines += ["", f"Base model: perplexity {base_ppl:.2f} on the same text"
                   + (f", zero-shot {base_general['zero_shot_mean']:.3f} ("
-                     + ", ".join(f"{t.split(':')[-1]} {v:.3f}"
+                     + ", ".join(f"{short_name(t)} {v:.3f}"
                                  for t, v in base_general["zero_shot"].items()) + ")"
                      if "zero_shot_mean" in base_general else "") + "."]
     legend = {name: LEGEND[name] for name in data["summary"] if name in LEGEND}

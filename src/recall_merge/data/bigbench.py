@@ -179,9 +179,8 @@ def _task_kind(examples: list[dict], requested: TaskKind | None) -> TaskKind:
                               "leave kind unset to score it by its target_scores")
         return requested
     if requested == "classification" and not scored:
-        labels = target_labels(examples)  # raises when the targets are not a small label set
-        if labels:
-            return requested
+        target_labels(examples)  # raises when the targets are not a small label set
+        return requested
     if requested is not None and not scored:
         raise ConfigError(f"kind={requested!r} needs target_scores on every example",
                           "leave kind unset (the task is generation)")
