@@ -8,11 +8,12 @@ on every task (AP of the last row of R). The defaults of ``sequences.py`` come f
 Writes ``benchmarks/results/continual_sweep.json`` (per point: parameters, per-task scores, AP,
 merge time; seed, versions, config).
 
-With ``--sequence task|paper`` the points of HELD_OUT_POINTS (the settings fixed here) run
+With ``--sequence task|classify5|paper`` the points of HELD_OUT_POINTS (the settings fixed here) run
 unchanged on a held-out sequence, in every task order, into
 ``benchmarks/results/continual_variants.json``; points already scored for an order are kept.
 
     python benchmarks/continual/sweep.py --sequence task --max-test 30
+    python benchmarks/continual/sweep.py --sequence classify5 --max-test 30
     python benchmarks/continual/sweep.py --sequence paper --max-test 24
 
 With ``--seed S`` (S ≠ 0) on the development sequence, SEED_POINTS (the chosen default, the
@@ -133,7 +134,7 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
 # The variants of the issue "RECALL variants beyond the paper", each at the setting the development
 # sweep fixed (the task-vector forms at task arithmetic's tuned λ 0.25, the TIES variant at its
 # best λ 0.5, the redundancy strength with no λ), run unchanged on the held-out sequences
-# (``--sequence task|paper``); the paper form and the baselines (task arithmetic and TIES at their
+# (``--sequence task|classify5|paper``); the paper form and the baselines (task arithmetic and TIES at their
 # development λ, TIES at λ 1 too, MagMax) run next to them on the same experts, as the reference.
 # In the order they run: the ones that lost to the paper form on the development sequence last.
 HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "ties_0.5", "magmax",
