@@ -509,8 +509,8 @@ def _recall_gap(summary: dict, baselines: tuple[str, ...], full_orders: int) -> 
 
 def variants_table() -> str:
     """RECALL's variants at the settings fixed on the development sequence (its sweep, first order),
-    then run unchanged on the held-out sequences (``sweep.py --sequence task|classify5|paper``): AP of the
-    last step's merge of all experts, mean ± sample std over the task orders run."""
+    then run unchanged on the held-out sequences (``sweep.py --sequence task|classify5|paper``):
+    AP of the last step's merge of all experts, mean ± sample std over the task orders run."""
     sweep = json.loads((RESULTS / "continual_sweep.json").read_text())["points"]
     variants_file = RESULTS / "continual_variants.json"
     held_out = json.loads(variants_file.read_text())["sequences"] if variants_file.exists() else {}

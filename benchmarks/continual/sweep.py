@@ -134,8 +134,9 @@ POINTS: dict[str, tuple[str, dict, str]] = {  # in the order they run (most tell
 # The variants of the issue "RECALL variants beyond the paper", each at the setting the development
 # sweep fixed (the task-vector forms at task arithmetic's tuned λ 0.25, the TIES variant at its
 # best λ 0.5, the redundancy strength with no λ), run unchanged on the held-out sequences
-# (``--sequence task|classify5|paper``); the paper form and the baselines (task arithmetic and TIES at their
-# development λ, TIES at λ 1 too, MagMax) run next to them on the same experts, as the reference.
+# (``--sequence task|classify5|paper``); the paper form and the baselines (task arithmetic and
+# TIES at their development λ, TIES at λ 1 too, MagMax) run next to them on the same experts, as
+# the reference.
 # In the order they run: the ones that lost to the paper form on the development sequence last.
 HELD_OUT_POINTS = ["paper", "task_arithmetic_0.25", "ties_1.0", "ties_0.5", "magmax",
                    "task_vector_redundancy", "ties_variant_0.5", "ties_variant_redundancy",
