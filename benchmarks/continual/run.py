@@ -628,7 +628,8 @@ def _by_seed_table(seed_zero: dict, others: dict) -> str:
 
 
 # Strategies shown in the other-seeds continual table, where a run has them.
-OTHER_SEED_ROWS = ("recall_paper", "task_arithmetic", "ties", "ties_0.5", "magmax", "expert")
+OTHER_SEED_ROWS = ("recall_paper", "task_arithmetic", "ties", "ties_0.5", "magmax", "expert",
+                   "sequential", "ewc", "lwf", "replay", "joint")
 
 
 def continual_seeds_table() -> str:
