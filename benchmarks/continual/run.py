@@ -628,8 +628,8 @@ def _by_seed_table(seed_zero: dict, others: dict) -> str:
 
 
 # Strategies shown in the other-seeds continual table, where a run has them.
-OTHER_SEED_ROWS = ("recall_paper", "task_arithmetic", "ties", "ties_0.5", "magmax", "expert",
-                   "sequential", "ewc", "lwf", "replay", "joint")
+OTHER_SEED_ROWS = ("recall_paper", *MERGE_BASELINES, "expert", *NO_OLD_DATA_BASELINES, "replay",
+                   "joint")
 
 
 def continual_seeds_table() -> str:
