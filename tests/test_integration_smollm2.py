@@ -44,7 +44,7 @@ def test_recall_merge_of_two_smollm2_lora_experts_loads_and_generates(smollm2, t
     from recall_merge.data.registry import load_task
 
     tasks = [load_task("bbc", seed=0, n_train=24, n_dev=4, n_test=4),
-             load_task("bigbench:intent_recognition", seed=0, n_train=24, n_dev=4, n_test=4)]
+             load_task("lexicon:word_sentiment", seed=0, n_train=24, n_dev=4, n_test=4)]
     experts = [_train_lora(smollm2, task, tmp_path / f"expert{k}", seed=k) for k, task in enumerate(tasks)]
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps({"text": p}) + "\n" for p in tasks[-1].inputs("train")))

@@ -1,7 +1,10 @@
 """BIG-bench tasks, read from the ``bigbench==1.0.0`` source archive kept in the user cache.
 
 The archive (358 MB) is fetched once with ``pip download``; the ``task.json`` files a run needs
-are streamed out of it and cached as plain JSON. BIG-bench files carry a canary asking that
+are streamed out of it and cached as plain JSON. Where PyPI no longer serves the archive (seen on
+2026-12-05: the index lists only ``bigbench 0.0.1``), ``$RECALL_MERGE_BIGBENCH`` names a copy the
+user has: the ``bigbench-1.0.0.tar.gz`` archive, any ``.tar.gz`` of the BIG-bench repository, or
+a checkout of it (a folder holding ``bigbench/benchmark_tasks``). BIG-bench files carry a canary asking that
 they never appear in training corpora, so they live only in the cache, never in a repository.
 
 Examples with ``target_scores`` become classification (one label set for the whole task) or
@@ -33,7 +36,8 @@ from recall_merge.errors import ConfigError
 
 PIP_SPEC = "bigbench==1.0.0"
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"
-TASKS_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+TASKS_MARKER = "bigbench/benchmark_tasks/"  # inside the PyPI archive, a GitHub tarball, a checkout
+SOURCE_VARIABLE = "RECALL_MERGE_BIGBENCH"
 SQUAD_SHIFTS = {"squaddev": "squaddev_v1.1.json", "amazon_reviews": "amazon_reviews_v1.0.json",
                 "reddit": "reddit_v1.0.json", "nyt": "nyt_v1.0.json",
                 "new_wiki": "new_wiki_v1.0.json"}
@@ -57,8 +61,28 @@ def _refuse_git_tree(folder: Path) -> None:
                             "point RECALL_MERGE_CACHE at a folder outside any repository")
 
 
+def user_source() -> Path | None:
+    """The archive or checkout named by ``$RECALL_MERGE_BIGBENCH``, checked to exist."""
+    value = os.environ.get(SOURCE_VARIABLE, "").strip()
+    if not value:
+        return None
+    source = Path(value).expanduser()
+    if source.is_dir() and not (source / TASKS_MARKER).is_dir():
+        raise DataError(f"${SOURCE_VARIABLE}={value} is a folder without {TASKS_MARKER}",
+                        "point it at a BIG-bench checkout (the folder that holds bigbench/) or "
+                        "at its .tar.gz archive")
+    if not source.exists():
+        raise DataError(f"${SOURCE_VARIABLE}={value} does not exist",
+                        "point it at bigbench-1.0.0.tar.gz or a BIG-bench checkout, or unset it")
+    return source
+
+
 def archive_path(download: bool = True, quiet: bool = False) -> Path:
-    """The cached source archive, fetched with ``pip download`` the first time."""
+    """The source archive: ``$RECALL_MERGE_BIGBENCH`` when it names a file, else the cached copy,
+    fetched with ``pip download`` the first time."""
+    source = user_source()
+    if source is not None and source.is_file():
+        return source
     folder = bigbench_dir()
     archive = folder / ARCHIVE_NAME
     if archive.is_file() or not download:
@@ -87,7 +111,9 @@ def _pip_download(folder: Path, quiet: bool) -> None:
     if result.returncode != 0 or not (folder / ARCHIVE_NAME).is_file():
         detail = (result.stderr or "")[-500:] if quiet else "see pip's output above"
         raise DataError(f"pip could not download {PIP_SPEC}: {detail}",
-                        f"check that PyPI is reachable, then run: {_download_command(folder)}")
+                        f"check that PyPI is reachable and still serves {PIP_SPEC}, then run: "
+                        f"{_download_command(folder)}; or set ${SOURCE_VARIABLE} to a copy of "
+                        "the archive or to a BIG-bench checkout")
 
 
 def _cached_file(relative: str) -> Path:
@@ -110,11 +136,24 @@ def fetch_files(relatives: list[str], download: bool = True) -> dict[str, Path]:
     found = {rel: _cached_file(rel) for rel in relatives if _cached_file(rel).is_file()}
     missing = [rel for rel in relatives if rel not in found]
     if missing:
-        archive = archive_path(download=download)
+        source = user_source()
         _refuse_git_tree(bigbench_dir())
+        bigbench_dir().mkdir(parents=True, exist_ok=True)
         with file_lock(bigbench_dir() / "extract.lock"):
-            found.update(_extract(archive, missing))
+            if source is not None and source.is_dir():
+                found.update(_copy_from_checkout(source / TASKS_MARKER, missing))
+            else:
+                found.update(_extract(archive_path(download=download), missing))
     return found
+
+
+def _copy_from_checkout(tasks_dir: Path, wanted: list[str]) -> dict[str, Path]:
+    """Copy ``wanted`` files out of a BIG-bench checkout and record the task index."""
+    names = sorted({str(path.parent.relative_to(tasks_dir)) for pattern in ("task.json", "task.py")
+                    for path in tasks_dir.rglob(pattern)})
+    _write_atomic(_index_path(), json.dumps(names, indent=0).encode())
+    return {relative: _write_atomic(_cached_file(relative), (tasks_dir / relative).read_bytes())
+            for relative in wanted if (tasks_dir / relative).is_file()}
 
 
 def _extract(archive: Path, wanted: list[str]) -> dict[str, Path]:
@@ -122,9 +161,10 @@ def _extract(archive: Path, wanted: list[str]) -> dict[str, Path]:
     wanted_set, extracted, names = set(wanted), {}, set()
     with tarfile.open(archive, "r|gz") as tar:
         for member in tar:
-            if not member.name.startswith(TASKS_PREFIX) or not member.isfile():
+            position = member.name.find(TASKS_MARKER)
+            if position < 0 or not member.isfile():
                 continue
-            relative = member.name[len(TASKS_PREFIX):]
+            relative = member.name[position + len(TASKS_MARKER):]
             if relative.endswith(("/task.json", "/task.py")):
                 names.add(relative.rsplit("/", 1)[0])
             if relative in wanted_set:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from recall_merge.data.task import Task
 from recall_merge.errors import ConfigError
 
-SOURCES = ("bigbench", "bbc", "local", "hf")
+SOURCES = ("bigbench", "bbc", "lexicon", "local", "hf")
 
 
 def _closest(name: str, candidates: list[str], canonical: dict[str, str] | None = None) -> str:
@@ -66,6 +66,12 @@ def _load_bbc(name: str | None, seed: int, options: dict) -> Task:
     return load_bbc(seed=seed, **options)
 
 
+def _load_lexicon(name: str | None, seed: int, options: dict) -> Task:
+    from recall_merge.data.lexicons import load_lexicon_task
+
+    return load_lexicon_task(name, seed=seed, **options)
+
+
 def _load_local(name: str | None, seed: int, options: dict) -> Task:
     from recall_merge.data.local import load_local
 
@@ -87,7 +93,8 @@ def _load_hf(name: str | None, seed: int, options: dict) -> Task:
 
 
 LOADERS: dict[str, Callable[[str | None, int, dict], Task]] = {
-    "bigbench": _load_bigbench, "bbc": _load_bbc, "local": _load_local, "hf": _load_hf,
+    "bigbench": _load_bigbench, "bbc": _load_bbc, "lexicon": _load_lexicon, "local": _load_local,
+    "hf": _load_hf,
 }
 
 
