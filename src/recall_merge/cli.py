@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--test-items", type=int, default=16, help="test items per task")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                       help="merge methods to compare (default: recall task_arithmetic)")
+    demo.add_argument("--tasks", nargs="+", default=None, metavar="SPEC",
+                      help="task specs in order (default: bbc lexicon:word_sentiment "
+                      "lexicon:past_tense; e.g. bigbench:intent_recognition where BIG-bench is cached)")
     demo.add_argument("--quiet", action="store_true")
 
     analyze = sub.add_parser("analyze", help="representation analysis: layer and model similarities, plots")
@@ -125,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         run_demo(args.run_dir, seed=args.seed, steps=args.steps, test_items=args.test_items,
-                 methods=args.methods, quiet=args.quiet)
+                 methods=args.methods, tasks=args.tasks, quiet=args.quiet)
         return 0
     if args.command == "analyze":
         from .reports.analyze import run_analyze
