@@ -330,3 +330,13 @@ def test_tables_name_dict_specs_by_their_name(bench):
     # every task of every sequence has a table name (dict specs included)
     assert all(sequences.short_name(task) for spec in sequences.SEQUENCES.values()
                for task in spec["tasks"])
+
+
+def test_offline_sequence_needs_no_bigbench(bench):
+    """The offline sequence's tasks and generalisation check use no BIG-bench task, and the
+    BIG-bench sequences keep the shared zero-shot set."""
+    _, sequences = bench
+    offline = sequences.SEQUENCES["offline"]
+    assert not any(str(task).startswith("bigbench") for task in offline["tasks"])
+    assert sequences.zero_shot_tasks("offline") == {}
+    assert sequences.zero_shot_tasks("task") is sequences.ZERO_SHOT
