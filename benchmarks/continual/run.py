@@ -201,9 +201,9 @@ def generalisation(run_dir: Path, strategies: list[str],
                    zero_shot: dict[str, dict] = ZERO_SHOT) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
-    (``zero_shot``, the sequence's own set). Kept in ``run_dir/generalisation.json`` so reruns are free; the base model's
-    entry is the same for every run, so it is scored once and kept in
-    ``benchmark_runs/base_generalisation.json``."""
+    (``zero_shot``, the sequence's own set; none leaves perplexity alone). Kept in
+    ``run_dir/generalisation.json`` so reruns are free; the base model's entry is the same for
+    every run, so it is scored once and kept in ``benchmark_runs/base_generalisation.json``."""
     from functools import cache
 
     from transformers import AutoTokenizer

@@ -4,8 +4,9 @@ The archive (358 MB) is fetched once with ``pip download``; the ``task.json`` fi
 are streamed out of it and cached as plain JSON. Where PyPI no longer serves the archive (seen on
 2026-12-05: the index lists only ``bigbench 0.0.1``), ``$RECALL_MERGE_BIGBENCH`` names a copy the
 user has: the ``bigbench-1.0.0.tar.gz`` archive, any ``.tar.gz`` of the BIG-bench repository, or
-a checkout of it (a folder holding ``bigbench/benchmark_tasks``). BIG-bench files carry a canary asking that
-they never appear in training corpora, so they live only in the cache, never in a repository.
+a checkout of it (a folder holding ``bigbench/benchmark_tasks``). BIG-bench files carry a canary
+asking that they never appear in training corpora, so they live only in the cache, never in a
+repository.
 
 Examples with ``target_scores`` become classification (one label set for the whole task) or
 multiple choice (choices vary per example); examples with ``target`` become generation.

@@ -1,7 +1,7 @@
 """One entry point for every task source: ``load_task("bigbench:intent_recognition")``.
 
 Spec strings are ``SOURCE[:NAME]``: ``bigbench:multiemo/hotels_sentence_en``, ``bbc``,
-``local:data/reviews.jsonl``, ``hf:sst2``. The dict form carries options as well::
+``lexicon:word_sentiment``, ``local:data/reviews.jsonl``, ``hf:sst2``. The dict form carries options as well::
 
     {"source": "hf", "name": "sst2", "path": "data/sst2/", "n_train": 200}
     {"source": "local", "path": "reviews.csv", "input_field": "text", "target_field": "label",
