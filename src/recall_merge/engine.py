@@ -8,6 +8,7 @@ folder beside the output, renamed into place only when complete.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import math
 import os
@@ -75,10 +76,10 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
 
     temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     _remove_stale_temporaries(output)
-    if temp.exists():
-        shutil.rmtree(temp)
     output.parent.mkdir(parents=True, exist_ok=True)
-    temp.mkdir()
+    if temp.exists():
+        raise OutputError(f"{temp} exists and was not made by this run", "move it away and run again")
+    make_marked_temporary(temp)
     try:
         stage = time.perf_counter()
         files = _stream_merge(pool, method, config, temp, quiet)
@@ -186,19 +187,33 @@ def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[
 
 
 def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
+    """Refuse an output that would overlap an input or replace a folder this tool did not write.
+
+    ``--overwrite`` swaps the new output in and deletes the old folder, so an output that holds an
+    input (``output: proj`` with the models under ``proj/``) or is not a previous merge would lose
+    the user's files.
+    """
     resolved = output.resolve()
-    for ref in [config.base, *config.models]:
-        source = Path(ref).resolve()
+    inputs = [config.base, *config.models] + ([config.samples] if config.samples else [])
+    for ref in inputs:
         if not Path(ref).exists():
-            continue
+            continue  # a packaged model name such as "smollm2"
+        source = Path(ref).resolve()
         if resolved == source or source in resolved.parents:
-            raise OutputError(f"output {output} lies inside input model {ref}",
+            raise OutputError(f"output {output} lies inside input {ref}",
                               "choose an output folder outside every input folder")
+        if resolved in source.parents:
+            raise OutputError(f"output {output} contains input {ref}: replacing it would delete that input",
+                              "choose an output folder that holds none of the inputs")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
     if output.exists() and not overwrite:
         raise OutputError(f"output folder {output} already exists",
                           "choose a new output path, or pass --overwrite (merge(..., overwrite=True))")
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
+    if output.exists() and any(output.iterdir()) and not (output / REPORT_NAME).is_file():
+        raise OutputError(f"output folder {output} is not empty and holds no {REPORT_NAME}: it is not "
+                          "an earlier recall-merge output, and --overwrite would delete it",
+                          "choose a new output path; --overwrite only replaces an earlier merge's folder")
 
 
 def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> None:
@@ -224,6 +239,7 @@ def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
     old output or the new one at the target, never neither and never a partial one.
     """
     _crash_point("before_rename")
+    (temp / TEMPORARY_MARKER).unlink()  # the marker must not travel into the output
     if not output.exists():
         os.replace(temp, output)
         return
@@ -234,6 +250,7 @@ def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
         return
     trash = output.parent / f".{output.name}.old-{os.getpid()}"
     os.replace(output, trash)
+    _write_marker(trash)
     os.replace(temp, output)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -252,20 +269,48 @@ def _exchange(first: Path, second: Path) -> bool:
     return result == 0
 
 
+TEMPORARY_MARKER = ".recall-merge-temporary"
+
+
+def _write_marker(folder: Path) -> None:
+    (folder / TEMPORARY_MARKER).write_text(json.dumps({"created_by": "recall-merge", "pid": os.getpid()}))
+
+
+def make_marked_temporary(folder: Path) -> None:
+    """Create ``folder`` with a marker file written before anything else, so a later run may remove
+    it if this one dies. Folders without the marker are never removed by the stale-temporary sweep."""
+    folder.mkdir()
+    _write_marker(folder)
+
+
+def _is_ours(candidate: Path) -> bool:
+    marker = candidate / TEMPORARY_MARKER
+    if candidate.is_symlink() or not candidate.is_dir() or marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        record = json.loads(marker.read_text()[:1000])
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("created_by") == "recall-merge"
+
+
 def _remove_stale_temporaries(output: Path) -> None:
-    """Delete temporary folders that killed runs left beside the output (their pid is gone)."""
+    """Delete temporary folders that killed runs of this tool left beside the output: only folders
+    named ``.NAME.tmp-PID`` or ``.NAME.old-PID`` whose process is gone **and** that hold the marker
+    this tool writes first. A user's ``.NAME.backup-2024...`` is never touched."""
     if not output.parent.exists():
         return
-    for candidate in output.parent.glob(f".{output.name}.*-*"):
-        pid_text = candidate.name.rsplit("-", 1)[-1]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(candidate, ignore_errors=True)
-        except PermissionError:
-            pass
+    for kind in ("tmp", "old"):
+        for candidate in output.parent.glob(f".{glob.escape(output.name)}.{kind}-*"):
+            pid_text = candidate.name.rsplit("-", 1)[-1]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or not _is_ours(candidate):
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:
+                shutil.rmtree(candidate, ignore_errors=True)
+            except (PermissionError, OverflowError):
+                pass
 
 
 def _crash_point(name: str) -> None:
