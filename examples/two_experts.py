@@ -32,7 +32,7 @@ TASKS = ["bbc", "lexicon:word_sentiment"]
 def train_expert(base: Path, task, folder: Path, steps: int, seed: int) -> None:
     from recall_merge.continual.config import TrainingConfig
     from recall_merge.continual.training import load_causal_lm, make_trainable, save_model, train
-    from recall_merge.representations import load_tokenizer
+    from recall_merge.recall.representations import load_tokenizer
 
     if (folder / "adapter_config.json").exists():
         return
@@ -51,7 +51,7 @@ def train_expert(base: Path, task, folder: Path, steps: int, seed: int) -> None:
 def score(folder: Path, adapter: Path | None, tasks) -> dict[str, float]:
     from recall_merge.continual.scoring import score_task
     from recall_merge.continual.training import load_causal_lm
-    from recall_merge.representations import load_tokenizer
+    from recall_merge.recall.representations import load_tokenizer
 
     model = load_causal_lm(folder, adapter)
     tokenizer = load_tokenizer(folder)
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from recall_merge.checkpoints.packaged import materialise_smollm2
+    from recall_merge.io.packaged import materialise_smollm2
     from recall_merge.data.registry import load_task
 
     base = materialise_smollm2()

@@ -409,7 +409,7 @@ def test_full_disk_is_refused_before_writing(tiny_models, tmp_path, monkeypatch)
 def test_disk_filling_up_mid_merge_leaves_nothing(tiny_models, tmp_path, monkeypatch):
     import errno
 
-    from recall_merge.checkpoints import writer
+    from recall_merge.io import writer
 
     calls = {"count": 0}
     real_write = writer.StreamingShardWriter.write_part

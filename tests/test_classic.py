@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from recall_merge import merge
 from recall_merge.config import MergeConfig
 from recall_merge.errors import ConfigError
-from recall_merge.methods import available_methods, get_method, ops
+from recall_merge.methods import ops
+from recall_merge.methods.registry import available_methods, get_method
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:

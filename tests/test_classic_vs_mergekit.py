@@ -23,7 +23,7 @@ mergekit = pytest.importorskip("mergekit")
 from recall_merge import merge  # noqa: E402
 from recall_merge.config import MergeConfig  # noqa: E402
 from recall_merge.errors import ConfigError  # noqa: E402
-from recall_merge.mergekit_interop import (  # noqa: E402
+from recall_merge.interop.mergekit import (  # noqa: E402
     classic_to_mergekit,
     from_mergekit,
     recall_alpha_to_mergekit,

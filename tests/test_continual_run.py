@@ -260,7 +260,7 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_models):
     """Scoring with the task's shared prefix cached equals scoring each prompt in full."""
     from recall_merge.continual.scoring import choice_log_likelihoods, shared_prefix_cache
     from recall_merge.continual.training import load_causal_lm
-    from recall_merge.representations import load_tokenizer
+    from recall_merge.recall.representations import load_tokenizer
 
     model = load_causal_lm(tiny_models["base"]).eval()
     tokenizer = load_tokenizer(tiny_models["base"])

@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from recall_merge import merge
-from recall_merge.checkpoints.lora import LoraAdapter
-from recall_merge.checkpoints.reader import Checkpoint
+from recall_merge.io.lora import LoraAdapter
+from recall_merge.io.reader import Checkpoint
 
 
 def _densify(adapter_folder, base_folder, target):

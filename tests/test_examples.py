@@ -9,7 +9,7 @@ import pytest
 from recall_merge.config import load_config
 from recall_merge.continual.config import expand_strategies, load_continual_config
 from recall_merge.demo import demo_config
-from recall_merge.methods import available_methods
+from recall_merge.methods.registry import available_methods
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recall_merge.fast_forward import UnsupportedModel, hidden_states, spec_from_config
+from recall_merge.recall.fast_forward import UnsupportedModel, hidden_states, spec_from_config
 
 _SMOLLM2 = Path("/root/.cache/recall-merge/models/SmolLM2-135M-Instruct")
 
@@ -94,8 +94,8 @@ def test_unsupported_configs_are_refused(change):
 # ------------------------------------------------------------------ the representation pass
 def test_fast_path_gives_the_transformers_states(tiny_models, tiny_loras):
     """Base, a full expert and a LoRA expert: the pure-torch path equals the transformers path."""
-    from recall_merge.pool import ModelPool
-    from recall_merge.representations import fast_decoder_spec, states_for_all_models
+    from recall_merge.io.pool import ModelPool
+    from recall_merge.recall.representations import fast_decoder_spec, states_for_all_models
 
     pool = ModelPool.open(tiny_models["base"], [tiny_models["e1"], tiny_loras["l1"]])
     assert fast_decoder_spec(pool, 32) is not None
@@ -114,8 +114,8 @@ def test_unsupported_architecture_runs_on_transformers(tiny_models, tmp_path, mo
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import recall_merge.representations as representations
-    from recall_merge.pool import ModelPool
+    import recall_merge.recall.representations as representations
+    from recall_merge.io.pool import ModelPool
 
     folders = []
     for seed in (0, 1):
@@ -145,8 +145,8 @@ _TEXTS = ["the cat sat on the mat", "Héllo wörld — 日本語\ttabs\nand newl
 
 
 def _assert_same_ids(folder: Path) -> None:
-    from recall_merge.fast_tokenizer import load_fast_tokenizer
-    from recall_merge.representations import encode, format_texts, load_tokenizer
+    from recall_merge.recall.fast_tokenizer import load_fast_tokenizer
+    from recall_merge.recall.representations import encode, format_texts, load_tokenizer
 
     fast, reference = load_fast_tokenizer(folder), load_tokenizer(folder)
     assert fast is not None
@@ -181,7 +181,7 @@ def test_tokenizer_equals_autotokenizer_on_smollm2():
 def test_tokenizer_falls_back_when_transformers_would_differ(change, tiny_models, tmp_path):
     import shutil
 
-    from recall_merge.fast_tokenizer import load_fast_tokenizer
+    from recall_merge.recall.fast_tokenizer import load_fast_tokenizer
 
     folder = tmp_path / "tokenizer"
     folder.mkdir()
@@ -209,7 +209,7 @@ def test_chat_template_helpers_render_as_in_transformers(tiny_models):
     """raise_exception, namespace, tojson and loop controls behave as in transformers' sandbox."""
     import jinja2
 
-    from recall_merge.fast_tokenizer import compile_chat_template
+    from recall_merge.recall.fast_tokenizer import compile_chat_template
 
     template = compile_chat_template(
         "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}"
@@ -223,7 +223,7 @@ def test_chat_template_helpers_render_as_in_transformers(tiny_models):
 
 # ------------------------------------------------------------------------ checkpoint reader
 def test_mapped_tensors_equal_read_tensors_and_leave_the_file_alone(tiny_models):
-    from recall_merge.checkpoints.reader import Checkpoint
+    from recall_merge.io.reader import Checkpoint
 
     checkpoint = Checkpoint(tiny_models["e1"])
     before = (tiny_models["e1"] / "model.safetensors").read_bytes()

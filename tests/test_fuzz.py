@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from recall_merge.config import load_config
 from recall_merge.errors import ConfigError
-from recall_merge.similarity import (
+from recall_merge.recall.similarity import (
     bandwidth_for,
     cosine_similarity,
     linear_cka,
@@ -18,7 +18,7 @@ from recall_merge.similarity import (
     similarity_matrix,
     softmax_weights,
 )
-from recall_merge.typical import select_typical
+from recall_merge.recall.typical import select_typical
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from recall_merge.checkpoints.packaged import materialise_smollm2
+    from recall_merge.io.packaged import materialise_smollm2
 
     try:
         return materialise_smollm2(quiet=True)
@@ -26,7 +26,7 @@ def smollm2():
 def _train_lora(base, task, folder, seed):
     from recall_merge.continual.config import TrainingConfig
     from recall_merge.continual.training import load_causal_lm, make_trainable, save_model, train
-    from recall_merge.representations import load_tokenizer
+    from recall_merge.recall.representations import load_tokenizer
 
     training = TrainingConfig(mode="lora", max_steps=3, batch_size=4, learning_rate=1e-3,
                               max_length=64, lora_rank=4, lora_alpha=8, progress=False)

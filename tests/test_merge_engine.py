@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from recall_merge import merge
-from recall_merge.checkpoints.lora import LoraAdapter
-from recall_merge.checkpoints.reader import Checkpoint
 from recall_merge.cli import main as cli_main
-from recall_merge.pool import tensor_position
+from recall_merge.io.lora import LoraAdapter
+from recall_merge.io.pool import tensor_position
+from recall_merge.io.reader import Checkpoint
 from recall_merge.testing import make_tiny_llama
 
 
@@ -143,8 +143,8 @@ def test_lora_representations_equal_the_merged_full_model(tiny_models, tiny_lora
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
-    from recall_merge.pool import ModelPool
-    from recall_merge.representations import states_for_all_models
+    from recall_merge.io.pool import ModelPool
+    from recall_merge.recall.representations import states_for_all_models
 
     model = LlamaForCausalLM.from_pretrained(tiny_models["base"], dtype=torch.float32)
     full = tmp_path / "full"
@@ -224,7 +224,7 @@ def test_task_vector_variants_with_uniform_alpha_equal_task_arithmetic_and_ties(
 
 
 def test_newest_share_and_standardize_shape_the_weights():
-    from recall_merge.methods.recall import mean_expert_agreement, weights_from_row
+    from recall_merge.recall.method import mean_expert_agreement, weights_from_row
 
     row = torch.tensor([0.90, 0.95, 1.0], dtype=torch.float64)
     shared = weights_from_row(row, 1.0, newest_share=0.5)
@@ -247,7 +247,7 @@ def test_agreement_strength_averages_to_one_and_is_reported(tiny_models, tmp_pat
 
 def test_redundancy_strength_averages_copies_and_sums_orthogonal_shifts():
     """Synthetic shifts: N copies of one shift → 1/N; orthogonal → 1; opposed ones are not boosted."""
-    from recall_merge.methods.recall import redundancy_strength
+    from recall_merge.recall.method import redundancy_strength
 
     generator = torch.Generator().manual_seed(0)
     shift = torch.randn(1, 5, 16, generator=generator, dtype=torch.float64)
@@ -277,8 +277,8 @@ def test_redundancy_strength_of_identical_experts_is_one_over_n_in_every_moved_l
 
 
 def test_full_experts_swapped_into_one_model_match_separately_loaded_models(tiny_models):
-    from recall_merge.pool import ModelPool
-    from recall_merge.representations import (
+    from recall_merge.io.pool import ModelPool
+    from recall_merge.recall.representations import (
         format_texts,
         load_model,
         load_tokenizer,

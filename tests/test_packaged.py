@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recall_merge.checkpoints import packaged
 from recall_merge.errors import RecallError
+from recall_merge.io import packaged
 
 
 @pytest.mark.parametrize("ref", ["smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct",

@@ -48,7 +48,7 @@ from sequences import (  # noqa: E402
 
 
 def run_folder() -> Path:
-    from recall_merge.checkpoints.packaged import cache_dir
+    from recall_merge.io.packaged import cache_dir
 
     return cache_dir() / "benchmark_runs"
 
@@ -145,7 +145,7 @@ PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens
 
 def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None:
     """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
-    from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.runner import _slug
 
     base = resolve_model_ref("smollm2")
@@ -207,7 +207,7 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
 
     from transformers import AutoTokenizer
 
-    from recall_merge.checkpoints.packaged import resolve_model_ref
+    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.runner import ModelState, refuse_removed_weights
     from recall_merge.continual.scoring import perplexity, score_task
     from recall_merge.continual.training import load_causal_lm

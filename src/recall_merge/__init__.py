@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from recall_merge.provenance import __version__
 
 __all__ = ["MergeConfig", "MergeResult", "RecallError", "load_config", "merge", "__version__"]
 
 if TYPE_CHECKING:
-    from .config import MergeConfig, load_config
-    from .engine import MergeResult, merge
-    from .errors import RecallError
+    from recall_merge.config import MergeConfig, load_config
+    from recall_merge.engine import MergeResult, merge
+    from recall_merge.errors import RecallError
 
 _LAZY = {"MergeConfig": "config", "load_config": "config", "MergeResult": "engine", "merge": "engine",
          "RecallError": "errors"}

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "quiet", False):
         _silence_libraries()
-    from .errors import RecallError
+    from recall_merge.errors import RecallError
 
     try:
         return _run(args)
@@ -99,8 +99,8 @@ def _silence_libraries() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
-        from .config import load_config
-        from .engine import merge
+        from recall_merge.config import load_config
+        from recall_merge.engine import merge
 
         overrides = {"output": str(args.output)} if args.output else None
         config = load_config(args.config, overrides)
@@ -112,38 +112,38 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     if args.command == "cache":
-        from .checkpoints.packaged import is_packaged_name, materialise_smollm2
-        from .errors import ConfigError
+        from recall_merge.errors import ConfigError
+        from recall_merge.io.packaged import is_packaged_name, materialise_smollm2
 
         if not is_packaged_name(args.name):
             raise ConfigError(f"no packaged model named {args.name!r}", "use 'smollm2'")
         print(materialise_smollm2(force=args.force))
         return 0
     if args.command == "methods":
-        from .methods import available_methods
+        from recall_merge.methods.registry import available_methods
 
         print("\n".join(available_methods()))
         return 0
     if args.command == "demo":
-        from .demo import run_demo
+        from recall_merge.demo import run_demo
 
         run_demo(args.run_dir, seed=args.seed, steps=args.steps, test_items=args.test_items,
                  methods=args.methods, tasks=args.tasks, quiet=args.quiet)
         return 0
     if args.command == "analyze":
-        from .reports.analyze import run_analyze
+        from recall_merge.reports.analyze import run_analyze
 
         path = run_analyze(models=args.models, samples=args.samples, output=args.output,
                            num_samples=args.num_samples, seed=args.seed, quiet=args.quiet)
         print(path)
         return 0
     if args.command == "report":
-        from .reports.html import write_report
+        from recall_merge.reports.html import write_report
 
         print(write_report(args.run_dir, args.output))
         return 0
     if args.command == "continual":
-        from .continual.runner import main as continual_main
+        from recall_merge.continual.runner import main as continual_main
 
         return int(continual_main(args.config, quiet=args.quiet) or 0)
     raise AssertionError(args.command)

@@ -11,132 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
-from .errors import ConfigError
+from recall_merge.errors import ConfigError
+from recall_merge.io.packaged import is_packaged_name
+from recall_merge.methods.base import StrictParameters as _Strict
+from recall_merge.methods.registry import parameters_model
 
 ModelRef = str  # a folder path, or a packaged model name such as "smollm2"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class RecallParameters(_Strict):
-    """Options of RECALL. Defaults marked *choice* in RECALL_METHOD.md are documented in the README."""
-
-    variant: Literal["paper", "task_vector", "ties"] = Field(
-        "paper",
-        description="paper: θ_j = Σ_k α_j^(k) θ_j^(k) over M_0..M_N. task_vector: α renormalised over "
-        "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
-        "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean).",
-    )
-    num_typical: int = Field(20, ge=1, description="number of clusters m = number of typical samples")
-    selection: Literal["kmeans", "random"] = "kmeans"
-    cluster_layer: int = Field(-1, description="hidden-state index clustered (-1: last layer)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature τ")
-    kernel: Literal["rbf", "cosine", "cka"] = "rbf"
-    aggregation: Literal["aligned", "all_pairs"] = "aligned"
-    bandwidth: Literal["median", "median_aligned"] | float = Field(
-        "median", description="median: median pairwise distance over all pooled states of the layer; "
-        "median_aligned: median over same-sample cross-model distances; a number: fixed σ"
-    )
-    include_base: bool = Field(True, description="the base M_0 takes part in the softmax and the merge")
-    per_layer: bool = Field(True, description="False: one global α (mean over layers) for every layer")
-    embeddings: Literal["first_layer", "mean"] = "first_layer"
-    head: Literal["last_layer", "mean"] = "last_layer"
-    scale: float = Field(1.0, gt=0, description="λ of the task_vector and ties variants")
-    density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries kept")
-    similarity_space: Literal["states", "shifts"] = Field(
-        "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
-    standardize: bool = Field(False, description="z-score M_N's similarity row per layer before the "
-                              "softmax, so τ is scale-free")
-    newest_share: float | None = Field(
-        None, gt=0, lt=1, description="fixed share of the weight for M_N; the other models split the rest "
-        "by softmax of their similarity to M_N (removes M_N's self-similarity bias)")
-    strength: Literal["none", "agreement", "redundancy"] = Field(
-        "none", description="agreement: per-layer task-vector strength λ_j ∝ mean similarity among the "
-        "experts at layer j (mean 1 over layers). redundancy: λ_j = N / Σ_ik C_j[i, k], C_j the cosine "
-        "(clipped at 0) between the experts' representation shifts h_k − h_0 at layer j, so N identical "
-        "shifts are averaged (λ = 1/N) and orthogonal ones summed (λ = 1); no λ to tune. Both for the "
-        "task_vector and ties variants, times `scale`")
-    max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
-    truncation_side: Literal["right", "left"] = Field(
-        "right", description="which end of a sample longer than max_length is cut in the "
-        "representation pass: right keeps its start (chat frame and instruction), left keeps its end "
-        "(the input itself and the generation prompt). Samples that share an instruction longer "
-        "than max_length are the same input under right; the report counts the distinct ones")
-    batch_size: int = Field(8, ge=1)
-
-    @field_validator("bandwidth")
-    @classmethod
-    def _positive_bandwidth(cls, value: Any) -> Any:
-        if isinstance(value, float) and value <= 0:
-            raise ValueError("a fixed bandwidth must be > 0")
-        return value
-
-
-LayerWeight = float | list[float]
-
-
-class ClassicParameters(_Strict):
-    """Options shared by the classic methods (each method reads the ones it uses; docs/methods.md).
-
-    Per-model options (``weights``, and ``density``/``gamma`` when given as a list) hold one entry
-    per model in ``models``; an entry is a number, or a list interpolated over depth (mergekit
-    gradient). ``None`` for ``normalize``/``rescale`` means the method's mergekit default.
-    """
-
-    weights: list[LayerWeight] | None = Field(
-        None,
-        description="one entry per model in `models`: a number, or a list interpolated over depth "
-        "(mergekit gradient; a list as long as the number of blocks gives one weight per block). "
-        "Default: 1.0 for every model",
-    )
-    lambda_: float = Field(1.0, alias="lambda", description="scale of the merged task vector")
-    density: float | list[LayerWeight] = Field(
-        1.0, description="fraction of task-vector entries kept (one number, or one entry per model)"
-    )
-    gamma: float | list[LayerWeight] = Field(
-        0.01, description="breadcrumbs: fraction of largest entries dropped (one number, or one per model)"
-    )
-    normalize: bool | None = Field(
-        None, description="divide by the sum of the weights (default: the method's mergekit default)"
-    )
-    rescale: bool | None = Field(
-        None, description="rescale kept entries after sparsification (default: on for DARE only)"
-    )
-    rescale_norm: Literal["l1", "l2", "linf", "density"] = Field(
-        "l1", description="l1/l2/linf: match that norm of the task vector (mergekit); density: divide "
-        "by density, the DARE paper's 1/(1-p)",
-    )
-    majority_sign_method: Literal["sum", "count"] = Field(
-        "sum", description="TIES sign election: sign of the summed mass (sum) or of the sign count"
-    )
-    include_base: bool = Field(False, description="linear: the base is averaged in as one more model")
-    base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight")
-
-    @field_validator("density")
-    @classmethod
-    def _density_in_range(cls, value: Any) -> Any:
-        for number in _flatten(value):
-            if not 0 < number <= 1:
-                raise ValueError("density must lie in (0, 1]")
-        return value
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma_in_range(cls, value: Any) -> Any:
-        for number in _flatten(value):
-            if not 0 <= number < 1:
-                raise ValueError("gamma must lie in [0, 1)")
-        return value
-
-
-def _flatten(value: Any) -> list[float]:
-    if isinstance(value, list):
-        return [number for entry in value for number in _flatten(entry)]
-    return [float(value)]
 
 
 class MergeConfig(_Strict):
@@ -156,9 +38,7 @@ class MergeConfig(_Strict):
     trust_remote_code: bool = False
     device: str = "cpu"
 
-    def method_parameters(self) -> RecallParameters | ClassicParameters:
-        from .methods import parameters_model
-
+    def method_parameters(self) -> BaseModel:
         model = parameters_model(self.method)
         try:
             return model.model_validate(self.parameters)
@@ -247,7 +127,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raw = read_yaml_mapping(path)
         base_dir = path.parent
         if _looks_like_mergekit(raw):
-            from .mergekit_interop import from_mergekit
+            from recall_merge.interop.mergekit import from_mergekit
 
             raw = from_mergekit(raw)
     raw.update(overrides or {})
@@ -266,8 +146,6 @@ def _looks_like_mergekit(raw: dict[str, Any]) -> bool:
 
 def _resolve_paths(config: MergeConfig, base_dir: Path) -> MergeConfig:
     def resolve(ref: str) -> str:
-        from .checkpoints.packaged import is_packaged_name
-
         if is_packaged_name(ref) or Path(ref).is_absolute():
             return ref
         return str((base_dir / ref).resolve())

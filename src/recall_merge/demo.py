@@ -67,7 +67,7 @@ def print_matrices(results: dict[str, Any], stream=sys.stdout) -> None:
 def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 30, test_items: int = 16,
              methods: list[str] | None = None, tasks: list[str] | None = None,
              quiet: bool = False) -> Path:
-    from .continual.runner import print_summary, run_continual
+    from recall_merge.continual.runner import print_summary, run_continual
 
     started = time.perf_counter()
     config = demo_config(Path(run_dir).resolve(), seed=seed, steps=steps, test_items=test_items,
@@ -84,8 +84,8 @@ def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 30, test_items: int =
 
 def _write_report(run_dir: Path) -> Path:
     """Plots (PNG and SVG) and the self-contained HTML page of the run."""
-    from .reports.html import write_report
-    from .reports.plots import plot_continual_results
+    from recall_merge.reports.html import write_report
+    from recall_merge.reports.plots import plot_continual_results
 
     results = json.loads((run_dir / "results.json").read_text())
     plot_continual_results(results, run_dir / "figures")

@@ -12,7 +12,6 @@ import glob
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -25,12 +24,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints.reader import check_finite
-from .checkpoints.writer import StreamingShardWriter
-from .config import MergeConfig, load_config
-from .errors import OutputError
-from .methods import get_method
-from .pool import ModelPool
+from recall_merge.config import MergeConfig, load_config
+from recall_merge.errors import OutputError
+from recall_merge.io.pool import ModelPool
+from recall_merge.io.reader import check_finite
+from recall_merge.io.writer import StreamingShardWriter
+from recall_merge.methods.registry import get_method
+from recall_merge.provenance import versions
 
 REPORT_NAME = "recall_report.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -341,20 +341,6 @@ def _peak_rss_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import __version__
-
-    found = {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for package in ("transformers", "safetensors", "peft", "scikit-learn", "sacrebleu"):
-        try:  # metadata, not import: importing transformers alone costs ~2 s
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
 def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str],
                   timings: dict[str, float], rss_after_plan: float) -> dict[str, Any]:
     report: dict[str, Any] = {
@@ -379,6 +365,6 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
 
 
 def _mergekit_document(method, config: MergeConfig, pool: ModelPool) -> dict[str, Any]:
-    from .mergekit_interop import to_mergekit
+    from recall_merge.interop.mergekit import to_mergekit
 
     return to_mergekit(method, config, pool)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import RecallError
-from .runner import main
+from recall_merge.continual.runner import main
+from recall_merge.errors import RecallError
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--quiet"]

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import _explain, read_yaml_mapping
-from ..errors import ConfigError
+from recall_merge.config import _explain, read_yaml_mapping
+from recall_merge.errors import ConfigError
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
 Library = Literal["experts", "previous"]

@@ -39,11 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.task import Example, Task
-from ..engine import versions
-from ..errors import ConfigError, RecallError
-from . import metrics
-from .config import TINY_RANDOM, ContinualConfig, Strategy, expand_strategies, load_continual_config
+from recall_merge.continual import metrics
+from recall_merge.continual.config import (
+    TINY_RANDOM,
+    ContinualConfig,
+    Strategy,
+    expand_strategies,
+    load_continual_config,
+)
+from recall_merge.data.task import Example, Task
+from recall_merge.errors import ConfigError, RecallError
+from recall_merge.provenance import versions
 
 ABORT_ENV = "RECALL_CONTINUAL_ABORT_AFTER"  # test hook: hard-exit after this many new stages
 ABORT_EXIT_CODE = 75
@@ -191,12 +197,12 @@ class ContinualRun:
 
     def base_folder(self) -> Path:
         if self.config.model == TINY_RANDOM:
-            from ..testing import make_tiny_llama
+            from recall_merge.testing import make_tiny_llama
 
             return self.folder_stage("base_model",
                                      lambda tmp: make_tiny_llama(tmp, seed=self.config.seed))
         try:
-            from ..checkpoints.packaged import resolve_model_ref
+            from recall_merge.io.packaged import resolve_model_ref
         except ImportError:
             return Path(self.config.model)
         return resolve_model_ref(self.config.model)
@@ -270,8 +276,8 @@ class ContinualRun:
         missing = [task for task in wanted if task.name not in stored]
         if missing:
             refuse_removed_weights(state)
-            from .scoring import score_task
-            from .training import load_causal_lm
+            from recall_merge.continual.scoring import score_task
+            from recall_merge.continual.training import load_causal_lm
 
             started = time.perf_counter()
             model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
@@ -339,7 +345,7 @@ class ContinualRun:
         ``continue_adapter``: keep training ``start``'s LoRA adapter instead of a new one.
         ``merged_output``: save a full HF folder (adapter merged in) instead of an adapter."""
         def build(tmp: Path) -> None:
-            from .training import (
+            from recall_merge.continual.training import (
                 EwcState,
                 fisher_diagonal,
                 load_causal_lm,
@@ -479,8 +485,8 @@ class ContinualRun:
 
         def dev_score(state: ModelState, path: Path) -> float:
             def compute() -> dict[str, Any]:
-                from .scoring import score_task
-                from .training import load_causal_lm
+                from recall_merge.continual.scoring import score_task
+                from recall_merge.continual.training import load_causal_lm
 
                 model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
                 return score_task(model, self.tokenizer, task, list(task.dev), ev.batch_size,
@@ -498,7 +504,7 @@ class ContinualRun:
         samples = self.samples_file(step)
 
         def build(tmp: Path) -> None:
-            from recall_merge import merge
+            from recall_merge.engine import merge
 
             cfg = {"method": strategy.method, "base": str(self.base), "models": models,
                    "samples": str(samples), "output": str(tmp), "seed": self.config.seed,
@@ -550,13 +556,13 @@ def refuse_removed_weights(state: ModelState) -> None:
 
 def load_any_task(spec: str | dict[str, Any], config: ContinualConfig) -> Task:
     """A synthetic task, or one from the task registry, with its splits capped."""
-    from .synthetic import is_synthetic_spec, load_synthetic_task
+    from recall_merge.continual.synthetic import is_synthetic_spec, load_synthetic_task
 
     if isinstance(spec, str) and is_synthetic_spec(spec):
         task = load_synthetic_task(spec, config.seed, config.max_train, config.max_dev, config.max_test)
     else:
         try:
-            from ..data.registry import load_task
+            from recall_merge.data.registry import load_task
         except ImportError:
             raise ConfigError(f"task {spec!r} needs recall_merge.data.registry, which is missing",
                               "use synthetic:NAME tasks, or install the full package") from None
@@ -571,7 +577,7 @@ def load_any_task(spec: str | dict[str, Any], config: ContinualConfig) -> Task:
 def _classic_and_recall_methods() -> list[str]:
     """What ``merge:all`` means: every method the engine registers."""
     try:
-        from ..methods import available_methods
+        from recall_merge.methods.registry import available_methods
 
         return available_methods()
     except ImportError:
@@ -666,8 +672,8 @@ def main(config_path: str | Path, quiet: bool = False) -> int:
     results = run_continual(config, quiet=quiet)
     print_summary(results)
     print(f"results: {config.run_dir / 'results.json'}")
-    from ..reports.html import write_report
-    from ..reports.plots import plot_continual_results
+    from recall_merge.reports.html import write_report
+    from recall_merge.reports.plots import plot_continual_results
 
     plot_continual_results(results, config.run_dir / "figures")
     print(f"report: {write_report(config.run_dir, None)}")

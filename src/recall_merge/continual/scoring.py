@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.task import Example, Task
-from ..errors import RecallError
+from recall_merge.data.task import Example, Task
+from recall_merge.errors import RecallError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from ..data.task import Example, Task
+from recall_merge.data.task import Example, Task
 
 _WORDS = "cat dog park team rain jazz".split()
 _LABEL_SETS = (

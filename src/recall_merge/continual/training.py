@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.task import Example
-from .config import TrainingConfig
-from .scoring import _pad_id, encode
+from recall_merge.continual.config import TrainingConfig
+from recall_merge.continual.scoring import _pad_id, encode
+from recall_merge.data.task import Example
 
 
 @dataclass

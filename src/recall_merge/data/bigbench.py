@@ -23,7 +23,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-from recall_merge.checkpoints.packaged import cache_dir, file_lock
 from recall_merge.data.common import (
     SPLIT_OPTIONS,
     SplitSizes,
@@ -34,6 +33,7 @@ from recall_merge.data.common import (
 from recall_merge.data.hf_schemas import SCHEMAS
 from recall_merge.data.task import DataError, Example, Metric, Task, TaskKind
 from recall_merge.errors import ConfigError
+from recall_merge.io.packaged import cache_dir, file_lock
 
 PIP_SPEC = "bigbench==1.0.0"
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"

@@ -1,19 +1,7 @@
-"""Merge methods: RECALL and the classic baselines, behind one registry."""
+"""Merge methods: the interface (:mod:`.base`), pure tensor ops (:mod:`.ops`), the classic methods
+(:mod:`.classic`) and the table of every method by name (:mod:`.registry`). RECALL itself lives in
+:mod:`recall_merge.recall`."""
 
-from .base import (
-    MergeMethod,
-    TensorPosition,
-    available_methods,
-    get_method,
-    parameters_model,
-    register,
-)
+from recall_merge.methods.base import MergeMethod, TensorPosition
 
-__all__ = [
-    "MergeMethod",
-    "TensorPosition",
-    "available_methods",
-    "get_method",
-    "parameters_model",
-    "register",
-]
+__all__ = ["MergeMethod", "TensorPosition"]

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from ..config import MergeConfig
-    from ..pool import ModelPool
+    from recall_merge.config import MergeConfig
+    from recall_merge.io.pool import ModelPool
+
+class StrictParameters(BaseModel):
+    """Base of every method's parameter schema: unknown keys are refused (with the closest name)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
 
 TensorKind = Literal["block", "embedding", "head", "norm", "other"]
 
@@ -37,7 +43,7 @@ class TensorPosition:
 
 
 class MergeMethod(ABC):
-    """Base class of all merge methods. Subclasses register themselves by ``name``."""
+    """Base class of all merge methods; :mod:`.registry` lists them by ``name``."""
 
     name: ClassVar[str]
     parameters_model: ClassVar[type[BaseModel]]
@@ -68,41 +74,3 @@ class MergeMethod(ABC):
     def report(self) -> dict[str, Any]:
         """What the method applied, for ``recall_report.json``."""
         return {}
-
-
-_REGISTRY: dict[str, type[MergeMethod]] = {}
-
-
-def register(cls: type[MergeMethod]) -> type[MergeMethod]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_methods() -> list[str]:
-    _load_builtin_methods()
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> type[MergeMethod]:
-    import difflib
-
-    from ..errors import ConfigError
-
-    _load_builtin_methods()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown merge method {name!r}",
-            f"{hint}available methods: {', '.join(sorted(_REGISTRY))}",
-        )
-    return _REGISTRY[name]
-
-
-def parameters_model(name: str) -> type[BaseModel]:
-    return get_method(name).parameters_model
-
-
-def _load_builtin_methods() -> None:
-    # Imported lazily so that `recall --help` stays fast and import cycles stay impossible.
-    from . import classic, recall  # noqa: F401

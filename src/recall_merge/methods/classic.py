@@ -12,14 +12,77 @@ import hashlib
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator
 
-from ..config import ClassicParameters, LayerWeight
-from ..errors import ConfigError
-from . import ops
-from .base import MergeMethod, TensorPosition, register
+from recall_merge.errors import ConfigError
+from recall_merge.methods import ops
+from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 
 if TYPE_CHECKING:
-    from ..config import MergeConfig
+    from recall_merge.config import MergeConfig
+
+LayerWeight = float | list[float]
+
+
+class ClassicParameters(StrictParameters):
+    """Options shared by the classic methods (each method reads the ones it uses; docs/methods.md).
+
+    Per-model options (``weights``, and ``density``/``gamma`` when given as a list) hold one entry
+    per model in ``models``; an entry is a number, or a list interpolated over depth (mergekit
+    gradient). ``None`` for ``normalize``/``rescale`` means the method's mergekit default.
+    """
+
+    weights: list[LayerWeight] | None = Field(
+        None,
+        description="one entry per model in `models`: a number, or a list interpolated over depth "
+        "(mergekit gradient; a list as long as the number of blocks gives one weight per block). "
+        "Default: 1.0 for every model",
+    )
+    lambda_: float = Field(1.0, alias="lambda", description="scale of the merged task vector")
+    density: float | list[LayerWeight] = Field(
+        1.0, description="fraction of task-vector entries kept (one number, or one entry per model)"
+    )
+    gamma: float | list[LayerWeight] = Field(
+        0.01, description="breadcrumbs: fraction of largest entries dropped (one number, or one per model)"
+    )
+    normalize: bool | None = Field(
+        None, description="divide by the sum of the weights (default: the method's mergekit default)"
+    )
+    rescale: bool | None = Field(
+        None, description="rescale kept entries after sparsification (default: on for DARE only)"
+    )
+    rescale_norm: Literal["l1", "l2", "linf", "density"] = Field(
+        "l1", description="l1/l2/linf: match that norm of the task vector (mergekit); density: divide "
+        "by density, the DARE paper's 1/(1-p)",
+    )
+    majority_sign_method: Literal["sum", "count"] = Field(
+        "sum", description="TIES sign election: sign of the summed mass (sum) or of the sign count"
+    )
+    include_base: bool = Field(False, description="linear: the base is averaged in as one more model")
+    base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight")
+
+    @field_validator("density")
+    @classmethod
+    def _density_in_range(cls, value: Any) -> Any:
+        for number in _flatten(value):
+            if not 0 < number <= 1:
+                raise ValueError("density must lie in (0, 1]")
+        return value
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_in_range(cls, value: Any) -> Any:
+        for number in _flatten(value):
+            if not 0 <= number < 1:
+                raise ValueError("gamma must lie in [0, 1)")
+        return value
+
+
+def _flatten(value: Any) -> list[float]:
+    if isinstance(value, list):
+        return [number for entry in value for number in _flatten(entry)]
+    return [float(value)]
+
 
 Sparsification = Literal["magnitude", "random", "breadcrumbs"]
 
@@ -111,7 +174,6 @@ class _ClassicMethod(MergeMethod):
         }
 
 
-@register
 class Linear(_ClassicMethod):
     """θ = Σ_k w_k θ_k / Σ_k w_k (the base joins as one more model with ``include_base``)."""
 
@@ -184,13 +246,11 @@ class _TaskArithmeticFamily(_ClassicMethod):
         return options
 
 
-@register
 class TaskArithmetic(_TaskArithmeticFamily):
     name = "task_arithmetic"
     elementwise = True
 
 
-@register
 class Ties(_TaskArithmeticFamily):
     name = "ties"
     sparsification = "magnitude"
@@ -199,7 +259,6 @@ class Ties(_TaskArithmeticFamily):
     uses_density = True
 
 
-@register
 class DareLinear(_TaskArithmeticFamily):
     name = "dare_linear"
     sparsification = "random"
@@ -207,7 +266,6 @@ class DareLinear(_TaskArithmeticFamily):
     uses_density = True
 
 
-@register
 class DareTies(_TaskArithmeticFamily):
     name = "dare_ties"
     sparsification = "random"
@@ -216,7 +274,6 @@ class DareTies(_TaskArithmeticFamily):
     uses_density = True
 
 
-@register
 class Breadcrumbs(_TaskArithmeticFamily):
     name = "breadcrumbs"
     sparsification = "breadcrumbs"
@@ -224,7 +281,6 @@ class Breadcrumbs(_TaskArithmeticFamily):
     uses_gamma = True
 
 
-@register
 class BreadcrumbsTies(_TaskArithmeticFamily):
     name = "breadcrumbs_ties"
     sparsification = "breadcrumbs"
@@ -233,7 +289,6 @@ class BreadcrumbsTies(_TaskArithmeticFamily):
     uses_gamma = True
 
 
-@register
 class MagMax(_ClassicMethod):
     """θ = θ_base + λ · (per entry, the w_k τ_k of largest magnitude). Not in mergekit."""
 

@@ -25,8 +25,13 @@ from typing import Any
 
 import torch
 
-from ..samples import read_samples
-from ..similarity import bandwidth_for, linear_cka, rbf_similarity, similarity_matrix
+from recall_merge.recall.samples import read_samples
+from recall_merge.recall.similarity import (
+    bandwidth_for,
+    linear_cka,
+    rbf_similarity,
+    similarity_matrix,
+)
 
 ANALYSIS_NAME = "analysis.json"
 MAX_LENGTH = 256
@@ -158,8 +163,8 @@ def summarise_divergence(layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def pooled_states(models: list[str], texts: list[str], quiet: bool) -> tuple[list[torch.Tensor], list[str]]:
     """(L + 1, m, d) pooled states of every model (base first) and the models' folders."""
-    from ..pool import ModelPool
-    from ..representations import states_for_all_models
+    from recall_merge.io.pool import ModelPool
+    from recall_merge.recall.representations import states_for_all_models
 
     pool = ModelPool.open(models[0], models[1:])
     states = states_for_all_models(pool, texts, max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
@@ -193,9 +198,9 @@ def analyse_states(states: list[torch.Tensor], labels: list[str]) -> dict[str, A
 def run_analyze(models: list[str], samples: Path, output: Path, num_samples: int = 64,
                 seed: int = 0, quiet: bool = False) -> Path:
     """Compute the analysis, write ``analysis.json`` and the plots into ``output``; return it."""
-    from ..engine import versions
-    from ..errors import ConfigError
-    from .plots import plot_analysis
+    from recall_merge.errors import ConfigError
+    from recall_merge.provenance import versions
+    from recall_merge.reports.plots import plot_analysis
 
     if num_samples < 2:
         raise ConfigError(f"--num-samples {num_samples} is too small", "use at least 2 samples")

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecallError
-from . import plots
+from recall_merge.errors import RecallError
+from recall_merge.reports import plots
 
 REPORT_NAME = "report.html"
 MERGE_REPORT = "recall_report.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from recall_merge.errors import CheckpointError
 
 SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints.lora import LoraAdapter, is_lora_folder
-from .checkpoints.reader import Checkpoint
-from .errors import CheckpointError
-from .methods.base import TensorPosition
+from recall_merge.errors import CheckpointError
+from recall_merge.io.lora import LoraAdapter, is_lora_folder
+from recall_merge.io.reader import Checkpoint
+from recall_merge.methods.base import TensorPosition
 
 _BLOCK_PATTERN = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
 _SHAPE_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size",
@@ -25,7 +25,7 @@ _SHAPE_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "
 
 def resolve_ref(ref: str | Path) -> Path:
     """A packaged model name ('smollm2') becomes its cached folder; anything else is a path."""
-    from .checkpoints.packaged import is_packaged_name, resolve_model_ref
+    from recall_merge.io.packaged import is_packaged_name, resolve_model_ref
 
     text = str(ref)
     return resolve_model_ref(text) if is_packaged_name(text) else Path(text)

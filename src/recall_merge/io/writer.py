@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .reader import TORCH_TO_SAFETENSORS
+from recall_merge.io.reader import TORCH_TO_SAFETENSORS
 
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints.reader import Checkpoint, check_finite
-from .fast_forward import (
+from recall_merge.io.pool import ModelPool
+from recall_merge.io.reader import Checkpoint, check_finite
+from recall_merge.recall.fast_forward import (
     DecoderSpec,
     UnsupportedModel,
     check_weights,
     hidden_states,
     spec_from_config,
 )
-from .fast_tokenizer import FastTokenizer, load_fast_tokenizer
-from .pool import ModelPool
+from recall_merge.recall.fast_tokenizer import FastTokenizer, load_fast_tokenizer
 
 
 @dataclass

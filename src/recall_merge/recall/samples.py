@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import SampleError
+from recall_merge.errors import SampleError
 
 MAX_SAMPLE_CHARS = 100_000  # a single line longer than this is almost surely not a sample
 

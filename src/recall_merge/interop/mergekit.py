@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from recall_merge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import MergeConfig
-    from .methods.base import MergeMethod
-    from .pool import ModelPool
+    from recall_merge.config import MergeConfig
+    from recall_merge.io.pool import ModelPool
+    from recall_merge.methods.base import MergeMethod
 
 # Methods whose mergekit and recall-merge semantics are the same (docs/methods.md).
 SHARED_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
@@ -313,8 +313,8 @@ def classic_to_mergekit(
 
 def to_mergekit(method: MergeMethod, config: MergeConfig, pool: ModelPool) -> dict[str, Any]:
     """The mergekit config that reproduces the merge just made (``recall merge --emit-mergekit``)."""
-    from .methods.base import TensorPosition
-    from .pool import tensor_position
+    from recall_merge.io.pool import tensor_position
+    from recall_merge.methods.base import TensorPosition
 
     base = str(pool.base.folder)
     models = [f"{base}+{expert.folder}" if expert.is_lora else str(expert.folder) for expert in pool.experts]

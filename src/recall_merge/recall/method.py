@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 
-from ..config import RecallParameters
-from ..errors import ConfigError, RecallSampleWarning
-from ..representations import distinct_inputs, representation_tokenizer, states_for_all_models
-from ..samples import read_samples
-from ..similarity import similarity_matrix, softmax_weights
-from ..typical import select_typical
-from . import ops
-from .base import MergeMethod, TensorPosition, register
+from recall_merge.errors import ConfigError, RecallSampleWarning
+from recall_merge.methods import ops
+from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
+from recall_merge.recall.representations import (
+    distinct_inputs,
+    representation_tokenizer,
+    states_for_all_models,
+)
+from recall_merge.recall.samples import read_samples
+from recall_merge.recall.similarity import similarity_matrix, softmax_weights
+from recall_merge.recall.typical import select_typical
 
 
 def weights_from_row(row: torch.Tensor, temperature: float, *, standardize: bool = False,
@@ -73,7 +77,60 @@ def redundancy_strength(shifts: torch.Tensor, *, eps: float = 1e-8) -> float:
     return count / total
 
 
-@register
+class RecallParameters(StrictParameters):
+    """Options of RECALL. Defaults marked *choice* in RECALL_METHOD.md are documented in the README."""
+
+    variant: Literal["paper", "task_vector", "ties"] = Field(
+        "paper",
+        description="paper: θ_j = Σ_k α_j^(k) θ_j^(k) over M_0..M_N. task_vector: α renormalised over "
+        "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
+        "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean).",
+    )
+    num_typical: int = Field(20, ge=1, description="number of clusters m = number of typical samples")
+    selection: Literal["kmeans", "random"] = "kmeans"
+    cluster_layer: int = Field(-1, description="hidden-state index clustered (-1: last layer)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature τ")
+    kernel: Literal["rbf", "cosine", "cka"] = "rbf"
+    aggregation: Literal["aligned", "all_pairs"] = "aligned"
+    bandwidth: Literal["median", "median_aligned"] | float = Field(
+        "median", description="median: median pairwise distance over all pooled states of the layer; "
+        "median_aligned: median over same-sample cross-model distances; a number: fixed σ"
+    )
+    include_base: bool = Field(True, description="the base M_0 takes part in the softmax and the merge")
+    per_layer: bool = Field(True, description="False: one global α (mean over layers) for every layer")
+    embeddings: Literal["first_layer", "mean"] = "first_layer"
+    head: Literal["last_layer", "mean"] = "last_layer"
+    scale: float = Field(1.0, gt=0, description="λ of the task_vector and ties variants")
+    density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries kept")
+    similarity_space: Literal["states", "shifts"] = Field(
+        "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
+    standardize: bool = Field(False, description="z-score M_N's similarity row per layer before the "
+                              "softmax, so τ is scale-free")
+    newest_share: float | None = Field(
+        None, gt=0, lt=1, description="fixed share of the weight for M_N; the other models split the rest "
+        "by softmax of their similarity to M_N (removes M_N's self-similarity bias)")
+    strength: Literal["none", "agreement", "redundancy"] = Field(
+        "none", description="agreement: per-layer task-vector strength λ_j ∝ mean similarity among the "
+        "experts at layer j (mean 1 over layers). redundancy: λ_j = N / Σ_ik C_j[i, k], C_j the cosine "
+        "(clipped at 0) between the experts' representation shifts h_k − h_0 at layer j, so N identical "
+        "shifts are averaged (λ = 1/N) and orthogonal ones summed (λ = 1); no λ to tune. Both for the "
+        "task_vector and ties variants, times `scale`")
+    max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
+    truncation_side: Literal["right", "left"] = Field(
+        "right", description="which end of a sample longer than max_length is cut in the "
+        "representation pass: right keeps its start (chat frame and instruction), left keeps its end "
+        "(the input itself and the generation prompt). Samples that share an instruction longer "
+        "than max_length are the same input under right; the report counts the distinct ones")
+    batch_size: int = Field(8, ge=1)
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _positive_bandwidth(cls, value: Any) -> Any:
+        if isinstance(value, float) and value <= 0:
+            raise ValueError("a fixed bandwidth must be > 0")
+        return value
+
+
 class RecallMethod(MergeMethod):
     name = "recall"
     parameters_model = RecallParameters

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
-from .reader import Checkpoint, read_safetensors_header, read_tensor
+from recall_merge.errors import CheckpointError
+from recall_merge.io.reader import Checkpoint, read_safetensors_header, read_tensor
 
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -1,1 +1,0 @@
-"""Reading HF checkpoints and LoRA adapters lazily, and writing sharded safetensors."""

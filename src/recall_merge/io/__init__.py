@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: safetensors, LoRA adapters, the model pool, packaged models."""

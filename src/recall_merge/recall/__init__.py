@@ -1,0 +1,1 @@
+"""RECALL: typical samples, hidden-state representations, per-layer similarity, the merge rule."""
