@@ -39,13 +39,39 @@ def _config(tiny, tmp_path: Path, method: str = "recall") -> Path:
     return path
 
 
+# The kill points live here, in the test, not in the product: the merge runs in a child process
+# whose driver wraps one library function so that it kills its own process with SIGKILL there.
+_DRIVER = """
+import os, signal, sys
+point = sys.argv[1]
+if point == "mid_stream":
+    from recall_merge.io.writer import StreamingShardWriter
+    original = StreamingShardWriter.write_part
+    calls = [0]
+    def write_part(self, name, part, last):
+        calls[0] += 1
+        if calls[0] == max(1, len(self.plan) // 2):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, name, part, last)
+    StreamingShardWriter.write_part = write_part
+elif point == "before_rename":
+    from recall_merge.io import atomic
+    def replace_folder(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    atomic.replace_folder = replace_folder
+from recall_merge.cli import run
+sys.argv = ["recall", *sys.argv[2:]]
+run()
+"""
+
+
 def _run(config: Path, crash_at: str | None = None, overwrite: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    arguments = ["merge", str(config), "--quiet"] + (["--overwrite"] if overwrite else [])
     if crash_at:
-        env["RECALL_MERGE_CRASH_AT"] = crash_at
-    command = [sys.executable, "-m", "recall_merge.cli", "merge", str(config), "--quiet"]
-    if overwrite:
-        command.append("--overwrite")
+        command = [sys.executable, "-c", _DRIVER, crash_at, *arguments]
+    else:
+        command = [sys.executable, "-m", "recall_merge.cli", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -94,8 +120,7 @@ def test_sigkill_at_random_times(tiny_models, tmp_path):
 
 
 def test_command_line_exit_flushes_output_and_keeps_exit_codes(tiny_models, tmp_path):
-    """`python -m recall_merge.cli` ends with os._exit (no interpreter teardown): what it printed
-    into a pipe must still arrive, and the exit code must be main()'s."""
+    """What `python -m recall_merge.cli` printed into a pipe arrives, and the exit code is main()'s."""
     config = _config(tiny_models, tmp_path, "linear")
     done = _run(config)
     assert done.returncode == 0, done.stderr[-2000:]

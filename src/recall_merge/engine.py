@@ -8,10 +8,8 @@ folder beside the output, renamed into place only when complete.
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import math
-import os
 import resource
 import shutil
 import sys
@@ -26,11 +24,13 @@ from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig, load_config
 from recall_merge.errors import OutputError
+from recall_merge.io import atomic
 from recall_merge.io.pool import ModelPool
 from recall_merge.io.reader import check_finite
 from recall_merge.io.writer import StreamingShardWriter
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
+from recall_merge.reports.model_card import model_card
 
 REPORT_NAME = "recall_report.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -74,31 +74,26 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     # Built now, written at the end: an unsupported export fails before the streaming merge.
     mergekit_document = _mergekit_document(method, config, pool) if emit_mergekit else None
 
-    temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    _remove_stale_temporaries(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if temp.exists():
-        raise OutputError(f"{temp} exists and was not made by this run", "move it away and run again")
-    make_marked_temporary(temp)
+    temp = atomic.temporary_folder_for(output)
     try:
         stage = time.perf_counter()
         files = _stream_merge(pool, method, config, temp, quiet)
         timings["merge_s"] = time.perf_counter() - stage
-        _copy_support_files(pool.base.folder, temp, config.dtype)
+        _copy_support_files(pool.base.folder, temp, config)
         timings["total_s"] = time.perf_counter() - started
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
         (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
+        (temp / "README.md").write_text(model_card(report), encoding="utf-8")
         if emit_mergekit is not None:
             import yaml
 
-            Path(emit_mergekit).write_text(yaml.safe_dump(mergekit_document, sort_keys=False))
-        _move_into_place(temp, output, overwrite)
+            atomic.write_text(Path(emit_mergekit), yaml.safe_dump(mergekit_document, sort_keys=False))
+        if output.exists() and not overwrite:
+            raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
+        atomic.replace_folder(temp, output)
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"the disk holding {output.parent} filled up during the merge; nothing "
-                              "was written at the output path", "free space or choose another output") from None
-        raise
+        raise _output_os_error(exc, output) from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -146,12 +141,11 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                     _check_finite(name, pool, base32, experts)
                     merged = method.merge_tensor(name, pool.position(name), base32, experts)
                     merged = merged.to(out_dtype)
+                    _check_output_finite(name, merged, config)
                 if pending_write is not None:
                     pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
                 pending_write = write_pool.submit(writer.write_part, name, merged, last)
                 del base_tensor, experts, merged
-                if index == len(items) // 2:
-                    _crash_point("mid_stream")
             if pending_write is not None:
                 pending_write.result()
             return writer.finish()
@@ -184,6 +178,38 @@ def _work_items(pool: ModelPool, method, names: list[str], block_bytes: int,
 def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:
     for folder, tensor in zip(pool.folders(), [base, *experts], strict=True):
         check_finite(tensor, name, folder)
+
+
+def _check_output_finite(name: str, merged: torch.Tensor, config: MergeConfig) -> None:
+    """A model with NaN/Inf weights must never be written with exit 0. Checked after the cast, so
+    a float16/bfloat16 overflow is caught too; the temporary folder is then removed."""
+    if bool(torch.isfinite(merged).all()):
+        return
+    bad = int((~torch.isfinite(merged)).sum())
+    raise OutputError(
+        f"the merged tensor {name} has {bad} non-finite value(s) (NaN/Inf) in {config.dtype}; "
+        "nothing was written at the output path",
+        "check the method's parameters (weights, lambda, scale) for extreme values"
+        + (", or merge in float32 (dtype: float32)" if config.dtype != "float32" else ""))
+
+
+def _output_os_error(exc: OSError, output: Path) -> Exception:
+    """The operating system refused a write: say which and what to do (nothing was left behind)."""
+    reasons = {
+        errno.ENOSPC: ("the disk filled up", "free space or choose another output"),
+        errno.EDQUOT: ("the disk quota is exhausted", "free space or choose another output"),
+        errno.EFBIG: ("a file grew past the file-size limit (ulimit -f)",
+                      "raise the limit (ulimit -f unlimited) or use a smaller shard_size"),
+        errno.EROFS: ("the file system is read-only", "choose an output on a writable disk"),
+        errno.EACCES: ("permission was denied", "choose an output folder you can write to"),
+        errno.EPERM: ("the operation is not permitted", "choose an output folder you can write to"),
+    }
+    if exc.errno not in reasons:
+        return exc
+    problem, fix = reasons[exc.errno]
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputError(f"writing the merge next to {output} failed: {problem}{where}; nothing was "
+                       "written at the output path", fix)
 
 
 def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
@@ -231,106 +257,20 @@ def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> Non
                           f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
 
 
-def _move_into_place(temp: Path, output: Path, overwrite: bool) -> None:
-    """Put the finished folder at the target path atomically.
-
-    A new target is a plain rename. An existing one (with ``overwrite``) is swapped with the new
-    folder in one ``renameat2(RENAME_EXCHANGE)`` call, so a crash at any instant leaves either the
-    old output or the new one at the target, never neither and never a partial one.
-    """
-    _crash_point("before_rename")
-    (temp / TEMPORARY_MARKER).unlink()  # the marker must not travel into the output
-    if not output.exists():
-        os.replace(temp, output)
-        return
-    if not overwrite:
-        raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
-    if _exchange(temp, output):
-        shutil.rmtree(temp, ignore_errors=True)  # temp now holds the previous output
-        return
-    trash = output.parent / f".{output.name}.old-{os.getpid()}"
-    os.replace(output, trash)
-    _write_marker(trash)
-    os.replace(temp, output)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2). False where the call is unavailable."""
-    if sys.platform != "linux":
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if not hasattr(libc, "renameat2"):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    result = libc.renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
-    return result == 0
-
-
-TEMPORARY_MARKER = ".recall-merge-temporary"
-
-
-def _write_marker(folder: Path) -> None:
-    (folder / TEMPORARY_MARKER).write_text(json.dumps({"created_by": "recall-merge", "pid": os.getpid()}))
-
-
-def make_marked_temporary(folder: Path) -> None:
-    """Create ``folder`` with a marker file written before anything else, so a later run may remove
-    it if this one dies. Folders without the marker are never removed by the stale-temporary sweep."""
-    folder.mkdir()
-    _write_marker(folder)
-
-
-def _is_ours(candidate: Path) -> bool:
-    marker = candidate / TEMPORARY_MARKER
-    if candidate.is_symlink() or not candidate.is_dir() or marker.is_symlink() or not marker.is_file():
-        return False
-    try:
-        record = json.loads(marker.read_text()[:1000])
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("created_by") == "recall-merge"
-
-
-def _remove_stale_temporaries(output: Path) -> None:
-    """Delete temporary folders that killed runs of this tool left beside the output: only folders
-    named ``.NAME.tmp-PID`` or ``.NAME.old-PID`` whose process is gone **and** that hold the marker
-    this tool writes first. A user's ``.NAME.backup-2024...`` is never touched."""
-    if not output.parent.exists():
-        return
-    for kind in ("tmp", "old"):
-        for candidate in output.parent.glob(f".{glob.escape(output.name)}.{kind}-*"):
-            pid_text = candidate.name.rsplit("-", 1)[-1]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid() or not _is_ours(candidate):
-                continue
-            try:
-                os.kill(int(pid_text), 0)
-            except ProcessLookupError:
-                shutil.rmtree(candidate, ignore_errors=True)
-            except (PermissionError, OverflowError):
-                pass
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: ``RECALL_MERGE_CRASH_AT=name`` kills this process with SIGKILL right here."""
-    if os.environ.get("RECALL_MERGE_CRASH_AT") == name:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _copy_support_files(source: Path, target: Path, dtype: str) -> None:
+def _copy_support_files(source: Path, target: Path, config: MergeConfig) -> None:
+    """Tokenizer, generation config and the like from the base; never its weights, its model card
+    (the merge writes its own) or, unless remote code is trusted, Python files."""
     for path in sorted(source.iterdir()):
-        if not path.is_file() or path.name in _SKIP_FILES or path.name.endswith(_WEIGHT_SUFFIXES):
+        if (not path.is_file() or path.name in _SKIP_FILES or path.name.endswith(_WEIGHT_SUFFIXES)
+                or path.name.lower() == "readme.md"
+                or (path.suffix == ".py" and not config.trust_remote_code)):
             continue
         if path.name == "config.json":
-            config = json.loads(path.read_text())
-            config["torch_dtype"] = dtype
-            if "dtype" in config:
-                config["dtype"] = dtype
-            (target / path.name).write_text(json.dumps(config, indent=2))
+            model_config = json.loads(path.read_text())
+            model_config["torch_dtype"] = config.dtype
+            if "dtype" in model_config:
+                model_config["dtype"] = config.dtype
+            (target / path.name).write_text(json.dumps(model_config, indent=2))
         else:
             shutil.copy2(path, target / path.name)
 

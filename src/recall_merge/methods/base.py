@@ -46,6 +46,7 @@ class MergeMethod(ABC):
     """Base class of all merge methods; :mod:`.registry` lists them by ``name``."""
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line: what `recall methods` prints
     parameters_model: ClassVar[type[BaseModel]]
     needs_samples: ClassVar[bool] = False
     # True when each output entry depends only on the same entry of the inputs: the engine may

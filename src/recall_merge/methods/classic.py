@@ -178,6 +178,7 @@ class Linear(_ClassicMethod):
     """θ = Σ_k w_k θ_k / Σ_k w_k (the base joins as one more model with ``include_base``)."""
 
     name = "linear"
+    summary = "weighted average of the models' weights (mergekit linear)"
     elementwise = True
     default_normalize = True
 
@@ -248,11 +249,13 @@ class _TaskArithmeticFamily(_ClassicMethod):
 
 class TaskArithmetic(_TaskArithmeticFamily):
     name = "task_arithmetic"
+    summary = "base + λ · Σ w_k τ_k, the sum of task vectors (Ilharco et al. 2023)"
     elementwise = True
 
 
 class Ties(_TaskArithmeticFamily):
     name = "ties"
+    summary = "task vectors trimmed to `density`, sign election, disjoint mean (Yadav et al. 2023)"
     sparsification = "magnitude"
     consensus = True
     default_normalize = True
@@ -261,6 +264,7 @@ class Ties(_TaskArithmeticFamily):
 
 class DareLinear(_TaskArithmeticFamily):
     name = "dare_linear"
+    summary = "task vectors randomly dropped to `density` and rescaled, then summed (Yu et al. 2024)"
     sparsification = "random"
     default_rescale = True
     uses_density = True
@@ -268,6 +272,7 @@ class DareLinear(_TaskArithmeticFamily):
 
 class DareTies(_TaskArithmeticFamily):
     name = "dare_ties"
+    summary = "DARE's random drop and rescale, then TIES' sign election"
     sparsification = "random"
     consensus = True
     default_rescale = True
@@ -276,6 +281,7 @@ class DareTies(_TaskArithmeticFamily):
 
 class Breadcrumbs(_TaskArithmeticFamily):
     name = "breadcrumbs"
+    summary = "task vectors with the largest `gamma` and smallest entries dropped (Davari & Belilovsky 2024)"
     sparsification = "breadcrumbs"
     uses_density = True
     uses_gamma = True
@@ -283,6 +289,7 @@ class Breadcrumbs(_TaskArithmeticFamily):
 
 class BreadcrumbsTies(_TaskArithmeticFamily):
     name = "breadcrumbs_ties"
+    summary = "breadcrumbs' two-sided trim, then TIES' sign election"
     sparsification = "breadcrumbs"
     consensus = True
     uses_density = True
@@ -293,6 +300,7 @@ class MagMax(_ClassicMethod):
     """θ = θ_base + λ · (per entry, the w_k τ_k of largest magnitude). Not in mergekit."""
 
     name = "magmax"
+    summary = "per entry, the task-vector value of largest magnitude (Marczak et al. 2024)"
     elementwise = True
 
     def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:

@@ -46,6 +46,5 @@ def parameters_model(name: str) -> type[BaseModel]:
 
 
 def summary(name: str) -> str:
-    """The first line of a method's docstring: what ``recall methods`` prints."""
-    doc = (get_method(name).__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    """One line on what a method does: what ``recall methods`` prints."""
+    return get_method(name).summary

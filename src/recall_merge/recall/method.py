@@ -133,6 +133,7 @@ class RecallParameters(StrictParameters):
 
 class RecallMethod(MergeMethod):
     name = "recall"
+    summary = "RECALL: per-layer weights from the models' hidden-state similarity on typical samples of the newest task (Wang et al. 2025)"
     parameters_model = RecallParameters
     needs_samples = True
 
