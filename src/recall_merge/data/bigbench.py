@@ -33,7 +33,8 @@ from recall_merge.data.common import (
 from recall_merge.data.hf_schemas import SCHEMAS
 from recall_merge.data.task import DataError, Example, Metric, Task, TaskKind
 from recall_merge.errors import ConfigError
-from recall_merge.io.packaged import cache_dir, file_lock
+from recall_merge.io import atomic
+from recall_merge.io.cache import cache_dir, file_lock
 
 PIP_SPEC = "bigbench==1.0.0"
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"
@@ -152,8 +153,8 @@ def _copy_from_checkout(tasks_dir: Path, wanted: list[str]) -> dict[str, Path]:
     """Copy ``wanted`` files out of a BIG-bench checkout and record the task index."""
     names = sorted({str(path.parent.relative_to(tasks_dir)) for pattern in ("task.json", "task.py")
                     for path in tasks_dir.rglob(pattern)})
-    _write_atomic(_index_path(), json.dumps(names, indent=0).encode())
-    return {relative: _write_atomic(_cached_file(relative), (tasks_dir / relative).read_bytes())
+    atomic.write_bytes(_index_path(), json.dumps(names, indent=0).encode())
+    return {relative: atomic.write_bytes(_cached_file(relative), (tasks_dir / relative).read_bytes())
             for relative in wanted if (tasks_dir / relative).is_file()}
 
 
@@ -169,18 +170,10 @@ def _extract(archive: Path, wanted: list[str]) -> dict[str, Path]:
             if relative.endswith(("/task.json", "/task.py")):
                 names.add(relative.rsplit("/", 1)[0])
             if relative in wanted_set:
-                extracted[relative] = _write_atomic(_cached_file(relative),
+                extracted[relative] = atomic.write_bytes(_cached_file(relative),
                                                     tar.extractfile(member).read())
-    _write_atomic(_index_path(), json.dumps(sorted(names), indent=0).encode())
+    atomic.write_bytes(_index_path(), json.dumps(sorted(names), indent=0).encode())
     return extracted
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-    return path
 
 
 def _unknown_task(name: str) -> ConfigError:

