@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from recall_merge.io.packaged import smollm2_folder
 from recall_merge.recall.fast_forward import UnsupportedModel, hidden_states, spec_from_config
 
-_SMOLLM2 = Path("/root/.cache/recall-merge/models/SmolLM2-135M-Instruct")
+# Where setup.sh cached it, wherever $RECALL_MERGE_CACHE or HOME point (never a fixed path).
+_SMOLLM2 = smollm2_folder()
 
 
 def _tiny_model(folder: Path, family: str, **options):
@@ -171,7 +173,7 @@ def test_tokenizer_equals_autotokenizer_on_the_tiny_tokenizer(tiny_models):
     _assert_same_ids(tiny_models["base"])
 
 
-@pytest.mark.skipif(not (_SMOLLM2 / "tokenizer.json").exists(), reason="SmolLM2 not cached")
+@pytest.mark.skipif(not (_SMOLLM2 / "tokenizer.json").exists(), reason="SmolLM2 not cached: run `recall cache smollm2`")
 def test_tokenizer_equals_autotokenizer_on_smollm2():
     _assert_same_ids(_SMOLLM2)
 
