@@ -1,0 +1,121 @@
+"""Confidence intervals for continual-learning metrics, from per-item scores.
+
+Every continual metric here is a macro-average over tasks of a per-item quantity:
+
+- AP of a strategy: per item, its score on the final model (task i's test items), averaged within
+  each task, then over tasks.
+- BWT: per item of task i < T, the score after the last step minus the score right after learning
+  task i (the same items, so the difference is paired), averaged within task, then over tasks.
+- A difference between two strategies (ΔAP, ΔBWT): per item, strategy A's value minus B's on the
+  same item — a paired comparison, which is far tighter than two separate intervals.
+
+So one estimator serves all of them: ``runs`` is a list of runs (task orders × training seeds),
+each a list of per-task arrays of per-item values. The statistic is the mean over runs of the
+macro mean over tasks. The bootstrap resamples runs first, then items within each task of each
+drawn run (a two-stage, stratified bootstrap: tasks are never resampled, since the task set is
+fixed by design; orders and seeds are, since they are a sample of the ones a user could run).
+
+With one run, it reduces to the stratified item bootstrap. 10,000 resamples by default; seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+RunValues = Sequence[Sequence[float]]  # one run: per task, the per-item values
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+    p_value: float  # two-sided bootstrap p for "the mean is 0" (meaningful for differences)
+    runs: int
+    items: int  # items per run, summed over tasks (of the first run)
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def macro_mean(run: RunValues) -> float:
+    """Mean over tasks of the mean over each task's items."""
+    return float(np.mean([np.mean(np.asarray(task, dtype=np.float64)) for task in run]))
+
+
+def bootstrap_interval(runs: Sequence[RunValues], *, resamples: int = 10_000, seed: int = 0,
+                       level: float = 0.95) -> Interval:
+    """Percentile interval of the mean over runs of each run's macro mean over tasks."""
+    runs = [[np.asarray(task, dtype=np.float64) for task in run] for run in runs]
+    if not runs or any(not run for run in runs):
+        raise ValueError("need at least one run, each with at least one task")
+    if any(task.size == 0 for run in runs for task in run):
+        raise ValueError("every task needs at least one scored item")
+    if any(not np.isfinite(task).all() for run in runs for task in run):
+        raise ValueError("per-item values must be finite")
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError("level must lie in (0, 1) and resamples be positive")
+    rng = np.random.default_rng(seed)
+    count = len(runs)
+    # Stage 1: which run fills each of the `count` slots of each resample.
+    chosen = rng.integers(0, count, size=(resamples, count)) if count > 1 else np.zeros(
+        (resamples, 1), dtype=np.int64)
+    totals = np.zeros(resamples)
+    # Stage 2: for each slot, resample the items of the run it drew, task by task.
+    for slot in range(count):
+        for index, run in enumerate(runs):
+            rows = np.flatnonzero(chosen[:, slot] == index)
+            if rows.size == 0:
+                continue
+            task_means = np.empty((rows.size, len(run)))
+            for position, task in enumerate(run):
+                draws = rng.integers(0, task.size, size=(rows.size, task.size))
+                task_means[:, position] = task[draws].mean(axis=1)
+            totals[rows] += task_means.mean(axis=1)
+    statistics = totals / count
+    estimate = float(np.mean([macro_mean(run) for run in runs]))
+    tail = (1 - level) / 2
+    low, high = np.quantile(statistics, [tail, 1 - tail])
+    p_value = min(1.0, 2 * min(float(np.mean(statistics <= 0)), float(np.mean(statistics >= 0))))
+    return Interval(estimate=estimate, low=float(low), high=float(high), level=level,
+                    resamples=resamples, p_value=p_value, runs=count,
+                    items=int(sum(task.size for task in runs[0])))
+
+
+def paired_differences(first: Sequence[RunValues], second: Sequence[RunValues]) -> list[list[np.ndarray]]:
+    """Per item, ``first`` minus ``second``: the same runs, tasks and items in the same order."""
+    if len(first) != len(second):
+        raise ValueError("paired runs: both strategies need the same runs")
+    out = []
+    for run_a, run_b in zip(first, second, strict=True):
+        if len(run_a) != len(run_b):
+            raise ValueError("paired runs: both strategies need the same tasks")
+        tasks = []
+        for task_a, task_b in zip(run_a, run_b, strict=True):
+            a, b = np.asarray(task_a, dtype=np.float64), np.asarray(task_b, dtype=np.float64)
+            if a.shape != b.shape:
+                raise ValueError("paired runs: both strategies need the same items per task")
+            tasks.append(a - b)
+        out.append(tasks)
+    return out
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment: adjusted p-values, monotone, controlling the family-wise
+    error over the comparisons given (reject where adjusted p < α)."""
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    total = len(ordered)
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for rank, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (total - rank) * p))
+        adjusted[name] = running
+    return adjusted
