@@ -103,8 +103,8 @@ def test_fast_path_gives_the_transformers_states(tiny_models, tiny_loras):
     assert fast_decoder_spec(pool, 32) is not None
     texts = ["the cat sat on the mat", "book a table for two tonight please", "rain"]
     options = dict(max_length=32, batch_size=2, use_chat_template=True)
-    fast = states_for_all_models(pool, texts, **options)
-    slow = states_for_all_models(pool, texts, fast=False, **options)
+    fast = states_for_all_models(pool, texts, backend="fast", **options)
+    slow = states_for_all_models(pool, texts, backend="transformers", **options)
     assert sorted(fast) == sorted(slow) == [0, 1, 2]
     for k in slow:
         assert fast[k].shape == slow[k].shape

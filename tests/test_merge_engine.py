@@ -288,7 +288,8 @@ def test_full_experts_swapped_into_one_model_match_separately_loaded_models(tiny
 
     texts = ["the cat sat on the mat", "book a table for two tonight", "rain is expected"]
     pool = ModelPool.open(tiny_models["base"], [tiny_models["e1"], tiny_models["e2"]])
-    swapped = states_for_all_models(pool, texts, max_length=32, batch_size=2, use_chat_template=True)
+    swapped = states_for_all_models(pool, texts, max_length=32, batch_size=2, use_chat_template=True,
+                                    backend="transformers")
     tokenizer = load_tokenizer(tiny_models["base"])
     framed = format_texts(tokenizer, texts, True)
     for k, folder in enumerate([tiny_models["base"], tiny_models["e1"], tiny_models["e2"]]):

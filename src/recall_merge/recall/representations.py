@@ -30,6 +30,14 @@ from recall_merge.recall.fast_forward import (
     spec_from_config,
 )
 from recall_merge.recall.fast_tokenizer import FastTokenizer, load_fast_tokenizer
+from recall_merge.recall.streamed import (
+    DEFAULT_ACTIVATION_BUDGET,
+    StreamedDecoder,
+    UnsupportedForStreaming,
+    waves,
+)
+
+BACKENDS = ("streamed", "fast", "transformers")
 
 
 @dataclass
@@ -168,16 +176,42 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           max_length: int, batch_size: int, use_chat_template: bool,
                           trust_remote_code: bool = False, device: str = "cpu",
                           quiet: bool = True, model_indices: list[int] | None = None,
-                          fast: bool = True, truncation_side: str = "right") -> dict[int, torch.Tensor]:
+                          backend: str = "streamed", truncation_side: str = "right",
+                          activation_budget: int = DEFAULT_ACTIVATION_BUDGET) -> dict[int, torch.Tensor]:
     """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
 
-    Memory holds one model (plus, on the fast path, the base weights while LoRA experts run)
-    whatever the number of experts. ``fast=False`` forces the transformers path.
+    ``backend``: "streamed" (default) runs transformers' own decoder one block's weights at a time
+    (streamed.py), so memory holds one block, not one model; "fast" the pure-torch Llama-family
+    forward over whole memory-mapped models (fast_forward.py); "transformers" one whole model
+    object. A model the chosen backend cannot run falls back to the next one in that order.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     indices = model_indices if model_indices is not None else list(range(len(pool.experts) + 1))
-    tokenizer = representation_tokenizer(pool.base.folder, trust_remote_code, fast=fast)
+    tokenizer = representation_tokenizer(pool.base.folder, trust_remote_code,
+                                         fast=backend != "transformers")
     texts = texts_for if isinstance(texts_for, list) else None
     states: dict[int, torch.Tensor] = {}
+
+    if backend == "streamed":
+        decoder = _streamed_decoder(pool, torch.device(device), trust_remote_code)
+        if decoder is not None:
+            wave = decoder.wave_size(max_length, batch_size, activation_budget)
+            for k in indices:
+                chosen = texts if texts is not None else texts_for[k]
+                framed = format_texts(tokenizer, chosen, use_chat_template)
+                # Waves of similar lengths pad little; the states go back to the input order.
+                lengths = encode(tokenizer, framed, max_length=max_length,
+                                 truncation_side=truncation_side)["attention_mask"].sum(dim=1)
+                order = sorted(range(len(framed)), key=lambda i: int(lengths[i]))
+                batches = [encode(tokenizer, [framed[i] for i in order[start:stop]],
+                                  max_length=max_length, truncation_side=truncation_side)
+                           for start, stop in waves(len(framed), wave)]
+                pooled = decoder.pooled_states(_tensor_reader(pool, k), batches,
+                                               source=str(pool.folders()[k]))
+                states[k] = torch.empty_like(pooled)
+                states[k][:, order] = pooled
+            return states
 
     def run(model, k: int) -> torch.Tensor:
         chosen = texts if texts is not None else texts_for[k]
@@ -186,7 +220,7 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                                     batch_size=batch_size, desc=f"hidden states M_{k}", quiet=quiet,
                                     truncation_side=truncation_side)
 
-    spec = fast_decoder_spec(pool, max_length) if fast else None
+    spec = fast_decoder_spec(pool, max_length) if backend != "transformers" else None
     if spec is not None:
         for k, decoder in _fast_decoders(pool, spec, indices, torch.device(device)):
             states[k] = run(decoder, k)
@@ -218,6 +252,31 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
             del other
     del model
     return states
+
+
+def _streamed_decoder(pool: ModelPool, device: torch.device,
+                      trust_remote_code: bool) -> StreamedDecoder | None:
+    try:
+        return StreamedDecoder(pool.base.folder, set(pool.base.tensors), device=device,
+                               trust_remote_code=trust_remote_code)
+    except (UnsupportedForStreaming, ValueError, KeyError, OSError):
+        return None  # an architecture transformers cannot build from config alone: next backend
+
+
+def _tensor_reader(pool: ModelPool, k: int):
+    """name -> M_k's tensor: the base's, a full expert's own, or base + one adapter's ΔW."""
+    if k == 0:
+        return pool.base.get
+    expert = pool.experts[k - 1]
+    if not expert.is_lora:
+        return expert.checkpoint.get
+    adapter = expert.adapter
+    adapted = set(adapter.modules) | set(adapter.replacements)
+
+    def read(name: str) -> torch.Tensor:
+        base = pool.base.get(name)
+        return adapter.apply(name, base) if name in adapted else base
+    return read
 
 
 @torch.no_grad()

@@ -1,0 +1,124 @@
+"""The block-streamed representation pass (recall/streamed.py) against whole transformers models:
+Llama, Qwen2 and Gemma 3 (tiny random configs, synthetic), full and LoRA experts, and the memory
+property that makes it worth having: one block's weights loaded at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from recall_merge.io.pool import ModelPool
+from recall_merge.recall import streamed
+from recall_merge.recall.representations import (
+    format_texts,
+    load_model,
+    load_tokenizer,
+    pooled_hidden_states,
+    states_for_all_models,
+)
+
+_TEXTS = ["the cat sat on the mat", "book a table for two tonight please", "rain",
+          "play some jazz music in the kitchen", "what is the capital of France"]
+
+
+def _config(family: str, vocab: int):
+    common = dict(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaConfig(num_hidden_layers=3, **common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(num_hidden_layers=3, **common)
+    # Gemma 3: sliding and full attention layers, q/k norms, scaled embeddings; a window shorter
+    # than the samples, so the sliding mask matters.
+    return transformers.Gemma3TextConfig(num_hidden_layers=4, head_dim=12, sliding_window=6,
+                                         layer_types=["sliding_attention", "sliding_attention",
+                                                      "full_attention", "sliding_attention"],
+                                         **common)
+
+
+def _save(model, folder: Path, tokenizer_from: Path) -> Path:
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_from / name).exists():
+            shutil.copy(tokenizer_from / name, folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])
+def family_models(request, tiny_models, tmp_path_factory):
+    """base, a full expert, a LoRA expert and that expert merged into a full model."""
+    from peft import LoraConfig, get_peft_model
+
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    vocab = json.loads((tiny_models["base"] / "config.json").read_text())["vocab_size"]
+    config = _config(family, vocab)
+    folders = {}
+    for name, seed in (("base", 0), ("full", 1)):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        folders[name] = _save(model, root / name, tiny_models["base"])
+    base = transformers.AutoModelForCausalLM.from_pretrained(folders["base"], dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
+                                                                                  "down_proj"]))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    peft_model.save_pretrained(root / "lora")
+    folders["lora"] = root / "lora"
+    folders["merged"] = _save(peft_model.merge_and_unload(), root / "merged", tiny_models["base"])
+    return family, folders
+
+
+def test_streamed_states_equal_whole_model_hidden_states(family_models):
+    family, folders = family_models
+    pool = ModelPool.open(folders["base"], [folders["full"], folders["lora"]])
+    options = dict(max_length=24, batch_size=2, use_chat_template=True)
+    ours = states_for_all_models(pool, _TEXTS, backend="streamed", **options)
+    tokenizer = load_tokenizer(folders["base"])
+    framed = format_texts(tokenizer, _TEXTS, True)
+    for k, folder in enumerate([folders["base"], folders["full"], folders["merged"]]):
+        whole = pooled_hidden_states(load_model(folder), tokenizer, framed, max_length=24,
+                                     batch_size=len(_TEXTS))
+        assert ours[k].shape == whole.shape
+        assert (ours[k] - whole).abs().max() <= 1e-5, (family, k)
+    assert not torch.equal(ours[0], ours[2])  # the adapter changed something
+
+
+def test_waves_split_the_samples_and_give_the_same_states(family_models):
+    _, folders = family_models
+    pool = ModelPool.open(folders["base"], [folders["full"]])
+    options = dict(max_length=24, use_chat_template=False)
+    one_wave = states_for_all_models(pool, _TEXTS, batch_size=len(_TEXTS), **options)
+    many = states_for_all_models(pool, _TEXTS, batch_size=len(_TEXTS), activation_budget=1,
+                                 **options)  # the budget forces one sample a wave
+    for k in one_wave:
+        assert (one_wave[k] - many[k]).abs().max() <= 1e-5
+
+
+def test_only_one_block_is_ever_loaded(family_models, monkeypatch):
+    _, folders = family_models
+    loaded_blocks: list[int] = []
+    original = streamed.StreamedDecoder._load
+
+    def counting_load(self, module):
+        original(self, module)
+        loaded_blocks.append(sum(any(not p.is_meta for p in layer.parameters()) for layer in self.layers))
+
+    monkeypatch.setattr(streamed.StreamedDecoder, "_load", counting_load)
+    pool = ModelPool.open(folders["base"], [folders["full"], folders["lora"]])
+    states_for_all_models(pool, _TEXTS, max_length=24, batch_size=2, use_chat_template=False)
+    assert loaded_blocks and max(loaded_blocks) == 1
+
+
+def test_waves_are_balanced():
+    assert streamed.waves(10, 4) == [(0, 3), (3, 7), (7, 10)]
+    assert streamed.waves(3, 8) == [(0, 3)]
+    assert streamed.waves(0, 8) == []
