@@ -251,3 +251,15 @@ def combine_task_vectors(
     if scale != 1:
         mixed = mixed * scale
     return base + mixed
+
+
+def lines_scale(alpha: float, beta: float, kind: str, layer: int | None, num_layers: int) -> float:
+    """LiNeS (Wang et al., ICLR 2025): the scale of one tensor's task vector, λ = α + β·ℓ/(L − 1)
+    for block ℓ of L, so shallow blocks stay near the base and deep ones keep their update.
+
+    Tensors outside the blocks (embeddings, final norm, head) get α, as the official code does
+    (its ``layer_scalings_dict.get(k, alpha)``). With a single block (L = 1) the block gets α.
+    """
+    if kind == "block" and layer is not None and num_layers > 1:
+        return alpha + beta * layer / (num_layers - 1)
+    return alpha

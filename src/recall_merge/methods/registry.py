@@ -19,12 +19,13 @@ from recall_merge.methods.classic import (
     TaskArithmetic,
     Ties,
 )
+from recall_merge.methods.svd import IsoC, IsoCts, TsvMerge
 from recall_merge.recall.method import RecallMethod
 
 METHODS: dict[str, type[MergeMethod]] = {
     method.name: method
     for method in (RecallMethod, Linear, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs,
-                   BreadcrumbsTies, MagMax)
+                   BreadcrumbsTies, MagMax, TsvMerge, IsoC, IsoCts)
 }
 
 
