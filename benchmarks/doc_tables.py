@@ -1,10 +1,13 @@
-"""The README's generated tables live between ``<!-- NAME-table ... -->`` and ``<!-- /NAME-table -->``
-markers; both benchmark scripts rewrite them through this one helper (standard library only, so
-the speed benchmark's driver still never imports torch)."""
+"""Generated tables live in the docs between ``<!-- NAME-table ... -->`` and ``<!-- /NAME-table -->``
+markers (docs/benchmarks.md, docs/speed.md, and the headline table in README.md); both benchmark
+scripts rewrite them through this one helper. Standard library only, so the speed benchmark's
+driver still never imports torch."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 
 def replace_table(text: str, name: str, body: str) -> str | None:
@@ -15,3 +18,17 @@ def replace_table(text: str, name: str, body: str) -> str | None:
     replaced, count = pattern.subn(lambda match: match.group(1) + body + "\n" + match.group(3), text,
                                    count=1)
     return replaced if count else None
+
+
+def rewrite_tables(path: Path, bodies: dict[str, Callable[[], str]]) -> list[str]:
+    """Rewrite, in the file at ``path``, every table of ``bodies`` whose markers the file has; the
+    names rewritten, in ``bodies``' order. A body is only built when its markers are there."""
+    text = path.read_text(encoding="utf-8")
+    done = []
+    for name, body in bodies.items():
+        if replace_table(text, name, "") is None:  # no markers in this file: not its table
+            continue
+        text = replace_table(text, name, body())
+        done.append(name)
+    path.write_text(text, encoding="utf-8")
+    return done

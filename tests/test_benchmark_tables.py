@@ -1,6 +1,6 @@
-"""The continual benchmark's README tables are generated from the committed result JSON
-(``benchmarks/results/``); these tests keep the generator and the README in step and check the
-settings helper. Nothing is trained or merged here."""
+"""The benchmark tables in docs/benchmarks.md, docs/speed.md and the README's headline table are
+generated from the committed result JSON (``benchmarks/results/``); these tests keep the generators
+and the documents in step and check the settings helper. Nothing is trained or merged here."""
 
 from __future__ import annotations
 
@@ -46,22 +46,42 @@ def test_sequence_settings_put_a_sequences_overrides_on_the_shared_defaults(benc
     assert run.sequence_settings("paper")["evaluation"]["max_length"] == 320
 
 
-def test_readme_tables_are_the_generated_ones(bench, tmp_path):
-    """Every generated table in README.md equals what ``run.py --readme`` writes from the JSON,
-    and rewriting leaves the text outside the markers untouched."""
+def test_doc_tables_are_the_generated_ones(bench, tmp_path):
+    """Every continual table in docs/benchmarks.md, and the headline table in README.md, equals
+    what ``run.py --docs`` writes from the JSON; every table with results has its markers, and
+    rewriting leaves the text outside the markers untouched."""
     run, sequences = bench
-    readme = REPO / "README.md"
-    copy = tmp_path / "README.md"
-    copy.write_text(readme.read_text(encoding="utf-8"), encoding="utf-8")
-    done = run.update_readme(copy)
+    documents = {"benchmarks": REPO / "docs" / "benchmarks.md", "readme": REPO / "README.md"}
+    copies = {}
+    for key, path in documents.items():
+        copies[key] = tmp_path / f"{key}_{path.name}"
+        copies[key].write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    done = run.update_docs(copies["benchmarks"], copies["readme"])
     expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants", "seeds"]
                                       if (run.RESULTS / f"continual_{s}.json").exists()],
                 *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)],
                 *(["continual-seeds"] if any(run.other_seed_results(s) for s in sequences.SEQUENCES)
                   else [])}
-    assert set(done) == expected
-    assert copy.read_text(encoding="utf-8") == readme.read_text(encoding="utf-8"), (
-        "README tables are stale: run `python benchmarks/continual/run.py --readme`")
+    assert set(done["benchmarks"]) == expected
+    assert done["readme"] == ["headline"]
+    for key, path in documents.items():
+        assert copies[key].read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), (
+            f"{path.relative_to(REPO)} tables are stale: run `python benchmarks/continual/run.py --docs`")
+
+
+def test_headline_table_states_what_it_rests_on(bench):
+    """The README's one results table names its test items, seed, orders and command, and has a
+    row for every strategy the headline sequence ran, RECALL's first."""
+    run, _ = bench
+    data = json.loads(run.results_path(run.HEADLINE_SEQUENCE).read_text())
+    lines = run.headline_table().splitlines()
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == len(data["summary"])
+    assert rows[0].startswith("| RECALL, paper form")
+    caption = lines[-1]
+    for part in (f"{data['max_test']} test items per task", f"seed {data['seed']}",
+                 f"{len(data['runs'])} task orders", f"`{data['command']}`"):
+        assert part in caption
 
 
 def test_summary_statistics_over_orders(bench):
@@ -200,17 +220,19 @@ def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(ben
                                                                      abs=5e-4)
 
 
-def test_readme_speed_table_is_the_generated_one(tmp_path):
-    """The README's speed table equals what ``merge_speed/run.py --readme`` writes from the JSON,
-    and every case of the committed run has a row with its ratios."""
+def test_speed_table_is_the_generated_one(tmp_path):
+    """The speed table of docs/speed.md equals what ``merge_speed/run.py --docs`` writes from the
+    JSON, and every case of the committed run has a row with its ratios."""
     speed = _load("merge_speed_benchmark_run", REPO / "benchmarks" / "merge_speed" / "run.py")
     document = json.loads(speed.RESULTS.read_text())
     assert {"measured_at", "command", "versions", "machine"} <= set(document)
-    copy = tmp_path / "README.md"
-    copy.write_text((REPO / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
-    speed.update_readme(copy, document)
-    assert copy.read_text(encoding="utf-8") == (REPO / "README.md").read_text(encoding="utf-8"), (
-        "README speed table is stale: run `python benchmarks/merge_speed/run.py --readme`")
+    page = REPO / "docs" / "speed.md"
+    assert speed.SPEED_DOC == page
+    copy = tmp_path / "speed.md"
+    copy.write_text(page.read_text(encoding="utf-8"), encoding="utf-8")
+    speed.update_docs(copy, document)
+    assert copy.read_text(encoding="utf-8") == page.read_text(encoding="utf-8"), (
+        "docs/speed.md's table is stale: run `python benchmarks/merge_speed/run.py --docs`")
     rows = speed.speed_table(document).splitlines()[2:]
     assert len(rows) == len(document["cases"])
     for row, case in zip(rows, document["cases"], strict=True):
@@ -230,7 +252,7 @@ def test_chosen_sweep_point_has_the_chosen_recall_settings(bench):
 
 def test_every_strategy_has_a_legend_and_a_summary_row(bench):
     """A strategy added to sequences.py without a LEGEND or SUMMARY_ROWS entry would run and then
-    drop out of the README's legend or summary table without a word. ``recall`` is left out: it
+    drop out of the benchmark's legend or summary table without a word. ``recall`` is left out: it
     is the chosen default, run once as ``recall_paper``. The summary's merge baselines must be
     strategies that are merges other than RECALL."""
     run, sequences = bench
@@ -245,7 +267,7 @@ def test_every_strategy_has_a_legend_and_a_summary_row(bench):
 def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
     """The strategies run after the development sweep (TIES at its best λ, the TIES variant with
     the redundancy strength and at λ 0.5, the task-vector variant at λ 0.25 and with the redundancy
-    strength) must merge exactly as the sweep points the README
+    strength) must merge exactly as the sweep points docs/benchmarks.md
     compares them with."""
     run, sequences = bench
     points = json.loads((run.RESULTS / "continual_sweep.json").read_text())["points"]
@@ -257,16 +279,24 @@ def test_continual_strategies_added_from_the_sweep_keep_its_settings(bench):
         assert sequences.STRATEGIES[strategy]["parameters"] == points[point]["parameters"]
 
 
-def test_replace_table_rewrites_only_between_its_markers():
+def test_replace_table_rewrites_only_between_its_markers(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from readme_tables import replace_table
+        from doc_tables import replace_table, rewrite_tables
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     text = "intro\n<!-- speed-table (cmd) -->\nold\nrows\n<!-- /speed-table -->\nafter\n"
     assert replace_table(text, "speed", "| new |") == (
         "intro\n<!-- speed-table (cmd) -->\n| new |\n<!-- /speed-table -->\nafter\n")
     assert replace_table(text, "summary", "| new |") is None
+    page = tmp_path / "page.md"
+    page.write_text(text, encoding="utf-8")
+
+    def unbuilt() -> str:  # a table whose markers the page lacks is never built
+        raise AssertionError("built a table the page has no markers for")
+
+    assert rewrite_tables(page, {"summary": unbuilt, "speed": lambda: "| new |"}) == ["speed"]
+    assert page.read_text(encoding="utf-8") == replace_table(text, "speed", "| new |")
 
 
 def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench, tmp_path, monkeypatch):

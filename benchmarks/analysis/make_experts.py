@@ -1,8 +1,8 @@
 """Fine-tune short LoRA experts from SmolLM2 on real tasks, then run `recall analyze` on them.
 
-The experts measure the two observations of RECALL_METHOD.md on a real model: (1) inside one
-model the RBF similarity between adjacent layers drops at the first and last layers; (2) models
-fine-tuned from one base diverge more and more with depth.
+The experts measure the two observations the RECALL paper reports (docs/recall.md) on a real
+model: (1) inside one model the RBF similarity between adjacent layers drops at the first and last
+layers; (2) models fine-tuned from one base diverge more and more with depth.
 
     python benchmarks/analysis/make_experts.py                  # train (cached) + analyze
     python benchmarks/analysis/make_experts.py --merge-report   # + a RECALL merge and its page
@@ -83,7 +83,7 @@ def write_samples(spec: str, path: Path, count: int, seed: int) -> Path:
 
 
 def copy_figures(analysis_dir: Path, figures: list[str], target: Path, prefix: str) -> list[str]:
-    """Copy the PNG/SVG figures into ``target`` as ``prefix + name`` (for the README)."""
+    """Copy the PNG/SVG figures into ``target`` as ``prefix + name`` (for docs/analysis.md)."""
     target.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in figures:

@@ -3,7 +3,8 @@ strategy on the same splits, seeds and fine-tuning budget, on SmolLM2-135M-Instr
 
     python benchmarks/continual/run.py --sequence task                # every strategy, 3 orders
     python benchmarks/continual/run.py --sequence task --orders 0 --strategies expert recall_paper
-    python benchmarks/continual/run.py --table                        # README tables from the JSON
+    python benchmarks/continual/run.py --table                        # print the tables from the JSON
+    python benchmarks/continual/run.py --docs                         # rewrite them in the docs
 
 Each (sequence, order, strategy) is one `recall continual` run folder under
 ``$RECALL_MERGE_CACHE/benchmark_runs/`` (durable: an interrupted command continues where it
@@ -27,10 +28,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+BENCHMARKS_DOC = REPO / "docs" / "benchmarks.md"  # every continual table
+README = REPO / "README.md"  # the headline table only
+HEADLINE_SEQUENCE = "offline"  # the README's one table: the sequence that needs only setup.sh
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # benchmarks/readme_tables.py
+sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py
 
-from readme_tables import replace_table  # noqa: E402
+from doc_tables import rewrite_tables  # noqa: E402
 from sequences import (  # noqa: E402
     CHOSEN_SWEEP_POINT,
     EVALUATION,
@@ -79,7 +83,7 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
 
 
 def results_path(sequence: str, seed: int = 0) -> Path:
-    """Where a sequence's continual runs at ``seed`` go: seed 0 (the README's main tables) in
+    """Where a sequence's continual runs at ``seed`` go: seed 0 (the main tables) in
     ``continual_SEQUENCE.json``, another seed in a file of its own, so neither overwrites the other."""
     return RESULTS / (f"continual_{sequence}.json" if seed == 0
                       else f"continual_{sequence}_seed{seed}.json")
@@ -371,7 +375,7 @@ def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
 
 
 def table(sequence: str) -> str:
-    """The README table of one sequence (markdown)."""
+    """The table of one sequence (markdown)."""
     data = json.loads((RESULTS / f"continual_{sequence}.json").read_text())
     lines = [f"**{data['description']}** ({data['role']}; {len(data['runs'])} order(s), "
              f"{data['max_test']} test items per task)", "",
@@ -415,7 +419,7 @@ def table(sequence: str) -> str:
 
 
 def sweep_table() -> str:
-    """The README table of the development sweep (benchmarks/continual/sweep.py)."""
+    """The table of the development sweep (benchmarks/continual/sweep.py)."""
     data = json.loads((RESULTS / "continual_sweep.json").read_text())
     names = list(data["base"])
     short = [name.split("/")[-1].replace("_sentence_en", "") for name in names]
@@ -663,30 +667,60 @@ def continual_seeds_table() -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path = REPO / "README.md") -> list[str]:
-    """Rewrite the README's generated tables in place: the text between ``<!-- NAME-table ... -->``
-    and ``<!-- /NAME-table -->`` for NAME = sweep, seeds, seeds-SEQUENCE (a held-out sequence at
-    other seeds), variants, a sequence or summary."""
-    text = readme.read_text(encoding="utf-8")
-    done = []
-    held_out = [f"seeds-{sequence}" for sequence in SEQUENCES if held_out_seeds(sequence)]
-    continual_seeds = any(other_seed_results(sequence) for sequence in SEQUENCES)
-    for name in ["sweep", "seeds", *held_out, "variants", *SEQUENCES, "summary", "continual-seeds"]:
-        has_results = (bool(sequences_with_results()) if name == "summary"
-                       else continual_seeds if name == "continual-seeds"
-                       else name in held_out or (RESULTS / f"continual_{name}.json").exists())
-        if not has_results:
+def headline_table(sequence: str = HEADLINE_SEQUENCE) -> str:
+    """The README's one results table: AP, BWT, perplexity and wall time of every strategy on one
+    sequence, with what a reader needs to weigh it (test items, seed, orders, command) next to it."""
+    data = json.loads(results_path(sequence).read_text())
+    summary = data["summary"]
+    lines = ["| strategy | AP | BWT | perplexity | wall min / order |", "|---|---|---|---|---|"]
+    for name, label in SUMMARY_ROWS.items():
+        if name not in summary:
             continue
-        body = {"sweep": sweep_table, "seeds": seeds_table, "variants": variants_table,
-                "summary": summary_table, "continual-seeds": continual_seeds_table,
-                **{f"seeds-{sequence}": lambda sequence=sequence: held_out_seeds_table(sequence)
-                   for sequence in SEQUENCES}}.get(name, lambda name=name: table(name))()
-        replaced = replace_table(text, name, body)
-        if replaced is not None:
-            text = replaced
-            done.append(name)
-    readme.write_text(text, encoding="utf-8")
-    return done
+        stat, wall = summary[name], summary[name]["wall_seconds"]["mean"]
+        lines.append(f"| {label} | {_fmt(stat['AP'], False)} | {_fmt(stat['BWT'])} | "
+                     f"{_fmt(stat['perplexity'], False, 1)} | {'' if wall is None else f'{wall / 60:.1f}'} |")
+    full = len(orders(len(SEQUENCES[sequence]["tasks"])))
+    runs = len(data["runs"])
+    base_ppl = data["runs"][0].get("generalisation", {}).get("base", {}).get("perplexity")
+    lines += ["", f"{data['description']}; {len(data['tasks'])} tasks, {data['max_test']} test items "
+              f"per task, seed {data['seed']}, {runs} task order{'s' if runs > 1 else ''}; AP and BWT "
+              "are mean ± sample std over the orders"
+              + (f"; the base model's perplexity is {base_ppl:.1f}" if base_ppl else "") + ". "
+              f"RECALL − best merge baseline: {_recall_gap(summary, MERGE_BASELINES, full)}; "
+              "RECALL − best training baseline without old data: "
+              f"{_recall_gap(summary, NO_OLD_DATA_BASELINES, full)}. Command: `{data['command']}`."]
+    return "\n".join(lines)
+
+
+def doc_tables() -> dict[str, dict]:
+    """file -> {table name -> function that builds it}, for every table whose results exist."""
+    held_out = [sequence for sequence in SEQUENCES if held_out_seeds(sequence)]
+    bodies = {}
+    if (RESULTS / "continual_sweep.json").exists():
+        bodies["sweep"] = sweep_table
+    if (RESULTS / "continual_seeds.json").exists():
+        bodies["seeds"] = seeds_table
+    for sequence in held_out:
+        bodies[f"seeds-{sequence}"] = lambda sequence=sequence: held_out_seeds_table(sequence)
+    if (RESULTS / "continual_variants.json").exists():
+        bodies["variants"] = variants_table
+    for sequence in sequences_with_results():
+        bodies[sequence] = lambda sequence=sequence: table(sequence)
+    if sequences_with_results():
+        bodies["summary"] = summary_table
+    if any(other_seed_results(sequence) for sequence in SEQUENCES):
+        bodies["continual-seeds"] = continual_seeds_table
+    headline = {"headline": headline_table} if results_path(HEADLINE_SEQUENCE).exists() else {}
+    return {"benchmarks": bodies, "readme": headline}
+
+
+def update_docs(benchmarks: Path = BENCHMARKS_DOC, readme: Path = README) -> dict[str, list[str]]:
+    """Rewrite the generated tables in place: every continual table in docs/benchmarks.md and the
+    headline table in README.md (the text between ``<!-- NAME-table ... -->`` and
+    ``<!-- /NAME-table -->``). Returns the names rewritten in each file."""
+    tables = doc_tables()
+    return {"benchmarks": rewrite_tables(benchmarks, tables["benchmarks"]),
+            "readme": rewrite_tables(readme, tables["readme"])}
 
 
 def main() -> None:
@@ -703,9 +737,10 @@ def main() -> None:
     parser.add_argument("--keep-weights", action="store_true",
                         help="keep the final models' weights once scored (0.5 GB each); by default "
                              "only their configs, merge reports and scores stay")
-    parser.add_argument("--table", action="store_true", help="print the README tables and exit")
-    parser.add_argument("--readme", action="store_true",
-                        help="rewrite the generated tables in README.md and exit")
+    parser.add_argument("--table", action="store_true", help="print the tables and exit")
+    parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                        help="rewrite the generated tables in docs/benchmarks.md and the headline "
+                             "table in README.md, and exit")
     args = parser.parse_args()
     if args.table:
         if (RESULTS / "continual_sweep.json").exists():
@@ -716,8 +751,9 @@ def main() -> None:
             print(table(sequence) + "\n")
         print(summary_table())
         return
-    if args.readme:
-        print("rewrote README tables: " + ", ".join(update_readme()))
+    if args.docs:
+        for target, names in update_docs().items():
+            print(f"rewrote {target} tables: " + ", ".join(names))
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")

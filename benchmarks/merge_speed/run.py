@@ -6,7 +6,7 @@ state. Inputs are SmolLM2-135M-Instruct plus N seeded perturbations of it (fp32,
 and optionally one synthetic Llama checkpoint of ≥ 2 GB.
 
     python benchmarks/merge_speed/run.py --counts 2 4 8 --big
-    python benchmarks/merge_speed/run.py --readme     # rewrite the README's table from the JSON
+    python benchmarks/merge_speed/run.py --docs       # rewrite docs/speed.md's table from the JSON
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "merge_speed.json"
-README = HERE.parents[1] / "README.md"
-sys.path.insert(0, str(HERE.parent))  # benchmarks/readme_tables.py
-from readme_tables import replace_table  # noqa: E402
+SPEED_DOC = HERE.parents[1] / "docs" / "speed.md"
+sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py
+from doc_tables import replace_table  # noqa: E402
 
 
 def measure(command: list[str], env: dict | None = None) -> dict:
@@ -131,7 +131,7 @@ def run_case(label: str, base: Path, experts: list[Path], work: Path, samples: P
 
 
 def speed_table(document: dict) -> str:
-    """The README's speed table, every figure read from the benchmark's JSON."""
+    """The speed table of docs/speed.md, every figure read from the benchmark's JSON."""
     header = ("| models | disk floor | ours linear: wall / merge stage / peak RSS | mergekit linear: wall / peak RSS "
               "| linear wall ratio | merge stage / floor | RSS ratio | RECALL full merge: wall (plan) / peak RSS "
               "| RECALL wall / mergekit linear |")
@@ -153,12 +153,12 @@ def speed_table(document: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, document: dict) -> None:
-    """Replace the text between the speed-table markers with the generated table."""
-    text = replace_table(readme.read_text(encoding="utf-8"), "speed", speed_table(document))
+def update_docs(page: Path, document: dict) -> None:
+    """Replace the text between the speed-table markers of ``page`` with the generated table."""
+    text = replace_table(page.read_text(encoding="utf-8"), "speed", speed_table(document))
     if text is None:
-        raise SystemExit(f"{readme} has no <!-- speed-table --> ... <!-- /speed-table --> markers")
-    readme.write_text(text, encoding="utf-8")
+        raise SystemExit(f"{page} has no <!-- speed-table --> ... <!-- /speed-table --> markers")
+    page.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -167,10 +167,11 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="also a synthetic ≥2 GB checkpoint pair")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recall-merge-speed")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table from --output and exit")
+    parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                        help="rewrite the table in docs/speed.md from --output and exit")
     args = parser.parse_args()
-    if args.readme:
-        update_readme(README, json.loads(args.output.read_text()))
+    if args.docs:
+        update_docs(SPEED_DOC, json.loads(args.output.read_text()))
         return
     os.environ["HF_HUB_OFFLINE"] = "1"
 
