@@ -122,3 +122,66 @@ def test_waves_are_balanced():
     assert streamed.waves(10, 4) == [(0, 3), (3, 7), (7, 10)]
     assert streamed.waves(3, 8) == [(0, 3)]
     assert streamed.waves(0, 8) == []
+
+
+_RSS_CHILD = """
+import ctypes, json, sys
+# glibc keeps freed blocks below its dynamic mmap threshold (which grows up to 32 MiB) in the heap,
+# so RSS would not drop after this test model's 9 MB blocks are freed; the blocks of a 1B+ model
+# are far above that ceiling and always go back to the OS. A fixed 1 MiB threshold (M_MMAP_THRESHOLD
+# is -3) makes this small model behave as a large one does.
+ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+import torch, transformers
+from transformers.models.llama import modeling_llama  # imported before the baseline is taken
+import sklearn.cluster  # K-means, imported by the planning pass
+from recall_merge.recall import representations, method, streamed
+from recall_merge.config import load_config
+from recall_merge.io.pool import ModelPool
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+config = load_config(json.loads(sys.argv[1]))
+pool = ModelPool.open(config.base, config.models)
+recall = method.RecallMethod(config.method_parameters(), config, pool.num_layers)
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
+baseline = status("VmRSS")
+recall.plan(pool, quiet=True)
+print(json.dumps({"baseline_mb": baseline, "after_planning_mb": status("VmHWM")}))
+"""
+
+
+def test_planning_memory_stays_below_one_model(tiny_models, tmp_path):
+    """RECALL's planning pass on three bfloat16 checkpoints (~38 M parameters, 16 blocks) adds
+    less memory than one model takes in float32 — the property that lets a 7B merge run where a
+    whole float32 model does not fit."""
+    import os
+    import subprocess
+    import sys
+
+    from recall_merge.testing import make_tiny_llama
+
+    shape = dict(num_layers=16, hidden=512, dtype=torch.bfloat16)
+    base = make_tiny_llama(tmp_path / "base", seed=0, tokenizer_from=tiny_models["base"], **shape)
+    experts = [make_tiny_llama(tmp_path / f"e{k}", seed=k, tokenizer_from=tiny_models["base"],
+                               perturb_from=base, **shape) for k in (1, 2)]
+    model_fp32_mb = 4 * sum(
+        int(torch.tensor(info["shape"]).prod()) for name, info in json.loads(
+            (base / "model.safetensors").read_bytes()[8:8 + int.from_bytes(
+                (base / "model.safetensors").read_bytes()[:8], "little")]).items()
+        if name != "__metadata__") / 2**20
+    config = {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
+              "samples": str(tiny_models["samples"]), "output": str(tmp_path / "out"), "seed": 0,
+              "parameters": {"num_typical": 4, "max_length": 64}}
+    done = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(config)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    growth = measured["after_planning_mb"] - measured["baseline_mb"]
+    assert model_fp32_mb > 140
+    print(f"planning added {growth:.0f} MB; one model is {model_fp32_mb:.0f} MB in float32")
+    # Measured here: streamed ~65 MB; the whole-model backends add 264 MB (fast) and 299 MB
+    # (transformers), more than one model, since each holds a whole float32 copy.
+    assert growth < model_fp32_mb, (growth, model_fp32_mb)

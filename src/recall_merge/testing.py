@@ -64,6 +64,7 @@ def make_tiny_llama(
     perturb_from: Path | None = None,
     perturb_scale: float = 0.02,
     max_shard_size: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a random tiny Llama folder. With ``perturb_from`` the weights are that model's plus
     seeded Gaussian noise, which stands in for a fine-tuned expert of one base."""
@@ -86,7 +87,7 @@ def make_tiny_llama(
     else:
         model = LlamaForCausalLM(LlamaConfig(**tiny_llama_config(vocab, num_layers, hidden)))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(folder, **kwargs)
+    model.to(dtype).save_pretrained(folder, **kwargs)
     return folder
 
 
