@@ -1,6 +1,6 @@
 """Continual-learning metrics over an accuracy matrix (pure functions, no torch).
 
-Conventions (RECALL_METHOD.md, "Standard continual-learning metrics"):
+Conventions (docs/continual.md, "Metrics"):
 
 * ``R`` has ``T + 1`` rows and ``T`` columns. Row 0 is the untouched base model (the ``b_j`` of
   FWT); row ``i`` (1..T) is the model after training step ``i``; column ``j`` (0-based here,

@@ -1,6 +1,6 @@
 """The interface every merge method implements, and the registry that names them.
 
-A method has two parts (see DESIGN.md): an optional *planning pass* that may look at the models
+A method has two parts (docs/design.md): an optional *planning pass* that may look at the models
 and data once (RECALL reads hidden states here), and a small pure *tensor function* applied by the
 streaming engine to one output tensor at a time.
 """

@@ -78,7 +78,7 @@ def redundancy_strength(shifts: torch.Tensor, *, eps: float = 1e-8) -> float:
 
 
 class RecallParameters(StrictParameters):
-    """Options of RECALL. Defaults marked *choice* in RECALL_METHOD.md are documented in the README."""
+    """Options of RECALL (docs/recall.md: each default, and which the paper states or we chose)."""
 
     variant: Literal["paper", "task_vector", "ties"] = Field(
         "paper",
