@@ -15,10 +15,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+from recall_merge.data.packaged_tasks import PACKAGED_SOURCES
+from recall_merge.data.packaged_tasks import loaders as packaged_loaders
 from recall_merge.data.task import Task
 from recall_merge.errors import ConfigError
 
-SOURCES = ("bigbench", "bbc", "lexicon", "local", "hf")
+SOURCES = ("bigbench", "bbc", "lexicon", "local", "hf", *PACKAGED_SOURCES)
 
 
 def _closest(name: str, candidates: list[str], canonical: dict[str, str] | None = None) -> str:
@@ -96,6 +98,7 @@ LOADERS: dict[str, Callable[[str | None, int, dict], Task]] = {
     "bigbench": _load_bigbench, "bbc": _load_bbc, "lexicon": _load_lexicon, "local": _load_local,
     "hf": _load_hf,
 }
+LOADERS.update(packaged_loaders())  # rt, geo, lemma, names, cldr, emoji, afinn
 
 
 def load_task(spec: str | dict, seed: int = 0, **options) -> Task:
