@@ -272,3 +272,18 @@ def test_svd_methods_on_lora_experts(method, tiny_models, tiny_loras, tmp_path) 
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
                            base["model.layers.0.self_attn.q_proj.weight"])
     assert result.report["model_kinds"] == ["base", "lora", "lora"]
+
+
+def test_an_svd_that_does_not_converge_in_float32_is_redone_in_float64(monkeypatch) -> None:
+    real_svd = torch.linalg.svd
+
+    def flaky(matrix, full_matrices=True):
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("gesdd did not converge")
+        return real_svd(matrix, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    (delta,) = _matrices(5, 1, 4, 6)
+    u, s, vh = svd_ops.thin_svd(delta)
+    assert u.dtype == s.dtype == vh.dtype == torch.float32
+    assert torch.allclose((u * s) @ vh, delta, atol=1e-5)

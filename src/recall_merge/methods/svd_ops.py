@@ -77,11 +77,22 @@ def sum_task_vectors(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
+def thin_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, S, Vᵀ of the thin SVD (LAPACK gesdd, as FusionBench calls it). gesdd can fail to converge
+    on a finite but badly conditioned float32 matrix; that matrix is then decomposed in float64
+    and the factors cast back, rather than aborting a long merge. (m, n) → (m, r), (r,), (r, n)."""
+    try:
+        return torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
+        return u.to(matrix.dtype), s.to(matrix.dtype), vh.to(matrix.dtype)
+
+
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     """The orthogonal factor P Qᵀ of the thin SVD matrix = P S Qᵀ: the matrix with orthonormal
     columns (rows, when wide) nearest to ``matrix`` in Frobenius norm. TSV and Iso-CTS use it to
     whiten a concatenation of singular vectors from different tasks. (m, k) → (m, k)."""
-    p, _, qh = torch.linalg.svd(matrix, full_matrices=False)
+    p, _, qh = thin_svd(matrix)
     return p @ qh
 
 
@@ -109,7 +120,7 @@ def tsv_merge(deltas: Sequence[torch.Tensor], keep: int) -> torch.Tensor:
     kept_s: list[torch.Tensor] = []
     kept_vh: list[torch.Tensor] = []
     for delta in deltas:
-        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        u, s, vh = thin_svd(delta)
         kept_u.append(u[:, :keep].clone())
         kept_s.append(s[:keep].clone())
         kept_vh.append(vh[:keep].clone())
@@ -134,7 +145,7 @@ def isotropic_merge(delta_sum: torch.Tensor) -> Isotropic:
     Every one of the r = min(m, n) directions gets s̄, including those with S ≈ 0 (as the paper
     and FusionBench do). (m, n) → (m, n).
     """
-    u, s, vh = torch.linalg.svd(delta_sum, full_matrices=False)
+    u, s, vh = thin_svd(delta_sum)
     mean = s.mean()
     return Isotropic((u * mean) @ vh, float(mean))
 
@@ -164,7 +175,7 @@ def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int, per_task: int) ->
     mean of all the kept singular values: Δ = s̄ U_⊥ V_⊥ᵀ. ``deltas`` is read twice (sum, then the
     residuals). T × (m, n) → (m, n).
     """
-    u, s, vh = torch.linalg.svd(sum_task_vectors(deltas), full_matrices=False)
+    u, s, vh = thin_svd(sum_task_vectors(deltas))
     common_u = u[:, :common].clone()
     blocks_u: list[torch.Tensor] = []
     blocks_s: list[torch.Tensor] = [s[:common].clone()]
@@ -173,9 +184,10 @@ def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int, per_task: int) ->
     del u, s, vh
     if per_task > 0:
         for delta in deltas:
-            residual = delta - common_u @ (common_u.T @ delta)
+            # τ_k − U_c (U_cᵀ τ_k) in one product: no m × n temporary beside the residual.
+            residual = torch.addmm(delta, common_u, common_u.T @ delta, alpha=-1)
             del delta
-            u_ts, s_ts, vh_ts = torch.linalg.svd(residual, full_matrices=False)
+            u_ts, s_ts, vh_ts = thin_svd(residual)
             del residual
             blocks_u.append(u_ts[:, :per_task].clone())
             blocks_s.append(s_ts[:per_task].clone())
