@@ -1,0 +1,224 @@
+"""RECALL at model scale on this machine: random-weight checkpoints with real model configs.
+
+    python benchmarks/merge_speed/scale.py --shape llama2-7b --case lora     # base + 3 LoRA experts
+    python benchmarks/merge_speed/scale.py --shape llama2-7b --case full     # base + 2 full experts
+    python benchmarks/merge_speed/scale.py --shape tinyllama-1.1b --case full --shape ...  (curve)
+
+Checkpoints (synthetic, seeded) are written into the cache (``$RECALL_MERGE_CACHE/scale_inputs``),
+bfloat16 safetensors in hub-sized shards (≤ 5 GB), with the shape's real ``config.json`` and a tiny
+BPE tokenizer (its ids fit every vocabulary). Full experts are the base plus seeded noise; LoRA
+experts have rank-16 adapters on every linear layer of every block. Each merge runs in its own
+process; wall time and peak RSS come from ``wait4``, the stages from ``recall_report.json``, the
+disk floor from reading every input once and writing one model's worth of bytes. Results append
+to ``benchmarks/results/merge_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import FLOOR_SCRIPT, drop_caches, measure  # noqa: E402
+
+RESULTS = HERE.parent / "results" / "merge_scale.json"
+
+# The configs of the published models (hidden sizes, depths, heads, vocabularies).
+SHAPES: dict[str, dict] = {
+    "smollm2-135m": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=576,
+                         intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, rms_norm_eps=1e-5,
+                         rope_theta=100000.0, tie_word_embeddings=True, max_position_embeddings=8192),
+    "tinyllama-1.1b": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048,
+                           intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                           num_key_value_heads=4, vocab_size=32000, rms_norm_eps=1e-5,
+                           rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=2048),
+    "llama2-7b": dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096,
+                      intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, rms_norm_eps=1e-5,
+                      rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096),
+    "qwen2-7b": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=3584,
+                     intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064, rms_norm_eps=1e-6,
+                     rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=32768,
+                     use_sliding_window=False),
+}
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def tensor_plan(config: dict) -> list[tuple[str, tuple[int, ...], bool]]:
+    """(name, shape, is_bias) of every tensor, in the order transformers saves them."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = hidden // heads
+    qwen = config["model_type"] == "qwen2"
+    plan: list[tuple[str, tuple[int, ...], bool]] = [("model.embed_tokens.weight",
+                                                      (config["vocab_size"], hidden), False)]
+    for layer in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}."
+        shapes = {"q_proj": (heads * head_dim, hidden), "k_proj": (kv_heads * head_dim, hidden),
+                  "v_proj": (kv_heads * head_dim, hidden), "o_proj": (hidden, heads * head_dim)}
+        for proj, shape in shapes.items():
+            plan.append((f"{prefix}self_attn.{proj}.weight", shape, False))
+            if qwen and proj != "o_proj":
+                plan.append((f"{prefix}self_attn.{proj}.bias", (shape[0],), True))
+        plan += [(f"{prefix}mlp.gate_proj.weight", (inter, hidden), False),
+                 (f"{prefix}mlp.up_proj.weight", (inter, hidden), False),
+                 (f"{prefix}mlp.down_proj.weight", (hidden, inter), False),
+                 (f"{prefix}input_layernorm.weight", (hidden,), True),
+                 (f"{prefix}post_attention_layernorm.weight", (hidden,), True)]
+    plan.append(("model.norm.weight", (hidden,), True))
+    if not config["tie_word_embeddings"]:
+        plan.append(("lm_head.weight", (config["vocab_size"], hidden), False))
+    return plan
+
+
+def _random(shape: tuple[int, ...], is_norm: bool, generator: torch.Generator) -> torch.Tensor:
+    if is_norm:
+        return torch.ones(shape) + 0.01 * torch.randn(shape, generator=generator)
+    fan_in = shape[-1]
+    return torch.randn(shape, generator=generator) / math.sqrt(fan_in)
+
+
+def write_model(folder: Path, config: dict, tokenizer_from: Path, seed: int,
+                noise_from: Path | None = None) -> Path:
+    """A bf16 checkpoint in ≤ 5 GB shards, one tensor in memory at a time."""
+    from recall_merge.io.reader import Checkpoint
+    from recall_merge.io.writer import StreamingShardWriter
+
+    if (folder / "config.json").exists():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    plan = tensor_plan(config)
+    writer = StreamingShardWriter(partial, [(n, torch.bfloat16, s) for n, s, _ in plan], 5 * 10**9)
+    generator = torch.Generator().manual_seed(seed)
+    source = Checkpoint(noise_from) if noise_from is not None else None
+    order = [name for shard in writer.shards for name in shard.names]
+    shapes = {name: (shape, is_norm) for name, shape, is_norm in plan}
+    for name in order:
+        shape, is_norm = shapes[name]
+        if source is None:
+            tensor = _random(shape, is_norm, generator)
+        else:  # an expert: the base plus noise at ~1 % of a weight's scale
+            tensor = source.get(name).float() + 0.01 * _random(shape, False, generator) * (not is_norm)
+        writer.write(name, tensor.to(torch.bfloat16))
+        del tensor
+    writer.finish()
+    (partial / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}, indent=2))
+    for extra in tokenizer_from.iterdir():
+        if extra.name.startswith("tokenizer") or extra.name in ("chat_template.jinja", "special_tokens_map.json"):
+            shutil.copy(extra, partial / extra.name)
+    partial.rename(folder)
+    return folder
+
+
+def write_lora(folder: Path, config: dict, seed: int, rank: int = 16) -> Path:
+    from safetensors.torch import save_file
+
+    if (folder / "adapter_config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape, is_norm in tensor_plan(config):
+        module = name.rsplit(".", 1)[0]
+        if is_norm or module.rsplit(".", 1)[-1] not in LINEAR:
+            continue
+        out_features, in_features = shape
+        key = f"base_model.model.{module}"
+        tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, in_features, generator=generator)
+                                           / math.sqrt(in_features))
+        tensors[f"{key}.lora_B.weight"] = 0.01 * torch.randn(out_features, rank, generator=generator)
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(LINEAR),
+        "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "task_type": "CAUSAL_LM"}))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), action="append", required=True)
+    parser.add_argument("--case", choices=["lora", "full"], action="append", required=True)
+    parser.add_argument("--typical", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--keep-inputs", action="store_true", help="keep the generated checkpoints")
+    args = parser.parse_args()
+
+    from recall_merge.io.cache import cache_dir
+    from recall_merge.provenance import versions
+    from recall_merge.testing import make_tiny_tokenizer, write_samples
+
+    root = cache_dir() / "scale_inputs"
+    tokenizer = root / "tokenizer"
+    if not (tokenizer / "tokenizer.json").exists():
+        tokenizer.mkdir(parents=True, exist_ok=True)
+        make_tiny_tokenizer(tokenizer)
+    # Long enough that every sample fills --tokens tokens of the tiny tokenizer.
+    sentence = "the team won the final match and parliament passed the budget bill "
+    samples = write_samples(root / "samples.jsonl", [f"{k}: " + sentence * 6 for k in range(64)])
+    document = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    for shape in args.shape:
+        config = SHAPES[shape]
+        for case in args.case:
+            started = time.perf_counter()
+            base = write_model(root / shape / "base", config, tokenizer, seed=0)
+            if case == "full":
+                experts = [write_model(root / shape / f"full{k}", config, tokenizer, seed=k, noise_from=base)
+                           for k in (1, 2)]
+            else:
+                experts = [write_lora(root / shape / f"lora{k}", config, seed=k) for k in (1, 2, 3)]
+            made_s = time.perf_counter() - started
+            work = root / shape / f"work_{case}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            merge_config = {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
+                            "samples": str(samples), "output": str(work / "merged"), "seed": 0,
+                            "dtype": "bfloat16", "parameters": {"num_typical": args.typical,
+                                                                "max_length": args.tokens}}
+            (work / "merge.yaml").write_text(json.dumps(merge_config))
+            drop_caches()
+            floor = measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.bin"), str(base),
+                             *[str(e) for e in experts if case == "full"]])
+            floor.update(json.loads(floor.pop("stdout").strip().splitlines()[-1]))
+            (work / "floor.bin").unlink()
+            drop_caches()
+            merged = measure([sys.executable, "-m", "recall_merge.cli", "merge", str(work / "merge.yaml"),
+                              "--quiet"], env={"HF_HUB_OFFLINE": "1"})
+            report = json.loads((work / "merged" / "recall_report.json").read_text())
+            timings = report["run"]["timings"]
+            model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+            record = {
+                "shape": shape, "case": case, "experts": len(experts),
+                "parameters": sum(math.prod(s) for _, s, _ in tensor_plan(config)),
+                "model_bf16_gb": model_bytes / 1e9, "inputs_made_s": made_s,
+                "disk_floor_s": floor["total_s"], "wall_s": merged["wall_s"],
+                "peak_rss_mb": merged["peak_rss_mb"],
+                "plan_s": timings.get("plan_s"), "merge_s": timings.get("merge_s"),
+                "merge_stage_over_floor": timings.get("merge_s", 0) / floor["total_s"],
+                "planning_timings": {k: v for k, v in timings.items() if k not in ("plan_s", "merge_s")},
+                "typical": args.typical, "tokens": args.tokens,
+                "load_average": os.getloadavg(), "versions": versions(), "seed": 0,
+                "command": "python benchmarks/merge_speed/scale.py " + " ".join(sys.argv[1:]),
+            }
+            print(json.dumps(record), flush=True)
+            document["runs"].append(record)
+            RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+            shutil.rmtree(work, ignore_errors=True)
+        if not args.keep_inputs:
+            shutil.rmtree(root / shape, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
