@@ -17,7 +17,6 @@ The first model is the base. With one model only the adjacent-layer analysis run
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -198,12 +197,17 @@ def analyse_states(states: list[torch.Tensor], labels: list[str]) -> dict[str, A
 def run_analyze(models: list[str], samples: Path, output: Path, num_samples: int = 64,
                 seed: int = 0, quiet: bool = False) -> Path:
     """Compute the analysis, write ``analysis.json`` and the plots into ``output``; return it."""
-    from recall_merge.errors import ConfigError
+    from recall_merge.errors import ConfigError, OutputError
+    from recall_merge.io.atomic import write_json
     from recall_merge.provenance import versions
     from recall_merge.reports.plots import plot_analysis
 
     if num_samples < 2:
         raise ConfigError(f"--num-samples {num_samples} is too small", "use at least 2 samples")
+    output = Path(output)
+    if output.exists() and not output.is_dir():  # refused before the models are read
+        raise OutputError(f"--output {str(output)[:200]} is a file, not a folder",
+                          "give a folder path for the analysis (it is created if missing)")
     started = time.perf_counter()
     texts = choose_samples(read_samples(Path(samples), min_count=2), num_samples, seed)
     states, folders = pooled_states(list(models), texts, quiet)
@@ -218,10 +222,9 @@ def run_analyze(models: list[str], samples: Path, output: Path, num_samples: int
         **analyse_states(states, labels),
         "versions": versions(),
     }
-    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     analysis["figures"] = [path.name for path in plot_analysis(analysis, output)]
     analysis["timings"] = {"states_s": round(states_s, 2),
                            "total_s": round(time.perf_counter() - started, 2)}
-    (output / ANALYSIS_NAME).write_text(json.dumps(analysis, indent=2, allow_nan=False) + "\n")
+    write_json(output / ANALYSIS_NAME, analysis, sort_keys=False)
     return output

@@ -4,6 +4,11 @@ Every public function takes the JSON-ready dict a command wrote (``analysis.json
 ``recall_report.json``, ``results.json``) and a folder, writes ``STEM.png`` and ``STEM.svg`` per
 figure, and returns the paths written (PNG first, then SVG, figure by figure). Nothing is drawn
 when the data has nothing to show (e.g. a classic merge has no per-layer α).
+
+Names that come from the user (model folders, strategies, tasks) are drawn as plain text: every
+label, title, tick label and legend entry that carries one goes through :func:`label`, so a
+``$`` in a folder name is a dollar sign, not the start of matplotlib mathtext (which would fail to
+parse, or typeset the name as a formula).
 """
 
 from __future__ import annotations
@@ -14,9 +19,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recall_merge.io.atomic import atomic_open
+
 PNG_DPI = 100
 FORMATS = ("png", "svg")
+MAX_INCHES = 50.0  # per side: 5000 px at PNG_DPI, far below Agg's 2^16 px limit
+MAX_LABEL_CHARS = 40
 _formats: tuple[str, ...] = FORMATS
+
+
+def plain(text: Any) -> str:
+    """``text`` for a matplotlib Text shown literally: with no unescaped ``$`` there is no
+    mathtext, and matplotlib turns each ``\\$`` back into ``$`` when it draws plain text."""
+    return str(text).replace("$", r"\$")
+
+
+def label(text: Any, limit: int = MAX_LABEL_CHARS) -> str:
+    """A user's name as a plot label: shortened to ``limit`` characters, then made plain."""
+    name = str(text)
+    return plain(name if len(name) <= limit else name[:limit - 1] + "…")
+
+
+def _figsize(width: float, height: float) -> tuple[float, float]:
+    """A figure size capped at MAX_INCHES per side (many models or tasks must not make an image
+    too large for Agg to allocate)."""
+    return min(width, MAX_INCHES), min(height, MAX_INCHES)
 
 
 def _pyplot():
@@ -26,8 +53,11 @@ def _pyplot():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    # usetex off and parse_math on whatever the user's matplotlibrc says: label() relies on
+    # matplotlib's own mathtext rules (LaTeX would choke on _, %, & and # in names).
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-                         "figure.dpi": PNG_DPI, "svg.hashsalt": "recall-merge"})
+                         "figure.dpi": PNG_DPI, "svg.hashsalt": "recall-merge",
+                         "text.usetex": False, "text.parse_math": True})
     return plt
 
 
@@ -43,17 +73,24 @@ def only_formats(*formats: str) -> Iterator[None]:
 
 
 def save_figure(fig, folder: Path, stem: str) -> list[Path]:
-    """Write ``stem``.png and ``stem``.svg into ``folder`` and close the figure."""
+    """Write ``stem``.png and ``stem``.svg into ``folder`` (each complete or not at all) and close
+    the figure."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    if "png" in _formats:
-        paths.append(folder / f"{stem}.png")
-        fig.savefig(paths[-1], dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
-    if "svg" in _formats:
-        paths.append(folder / f"{stem}.svg")
-        fig.savefig(paths[-1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
+    try:
+        if "png" in _formats:
+            paths.append(folder / f"{stem}.png")
+            with atomic_open(paths[-1], "wb") as handle:
+                fig.savefig(handle, format="png", dpi=PNG_DPI, bbox_inches="tight",
+                            metadata={"Software": None})
+        if "svg" in _formats:
+            paths.append(folder / f"{stem}.svg")
+            with atomic_open(paths[-1], "wb") as handle:
+                fig.savefig(handle, format="svg", bbox_inches="tight",
+                            metadata={"Date": None, "Creator": None})
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -108,8 +145,8 @@ def plot_adjacent(analysis: dict[str, Any], folder: Path) -> list[Path]:
         blocks = [p["block"] for p in entry["pairs"]]
         style = {"lw": 2.2, "color": "black", "zorder": 3} if index == 0 else {"lw": 1.0, "alpha": 0.8}
         for ax, key in zip(axes, ("rbf", "cka"), strict=True):
-            ax.plot(blocks, [p[key] for p in entry["pairs"]], marker="o", ms=3, label=entry["model"],
-                    **style)
+            ax.plot(blocks, [p[key] for p in entry["pairs"]], marker="o", ms=3,
+                    label=label(entry["model"]), **style)
     axes[0].set_title("adjacent layers: aligned RBF (median σ per pair)")
     axes[1].set_title("adjacent layers: linear CKA")
     for ax in axes:
@@ -135,7 +172,7 @@ def plot_cross_model(analysis: dict[str, Any], folder: Path) -> list[Path]:
     for ax, (key, between, title) in zip(axes, panels, strict=True):
         for k, name in enumerate(experts):
             ax.plot(blocks, [layer[key][k] for layer in layers], marker="o", ms=3, lw=1.2,
-                    label=f"{name} vs base")
+                    label=label(name) + " vs base")
         if between and layers[0][between] is not None and len(experts) > 1:
             ax.plot(blocks, [layer[between] for layer in layers], color="black", ls="--", lw=1.5,
                     label="between experts (mean)")
@@ -157,9 +194,10 @@ def plot_matrices(matrices: list[list[list[float]]], layers: list[int], labels: 
     values = [v for matrix in matrices for row in matrix for v in row]
     vmin, vmax = _span(values)
     size = max(2.6, 0.5 * len(labels) + 1.4)
-    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 1, size), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=_figsize(size * len(matrices) + 1, size),
+                             squeeze=False)
     image = None
-    short = [label if len(label) <= 12 else label[:11] + "…" for label in labels]
+    short = [label(name, 12) for name in labels]
     for index, (ax, matrix, layer) in enumerate(zip(axes[0], matrices, layers, strict=True)):
         image = _heatmap(ax, matrix, xlabels=short, ylabels=short, vmin=vmin, vmax=vmax,
                          fmt="{:.3f}", annotate=len(labels) <= 8)
@@ -168,7 +206,7 @@ def plot_matrices(matrices: list[list[list[float]]], layers: list[int], labels: 
         if index:
             ax.tick_params(axis="y", labelleft=False)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(title, y=1.02)
+    fig.suptitle(plain(title), y=1.02)
     return save_figure(fig, folder, stem)
 
 
@@ -187,7 +225,8 @@ def plot_analysis(analysis: dict[str, Any], folder: Path) -> list[Path]:
 # --- merges ----------------------------------------------------------------------------------
 
 def merge_labels(report: dict[str, Any]) -> list[str]:
-    """'M0 base', 'M1 NAME', … for the models of a merge report."""
+    """'M0 base', 'M1 NAME', … for the models of a merge report (as text: pass each through
+    :func:`plain` before drawing it)."""
     labels = []
     for k, model in enumerate(report.get("models", [])):
         name = "base" if k == 0 else Path(model).name
@@ -200,9 +239,9 @@ def plot_alpha_heatmap(report: dict[str, Any], folder: Path) -> list[Path]:
     plt = _pyplot()
     layers = report["layers"]
     alpha = [[layer["alpha"][k] for layer in layers] for k in range(len(layers[0]["alpha"]))]
-    labels = merge_labels(report) or [f"M{k}" for k in range(len(alpha))]
+    labels = [plain(name) for name in merge_labels(report) or [f"M{k}" for k in range(len(alpha))]]
     flat = [v for row in alpha for v in row]
-    fig, ax = plt.subplots(figsize=(min(2.5 + 0.38 * len(layers), 15), 1.3 + 0.45 * len(alpha)))
+    fig, ax = plt.subplots(figsize=_figsize(min(2.5 + 0.38 * len(layers), 15), 1.3 + 0.45 * len(alpha)))
     image = _heatmap(ax, alpha, xlabels=[str(j) for j in range(len(layers))], ylabels=labels,
                      vmin=min(flat), vmax=max(max(flat), min(flat) + 1e-6),
                      annotate=len(layers) * len(alpha) <= 200)
@@ -219,9 +258,9 @@ def plot_similarity_and_bandwidth(report: dict[str, Any], folder: Path) -> list[
     labels = merge_labels(report) or [f"M{k}" for k in range(len(layers[0]["similarity"]))]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
     blocks = list(range(len(layers)))
-    for k, label in enumerate(labels):
+    for k, name in enumerate(labels):
         axes[0].plot(blocks, [layer["similarity"][k] for layer in layers], marker="o", ms=3,
-                     label=label)
+                     label=plain(name))
     axes[0].set_title("similarity to M_N per layer, S^(j)[N, k]")
     axes[0].legend(fontsize=7)
     bandwidths = [layer.get("bandwidth") for layer in layers]
@@ -268,20 +307,22 @@ def plot_accuracy_matrices(results: dict[str, Any], folder: Path) -> list[Path]:
     methods = finished_methods(results)
     if not methods:
         return []
-    tasks = [t["name"] if len(t["name"]) <= 14 else t["name"][:13] + "…" for t in results["tasks"]]
+    tasks = [label(t["name"], 14) for t in results["tasks"]]
     rows = ["base"] + [f"step {i}" for i in range(1, len(tasks) + 1)]
-    values = [v for entry in methods.values() for row in entry["R"] for v in row if v is not None]
-    vmin, vmax = min(0.0, min(values)), max(1.0, max(values))
+    values = [v for entry in methods.values() for row in entry["R"] for v in row
+              if v is not None and math.isfinite(v)]
+    vmin, vmax = min([0.0, *values]), max([1.0, *values])
     columns = min(3, len(methods))
     count = math.ceil(len(methods) / columns)
     cell = 0.55
     width = max(3.2, 1.6 + cell * len(tasks))
     height = max(2.4, 1.2 + cell * len(rows))
-    fig, axes = plt.subplots(count, columns, figsize=(width * columns + 1, height * count), squeeze=False)
+    fig, axes = plt.subplots(count, columns, figsize=_figsize(width * columns + 1, height * count),
+                             squeeze=False)
     image = None
     for index, (ax, (name, entry)) in enumerate(zip(axes.flat, methods.items(), strict=False)):
         image = _heatmap(ax, entry["R"], xlabels=tasks, ylabels=rows, vmin=vmin, vmax=vmax, cmap="magma")
-        ax.set_title(name if len(name) <= 40 else name[:39] + "…", fontsize=9)
+        ax.set_title(label(name), fontsize=9)
         ax.tick_params(axis="x", labelrotation=35)
         if index % columns:
             ax.tick_params(axis="y", labelleft=False)
@@ -298,7 +339,7 @@ def plot_ap_bwt(results: dict[str, Any], folder: Path) -> list[Path]:
     if not methods:
         return []
     names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 + 0.32 * len(names)), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=_figsize(11, 0.9 + 0.32 * len(names)), sharey=True)
     for ax, key, colour in zip(axes, ("AP", "BWT"), ("tab:blue", "tab:orange"), strict=True):
         values = [methods[n].get(key) for n in names]
         shown = [0.0 if v is None else v for v in values]
@@ -312,7 +353,7 @@ def plot_ap_bwt(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_title("AP (higher is better)" if key == "AP" else "BWT (closer to 0 or above is better)")
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.2)
-    axes[0].set_yticks(range(len(names)), labels=names)
+    axes[0].set_yticks(range(len(names)), labels=[label(name) for name in names])
     axes[0].invert_yaxis()
     fig.tight_layout()
     return save_figure(fig, folder, "ap_bwt")
