@@ -10,7 +10,9 @@ nothing in the file can run code.
   None. A class reference (``GLOBAL``) becomes an inert :class:`Opaque` that records the name; it
   is never imported, and ``NEWOBJ``/``BUILD`` on it record their arguments without calling
   anything. Opcodes that would call a callable or reach outside the stream (``REDUCE``, ``INST``,
-  ``OBJ``, persistent ids, the extension registry, out-of-band buffers) are refused. Babel's
+  ``OBJ``, persistent ids, the extension registry, out-of-band buffers) are refused, except
+  ``REDUCE`` on the handful of builtins older protocols use for sets and bytes (``set``,
+  ``frozenset``, ``bytearray``, ``_codecs.encode`` with latin-1), applied to plain values. Babel's
   CLDR locale files are pickles of plain dicts with a few such class instances in parts we
   never read.
 """
@@ -113,6 +115,20 @@ _VALUES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLO
 _IGNORED = {"PROTO", "FRAME"}
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How protocols 0-2 store bytes: ``_codecs.encode(text, "latin1")``."""
+    if encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"bytes stored with encoding {encoding[:20]!r}")
+    return text.encode("latin-1")
+
+
+# The only callables REDUCE may name: the builtins that protocols 0-3 use for sets and bytes.
+# They build plain values from plain values; anything else is refused.
+_PURE_BUILDERS = {"builtins.set": set, "builtins.frozenset": frozenset,
+                  "__builtin__.set": set, "__builtin__.frozenset": frozenset,
+                  "builtins.bytearray": bytearray, "_codecs.encode": _latin1_bytes}
+
+
 def read_pickle_data(data: bytes, source: str = "pickle") -> Any:
     """The plain data in a pickle, read without unpickling (see the module docstring)."""
     stack: list[Any] = []
@@ -200,6 +216,14 @@ def read_pickle_data(data: bytes, source: str = "pickle") -> Any:
             elif name == "STACK_GLOBAL":
                 attribute, module = stack.pop(), stack.pop()
                 stack.append(Opaque(f"{module}.{attribute}"))
+            elif name == "REDUCE":
+                args, function = stack.pop(), stack.pop()
+                builder = _PURE_BUILDERS.get(function.name) if isinstance(function, Opaque) \
+                    else None
+                if builder is None or not isinstance(args, tuple):
+                    what = function.name if isinstance(function, Opaque) else "a value"
+                    raise refuse(f"REDUCE of {what[:80]} is not allowed")
+                stack.append(builder(*args))
             elif name in ("NEWOBJ", "NEWOBJ_EX"):
                 kwargs = stack.pop() if name == "NEWOBJ_EX" else {}
                 args, cls = stack.pop(), stack.pop()
