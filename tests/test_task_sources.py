@@ -554,3 +554,14 @@ def test_scorer_counts_every_reference_and_checks_lengths():
     assert scores["exact_match"] == 0.5 and 0.5 < scores["chrF"] < 1.0
     with pytest.raises(RecallError, match="1 predictions for 2 examples"):
         score_predictions(examples, ["x"], "generation")
+
+
+def test_probe_script_lists_every_packaged_task():
+    """benchmarks/continual/probe_tasks.py's PACKAGED list is the registry's, in order."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "continual" / "probe_tasks.py"
+    spec = importlib.util.spec_from_file_location("probe_tasks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.PACKAGED == task_names()

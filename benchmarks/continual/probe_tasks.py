@@ -7,6 +7,7 @@ cannot show forgetting or merging, so the sequences in ``sequences.py`` drop or 
 
     python benchmarks/continual/probe_tasks.py bigbench:hyperbaton bbc ...   # appends to the JSON
     python benchmarks/continual/probe_tasks.py --base-only bigbench:winowhy ...  # zero-shot only
+    python benchmarks/continual/probe_tasks.py --packaged   # every task of PACKAGED (docs/data.md)
 
 ``--base-only`` scores the base alone (no expert): how the zero-shot tasks of the benchmark's
 generalisation check were chosen (tasks never trained on, where the base is above chance).
@@ -26,6 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
+# The packaged task sources (data/packaged_tasks.py), candidates for the benchmark's sequences.
+PACKAGED = ["rt:sentiment", "geo:capital", "geo:continent", "geo:city_country",
+            "geo:city_continent", "lemma:en", "lemma:fr", "lemma:de", "lemma:es", "names:gender",
+            "cldr:country", "cldr:language", "emoji:name", "emoji:name_fr", "emoji:name_de",
+            "emoji:name_es", "afinn:sentiment", "afinn:sentiment_da"]
 
 
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
@@ -82,7 +88,8 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tasks", nargs="+")
+    parser.add_argument("tasks", nargs="*")
+    parser.add_argument("--packaged", action="store_true", help="add every task of PACKAGED")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-items", type=int, default=40)
     parser.add_argument("--steps", type=int, default=30)
@@ -92,6 +99,9 @@ def main() -> None:
                         help="read the tasks as this kind (e.g. classification for a task whose "
                              "text targets name one of a few labels)")
     args = parser.parse_args()
+    args.tasks += PACKAGED if args.packaged else []
+    if not args.tasks:
+        parser.error("name at least one task, or pass --packaged")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from recall_merge.engine import versions
 
