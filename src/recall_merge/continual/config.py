@@ -18,7 +18,8 @@ TINY_RANDOM = "tiny-random"  # a model ref: a SYNTHETIC 2-block random Llama bui
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no .inf / .nan: an infinite learning rate trains a NaN model, an infinite cap means nothing
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainingConfig(_Strict):
@@ -33,7 +34,8 @@ class TrainingConfig(_Strict):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="AdamW step size: each step "
+                                 "moves a weight by about this much, so above 1 nothing is learned")
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(256, ge=8, description="tokens per training example (prompt cut left)")
     ewc_lambda: float = Field(100.0, ge=0, description="EWC: weight of the quadratic penalty")
@@ -158,7 +160,7 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
     for entry in config.strategies:
         spec = parse_shorthand(entry) if isinstance(entry, str) else entry
         training = _validate(TrainingConfig, {**config.training.model_dump(), **spec.training},
-                             prefix="training overrides: ")
+                             prefix=f"strategy {spec.name or spec.kind!r}: training overrides: ")
         if spec.steps_per_task and spec.kind != "joint":
             raise ConfigError(f"steps_per_task is for joint training, not {spec.kind!r}",
                               "drop steps_per_task from this strategy")
@@ -190,7 +192,40 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
     if duplicates:
         raise ConfigError(f"strategy names repeat: {', '.join(duplicates)}",
                           "give each strategy its own `name`")
+    check_folder_names("strategy", names)
     return strategies
+
+
+MAX_FOLDER_NAME = 120  # well under the 255 bytes of a file name, room for a suffix such as .json
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def check_folder_names(kind: str, names: list[str]) -> None:
+    """Refuse names whose folder (``slug``) would be unsafe or shared: empty, hidden or a path
+    step (``.``, ``..``), too long for a file system, or the same folder as another name's (two
+    names that differ only in the characters the slug replaces, or only in case, which a
+    case-insensitive file system does not tell apart)."""
+    from recall_merge.reports.html import slug
+
+    seen: dict[str, str] = {}
+    for name in names:
+        folder = slug(name)
+        if not folder or folder.startswith(".") or len(folder.encode()) > MAX_FOLDER_NAME:
+            raise ConfigError(
+                f"{kind} name {_excerpt(name)} cannot be a folder name (it would be "
+                f"{_excerpt(folder)})",
+                f"give the {kind} a `name` that starts with a letter or a digit, at most "
+                f"{MAX_FOLDER_NAME} characters")
+        other = seen.setdefault(folder.casefold(), name)
+        if other != name:
+            raise ConfigError(
+                f"{kind} names {_excerpt(other)} and {_excerpt(name)} would share the folder "
+                f"{_excerpt(folder)}",
+                "rename one of them: letters, digits, '-', '_' and '.' are kept, every other "
+                "character becomes '_', and case is not told apart")
 
 
 def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfig:
@@ -225,6 +260,10 @@ def _resolve_local(spec: str | dict[str, Any], base_dir: Path) -> str | dict[str
         path = spec.get("path")
         if isinstance(path, str) and not Path(path).is_absolute():
             return {**spec, "path": str((base_dir / path).resolve())}
+        name = spec.get("name")
+        if (path is None and str(spec.get("source", "")).lower() == "local" and isinstance(name, str)
+                and not Path(name).is_absolute()):
+            return {**spec, "name": str((base_dir / name).resolve())}  # the name is the path here
         return spec
     if spec.startswith("local:") and not Path(spec[len("local:"):]).is_absolute():
         return "local:" + str((base_dir / spec[len("local:"):]).resolve())

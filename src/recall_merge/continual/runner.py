@@ -44,10 +44,11 @@ from recall_merge.continual.config import (
     TINY_RANDOM,
     ContinualConfig,
     Strategy,
+    check_folder_names,
     expand_strategies,
     load_continual_config,
 )
-from recall_merge.data.task import Example, Task
+from recall_merge.data.task import DataError, Example, Task
 from recall_merge.errors import ConfigError, RecallError
 from recall_merge.provenance import versions
 
@@ -139,7 +140,15 @@ class ContinualRun:
         partial.parent.mkdir(parents=True, exist_ok=True)
         if create:
             partial.mkdir()
-        build(partial)
+        try:
+            build(partial)
+        except BaseException:
+            # a failed stage (a diverged training, a refused merge) leaves nothing behind
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            elif partial.exists():
+                partial.unlink()
+            raise
         os.replace(partial, final)
         self._stage_finished(relative, started)
         return final
@@ -185,11 +194,12 @@ class ContinualRun:
         (what every use of a run folder needs before its first stage)."""
         from transformers import AutoTokenizer
 
+        self.tasks = self.load_tasks()
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_config()
         self._check_expert_cache()
+        self._check_task_data()
         self._discard_partials()
-        self.tasks = self.load_tasks()
         self.base = self.base_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(self.base)
 
@@ -208,11 +218,40 @@ class ContinualRun:
         return resolve_model_ref(self.config.model)
 
     def load_tasks(self) -> list[Task]:
+        """The tasks in learning order, refused when one cannot be trained or scored."""
         tasks = [load_any_task(spec, self.config) for spec in self.config.tasks]
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"task names repeat: {names}", "list each task once")
+        check_folder_names("task", names)
+        split = self.config.evaluation.split
+        for task in tasks:
+            if not self.eval_examples(task):
+                raise DataError(
+                    f"task {task.name[:80]!r} has 0 {split} items, so it cannot be scored "
+                    f"(a score of 0 items would read as 0.0)",
+                    f"give it {split} records (a {split}.* file, or more records in its one file: "
+                    "a share of them is held out)"
+                    + (", or set evaluation.split: dev" if split == "test" else ""))
+            if not task.train:
+                raise DataError(f"task {task.name[:80]!r} has 0 train items, and every strategy "
+                                "fine-tunes on each task", "give it train records (a train.* file, "
+                                "or more records in its one file)")
         return tasks
+
+    def _check_task_data(self) -> None:
+        """The models and scores kept under a task's name must come from the same task: its spec
+        and the examples of its splits, recorded the first time (folders made before these
+        records existed are taken as they are)."""
+        records = [task_record(spec, task) for spec, task in zip(self.config.tasks, self.tasks,
+                                                                 strict=True)]
+        check_task_records(self.root, records, f"run folder {_short(str(self.root))}",
+                           "use a new run_dir, or delete the old folder to start over")
+        if self.config.expert_cache is not None:
+            check_task_records(self.config.expert_cache, records,
+                               f"expert_cache {_short(str(self.config.expert_cache))}",
+                               "give the changed task a new name (`name:` in its spec), or use "
+                               "another expert_cache folder")
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -220,8 +259,16 @@ class ContinualRun:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per stage drowns the log
+        if self.quiet:
+            _silence_progress_bars()
         self.prepare()
         strategies = expand_strategies(self.config, merge_methods=_classic_and_recall_methods())
+        if any(strategy.guard_newest for strategy in strategies):
+            for task in self.tasks:
+                if not task.dev:
+                    raise DataError(f"task {task.name[:80]!r} has 0 dev items, and guard_newest "
+                                    "scores each new expert on its task's dev split",
+                                    "give the task dev records, or drop guard_newest")
         base_scores = self.evaluate(ModelState(self.base), self._base_eval_path())
         methods: dict[str, Any] = {}
         for strategy in strategies:
@@ -283,7 +330,10 @@ class ContinualRun:
             model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
             ev = self.config.evaluation
             for task in missing:
-                stored[task.name] = score_task(model, self.tokenizer, task, self.eval_examples(task),
+                examples = self.eval_examples(task)
+                self.log(f"scoring {self._label(state)} on task {task.name} "
+                         f"({len(examples)} items)...")
+                stored[task.name] = score_task(model, self.tokenizer, task, examples,
                                                ev.batch_size, ev.max_length, ev.max_new_tokens)
             _write_json(path, stored)
             self._stage_finished(f"{path.name}: {', '.join(t.name for t in missing)}", started)
@@ -300,6 +350,16 @@ class ContinualRun:
             states = self.trained_states(strategy)
         return [self.evaluate(state, self._eval_path(state), self.needed_columns(step))
                 for step, state in enumerate(states, 1)]
+
+    def _label(self, state: ModelState) -> str:
+        """How the log names a model: base, or its folder inside the run or the expert cache."""
+        path = state.adapter or state.folder
+        if state == ModelState(self.base):
+            return "base"
+        for root in (self.root, self.config.expert_cache):
+            if root is not None and path.is_relative_to(root):
+                return str(path.relative_to(root))
+        return str(path)
 
     def _base_eval_path(self) -> Path:
         if self.config.expert_cache is not None:
@@ -339,7 +399,7 @@ class ContinualRun:
     def train_stage(self, relative: str, strategy: Strategy, examples: list[Example],
                     start: ModelState, continue_adapter: bool, *, ewc_from: Path | None = None,
                     teacher: ModelState | None = None, with_ewc: bool = False,
-                    merged_output: bool = False) -> Path:
+                    merged_output: bool = False, record: dict[str, Any] | None = None) -> Path:
         """Fine-tune from ``start`` on ``examples`` and save to ``run_dir/relative``.
 
         ``continue_adapter``: keep training ``start``'s LoRA adapter instead of a new one.
@@ -357,6 +417,9 @@ class ContinualRun:
             )
 
             training = strategy.training
+            if self.quiet:
+                training = training.model_copy(update={"progress": False})
+            self.log(f"training {self._seed_key(relative)} on {len(examples)} examples...")
             seed = stable_seed(self.config.seed, self._seed_key(relative))
             device = self.config.device
             if continue_adapter and start.adapter is not None:
@@ -377,7 +440,8 @@ class ContinualRun:
                 update_ewc(model, ewc, fisher).save(tmp / "ewc.safetensors")
             (save_merged if merged_output else save_model)(model, self.tokenizer, tmp)
             _write_json(tmp / "training.json", {"loss": loss, "examples": len(examples),
-                                                "seed": seed, "max_steps": training.max_steps})
+                                                "seed": seed, "max_steps": training.max_steps,
+                                                **(record or {})})
             self.log(f"trained {relative}: loss {loss:.4f}")
 
         return self.folder_stage(relative, build)
@@ -392,11 +456,13 @@ class ContinualRun:
     def expert_from_base(self, strategy: Strategy, step: int) -> ModelState:
         """Task ``step``'s expert, fine-tuned from the base; shared by strategies that train alike
         (and, with ``expert_cache``, by runs of other orders: there it is kept by task name)."""
+        task = self.tasks[step - 1]
         relative: str | Path = f"experts/{training_key(strategy)}/step{step}"
         if self.config.expert_cache is not None:
-            relative = self.config.expert_cache / training_key(strategy) / _slug(self.tasks[step - 1].name)
-        folder = self.train_stage(relative, strategy, self.tasks[step - 1].train,
-                                  ModelState(self.base), continue_adapter=False)
+            relative = self.config.expert_cache / training_key(strategy) / _slug(task.name)
+        key = task_record(self.config.tasks[step - 1], task)["key"]
+        folder = self.train_stage(relative, strategy, task.train, ModelState(self.base),
+                                  continue_adapter=False, record={"task_key": key})
         return self._state_of(folder, strategy)
 
     def trained_states(self, strategy: Strategy) -> list[ModelState]:
@@ -506,6 +572,7 @@ class ContinualRun:
         def build(tmp: Path) -> None:
             from recall_merge.engine import merge
 
+            self.log(f"merging {relative} ({strategy.method}, {len(models)} models)...")
             cfg = {"method": strategy.method, "base": str(self.base), "models": models,
                    "samples": str(samples), "output": str(tmp), "seed": self.config.seed,
                    "parameters": dict(strategy.parameters), "device": self.config.device}
@@ -572,6 +639,67 @@ def load_any_task(spec: str | dict[str, Any], config: ContinualConfig) -> Task:
     task.dev = list(task.dev)[: config.max_dev]
     task.test = list(task.test)[: config.max_test]
     return task
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A path or name as an excerpt short enough for an error message."""
+    return repr(text if len(text) <= limit else "…" + text[-limit:])
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def task_record(spec: str | dict[str, Any], task: Task) -> dict[str, Any]:
+    """What the models and scores of a task depend on: its spec and the examples of its splits
+    as used (after the caps). ``key`` changes when either does."""
+    splits = {split: _digest([[ex.prompt, ex.target, ex.choices, list(ex.references)]
+                              for ex in getattr(task, split)])
+              for split in ("train", "dev", "test")}
+    data = {"kind": task.kind, "metric": task.metric, "splits": splits}
+    record = {"name": task.name, "spec": spec, "spec_sha256": _digest(spec),
+              "data_sha256": _digest(data), "sizes": {s: len(getattr(task, s)) for s in splits}}
+    record["key"] = _digest([record["name"], record["spec_sha256"], record["data_sha256"]])[:16]
+    return record
+
+
+def check_task_records(folder: Path, records: list[dict[str, Any]], where: str, fix: str) -> None:
+    """Record each task in ``folder/tasks/`` the first time; afterwards refuse a task of the same
+    folder name whose spec or data differ (its experts and scores there are of the old task)."""
+    for record in records:
+        path = folder / "tasks" / f"{_slug(record['name'])}.json"
+        if not path.exists():
+            _write_json(path, record)
+            continue
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == record["key"]:
+            continue
+        differs = [what for what, key in (("another task name", "name"),
+                                          ("a different spec", "spec_sha256"),
+                                          ("different data", "data_sha256"))
+                   if stored.get(key) != record[key]]
+        raise ConfigError(f"{where} holds models and scores of task "
+                          f"{_short(str(stored.get('name')), 60)} made with "
+                          f"{' and '.join(differs) or 'another task'} than task "
+                          f"{_short(record['name'], 60)} of this config (it changed under the "
+                          "same name)", fix)
+
+
+def _silence_progress_bars() -> None:
+    """--quiet: no bar from the libraries that load data and weights either."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+    if "datasets" in sys.modules:  # else read when it is imported (it is slow to import)
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _classic_and_recall_methods() -> list[str]:

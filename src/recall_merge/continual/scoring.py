@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recall_merge.data.task import Example, Task
+from recall_merge.data.task import DataError, Example, Task
 from recall_merge.errors import RecallError
 
 
@@ -306,11 +306,15 @@ def gold_answers(example: Example) -> tuple[str, ...]:
 def score_task(model, tokenizer, task: Task, examples: Sequence[Example], batch_size: int,
                max_length: int, max_new_tokens: int) -> dict[str, float]:
     """All scores of ``examples`` of ``task``; the key ``score`` holds the task's own metric."""
+    if not examples:  # a score of 0 items would read as 0.0, a model that got everything wrong
+        raise DataError(f"task {task.name[:80]!r} has no items to score",
+                        "give the task test (or dev) records, or leave it out")
     model.eval()
-    targets = [ex.target for ex in examples]
     if task.kind in ("classification", "multiple_choice"):
         predictions = predict_choices(model, tokenizer, examples, batch_size, max_length)
-        scores = {"accuracy": sum(p == t for p, t in zip(predictions, targets, strict=True)) / max(len(targets), 1)}
+        # a record may name several correct choices (its references); any of them counts
+        scores = {"accuracy": sum(p in gold_answers(ex) for p, ex in
+                                  zip(predictions, examples, strict=True)) / len(examples)}
     else:
         predictions = generate(model, tokenizer, [ex.prompt for ex in examples], batch_size,
                                max_new_tokens, max_length)

@@ -13,6 +13,7 @@ Options used by the baselines:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from recall_merge.continual.config import TrainingConfig
 from recall_merge.continual.scoring import _pad_id, encode
 from recall_merge.data.task import Example
+from recall_merge.errors import RecallError
 
 
 @dataclass
@@ -149,7 +151,8 @@ def _ewc_penalty(model, ewc: EwcState, strength: float) -> torch.Tensor:
 
 def train(model, tokenizer, examples: Sequence[Example], training: TrainingConfig, seed: int,
           description: str = "train", ewc: EwcState | None = None, teacher=None) -> float:
-    """Fine-tune ``model`` in place; returns the mean loss of the last epoch."""
+    """Fine-tune ``model`` in place; returns the mean loss of the last epoch. A non-finite loss
+    (checked before each optimiser step) or weight raises :class:`TrainingError`."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model.train()
@@ -185,18 +188,39 @@ def train(model, tokenizer, examples: Sequence[Example], training: TrainingConfi
                     out.logits, teacher_logits, batch["attention_mask"], training.lwf_temperature)
             if ewc is not None and training.ewc_lambda > 0:
                 loss = loss + _ewc_penalty(model, ewc, training.ewc_lambda)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # before the step: a NaN update would poison every weight
+                bar.close()
+                raise _diverged(description, f"the loss is {value} at step {step + 1} of {total}",
+                                training)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            value = float(loss.detach())
             epoch_losses.append(value)
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.set_postfix(loss=f"{running:.4f}")
             bar.update(1)
     bar.close()
     model.eval()
+    broken = next((name for name, p in trainable_parameters(model).items()
+                   if not bool(torch.isfinite(p).all())), None)
+    if broken is not None:  # the last step can overflow a weight after a finite loss
+        raise _diverged(description, f"weight {broken[:120]!r} is not finite after step {step}",
+                        training)
     return sum(epoch_losses) / max(len(epoch_losses), 1)
+
+
+class TrainingError(RecallError):
+    """Fine-tuning diverged (a non-finite loss or weight); nothing is saved for the stage."""
+
+
+def _diverged(description: str, what: str, training: TrainingConfig) -> TrainingError:
+    return TrainingError(
+        f"training {description[-160:]!r} diverged: {what}; the stage was stopped and nothing "
+        "was saved for it",
+        f"lower training.learning_rate (now {training.learning_rate:g}) or check the task's "
+        "data, then run the same command again")
 
 
 def fisher_diagonal(model, tokenizer, examples: Sequence[Example], training: TrainingConfig,

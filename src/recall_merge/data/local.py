@@ -132,10 +132,35 @@ def parse_list(value) -> list[str]:
 
 
 def _field(record: dict, name: str, where: str):
+    if not isinstance(record, dict):
+        raise DataError(f"a record in {_short(where)} is {_short(record, 60)}, not an object "
+                        "with named fields", "write one object per record, e.g. "
+                        '{"input": "...", "target": "..."}')
     if name not in record:
-        raise DataError(f"record in {where} has no field {name!r} (fields: {sorted(record)})",
+        raise DataError(f"record in {_short(where)} has no field {_short(name)} (fields: "
+                        f"{_short(sorted(map(str, record)))})",
                         "set input_field / target_field to fields the file has")
     return record[name]
+
+
+def _short(value, limit: int = 120) -> str:
+    """A user value as an excerpt short enough for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _targets(value, field: str, where: str) -> list:
+    """A record's target field as a list of answers: one text (or a number, which may index the
+    labels), or a non-empty list of them, each a correct reference."""
+    scalar = (str, int, float)
+    if isinstance(value, scalar):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(item, scalar) for item in value):
+        return list(value)
+    raise DataError(f"the target field {field!r} of a record in {_short(where)} holds "
+                    f"{_short(value, 60)} ({type(value).__name__})",
+                    "give every record a target: a string, or a non-empty list of strings "
+                    "(each a correct answer)")
 
 
 def _label_text(value, labels: Sequence[str] | None) -> str:
@@ -170,7 +195,9 @@ def load_local(
 ) -> Task:
     """A Task from local files. ``input_field`` may list several fields, shown as
     ``Field: value`` lines. Classification needs ``labels`` (fixed set; integer targets index
-    it), multiple choice a ``choices_field`` per record; otherwise the task is generation."""
+    it), multiple choice a ``choices_field`` per record; otherwise the task is generation.
+    A record's target is one answer or a non-empty list of answers (JSON, JSONL, Parquet), each
+    of which counts as correct; ``name`` names the task (default: the file or folder name)."""
     sizes = SplitSizes.from_options(options)
     reject_unknown("local", options, (*LOCAL_OPTIONS, *SPLIT_OPTIONS))
     kind = kind or _infer_kind(labels, choices_field)
@@ -187,16 +214,20 @@ def load_local(
         else:
             body = "\n".join(f"{f.replace('_', ' ').capitalize()}: {_field(record, f, where)}"
                              for f in fields)
-        target = _label_text(_field(record, target_field, where), labels)
+        targets = [_label_text(value, labels)
+                   for value in _targets(_field(record, target_field, where), target_field, where)]
         choices = parse_list(_field(record, choices_field, where)) if choices_field else labels
-        if choices is not None and target not in choices:
+        outside = [target for target in targets if choices is not None and target not in choices]
+        if outside:
             if labels and not choices_field:
-                raise DataError(f"target {target!r} in {where} is not one of labels {labels}",
-                                "fix the labels option or the data")
+                raise DataError(f"target {_short(outside[0])} in {_short(where)} is not one of "
+                                f"labels {_short(labels)}", "fix the labels option or the data")
             return None
         prompt = frame_prompt(instruction, body, choices, answer_cue,
                               choices_on_lines=kind == "multiple_choice")
-        return Example(prompt, target, tuple(choices) if choices else None)
+        # several targets: every one is a correct answer (the first is the one trained on)
+        return Example(prompt, targets[0], tuple(choices) if choices else None,
+                       tuple(targets) if len(targets) > 1 else ())
 
     examples = to_examples(read_splits(path), convert)
     task_name = name or (Path(path).stem if not isinstance(path, dict) else "local")

@@ -4,8 +4,10 @@ Spec strings are ``SOURCE[:NAME]``: ``bigbench:multiemo/hotels_sentence_en``, ``
 ``lexicon:word_sentiment``, ``local:data/reviews.jsonl``, ``hf:sst2``. The dict form carries options as well::
 
     {"source": "hf", "name": "sst2", "path": "data/sst2/", "n_train": 200}
-    {"source": "local", "path": "reviews.csv", "input_field": "text", "target_field": "label",
-     "labels": ["negative", "positive"]}
+    {"source": "local", "name": "reviews", "path": "reviews.csv", "input_field": "text",
+     "target_field": "label", "labels": ["negative", "positive"]}
+
+A local task is called by its ``name`` (without one: the file or folder name).
 
 Keyword arguments to :func:`load_task` are merged over the dict's options.
 """
@@ -77,10 +79,15 @@ def _load_lexicon(name: str | None, seed: int, options: dict) -> Task:
 def _load_local(name: str | None, seed: int, options: dict) -> Task:
     from recall_merge.data.local import load_local
 
-    path = options.pop("path", None) or name
+    path = options.pop("path", None)
+    if not path:
+        # 'local:PATH' (or a dict without `path`): the name is the path, the task is named after it
+        path, name = name, None
     if not path:
         raise ConfigError("a local spec needs a path",
                           "write 'local:PATH' or {'source': 'local', 'path': PATH, ...}")
+    if name:  # {'source': 'local', 'name': N, 'path': P}: the task is called N
+        options.setdefault("name", name)
     return load_local(path, seed=seed, **options)
 
 
