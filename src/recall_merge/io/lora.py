@@ -7,14 +7,22 @@ the experts (it introduces cross terms B_i·A_j).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from recall_merge.errors import CheckpointError
-from recall_merge.io.reader import Checkpoint, read_safetensors_header, read_tensor
+from recall_merge.io.reader import (
+    Checkpoint,
+    check_same_dtype_class,
+    excerpt,
+    load_pickle_state,
+    read_json_object,
+    read_safetensors_header,
+    read_tensor,
+    weight_file_inside,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -28,67 +36,106 @@ class LoraAdapter:
 
     def __init__(self, folder: Path, base: Checkpoint, *, allow_pickle: bool = False) -> None:
         self.folder = Path(folder)
-        config_path = self.folder / ADAPTER_CONFIG
-        try:
-            self.config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{config_path} is not valid JSON: {exc}", "re-save the adapter") from None
+        self.config = read_json_object(self.folder / ADAPTER_CONFIG, "adapter config",
+                                       "re-save the adapter with peft's save_pretrained")
         peft_type = self.config.get("peft_type", "LORA")
         if peft_type != "LORA":
-            raise CheckpointError(f"{self.folder} is a {peft_type} adapter; only LoRA is supported",
+            raise CheckpointError(f"{self.folder} is a {excerpt(peft_type)} adapter; only LoRA is supported",
                                   "merge the adapter into its base with peft first and pass the folder")
         if self.config.get("use_dora"):
             raise CheckpointError(f"{self.folder} is a DoRA adapter, whose update is not a plain delta",
                                   "merge it into the base with peft (merge_and_unload) and pass that folder")
+        self._read_settings()
         weights = self.folder / "adapter_model.safetensors"
-        if not weights.exists():
+        if not (weights.exists() or weights.is_symlink()):
             if (self.folder / "adapter_model.bin").exists():
                 if not allow_pickle:
                     raise CheckpointError(
                         f"{self.folder} holds a pickle adapter (adapter_model.bin), refused by default",
                         "re-save it with safetensors, or set `allow_pickle: true`")
-                self._tensors = torch.load(self.folder / "adapter_model.bin", map_location="cpu",
-                                           weights_only=True)
+                self._tensors = load_pickle_state(
+                    weight_file_inside(self.folder, self.folder / "adapter_model.bin"), mmap=False)
                 self._reader = None
             else:
                 raise CheckpointError(f"{self.folder} has no adapter_model.safetensors",
                                       "point to a folder written by peft's save_pretrained")
         else:
-            self._reader = _SafetensorsFile(weights)
+            self._reader = _SafetensorsFile(weight_file_inside(self.folder, weights))
             self._tensors = None
-        self.rank = int(self.config.get("r", 8))
-        self.alpha = float(self.config.get("lora_alpha", self.rank))
-        self.rslora = bool(self.config.get("use_rslora", False))
-        self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out", False))
-        self.rank_pattern: dict = self.config.get("rank_pattern") or {}
-        self.alpha_pattern: dict = self.config.get("alpha_pattern") or {}
         self.modules: dict[str, tuple[str, str]] = {}  # base tensor name -> (A key, B key)
         self.replacements: dict[str, str] = {}  # base tensor name -> adapter key (modules_to_save)
         self._index_keys(base)
+
+    def _read_settings(self) -> None:
+        """The adapter_config fields the delta depends on, each type-checked: ``bool("false")`` is
+        True and ``float("x")`` a traceback, so a wrong type must be refused, not coerced."""
+        config, path = self.config, self.folder / ADAPTER_CONFIG
+
+        def refuse(key: str, expected: str) -> CheckpointError:
+            return CheckpointError(f"{path}: {key} is {excerpt(config[key])}, not {expected}",
+                                   "re-save the adapter with peft's save_pretrained")
+
+        def number(value: object) -> bool:
+            return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value))
+
+        rank = config.get("r", 8)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise refuse("r", "a positive whole number")
+        alpha = config.get("lora_alpha", rank)
+        if not number(alpha):
+            raise refuse("lora_alpha", "a finite number")
+        for key in ("use_rslora", "fan_in_fan_out"):
+            if config.get(key) is not None and not isinstance(config[key], bool):
+                raise refuse(key, "true or false")
+        for key, expected in (("rank_pattern", "a positive whole number"), ("alpha_pattern", "a finite number")):
+            value = config.get(key) or {}
+            ok = (lambda v: number(v) and v > 0 and float(v).is_integer()) if key == "rank_pattern" else number
+            if not isinstance(value, dict) or not all(ok(item) for item in value.values()):
+                raise refuse(key, f"a mapping of module patterns to {expected}s")
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.rslora = bool(config.get("use_rslora", False))
+        self.fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+        self.rank_pattern: dict = config.get("rank_pattern") or {}
+        self.alpha_pattern: dict = config.get("alpha_pattern") or {}
 
     def _keys(self) -> list[str]:
         return list(self._reader.names) if self._reader is not None else list(self._tensors)
 
     def _index_keys(self, base: Checkpoint) -> None:
         keys = self._keys()
+        present = set(keys)
         for key in keys:
             stripped = key.removeprefix("base_model.model.")
+            if "lora_embedding" in stripped:
+                raise CheckpointError(f"{self.folder}: LoRA on embedding layers is not supported",
+                                      "merge the adapter into the base with peft first")
             if ".lora_A." in stripped:
                 module = stripped.split(".lora_A.")[0]
                 b_key = key.replace(".lora_A.", ".lora_B.")
-                if b_key not in keys:
-                    raise CheckpointError(f"{self.folder}: {key} has no matching lora_B tensor",
-                                          "re-save the adapter")
+                if b_key not in present:
+                    raise CheckpointError(f"{self.folder}: module {excerpt(module, 200)} has lora_A but no "
+                                          f"lora_B ({excerpt(b_key, 200)} is missing)",
+                                          "re-save the adapter (it is incomplete)")
                 self.modules[self._base_name(module + ".weight", base)] = (key, b_key)
-            elif ".lora_B." in stripped or "lora_magnitude" in stripped or ".lora_embedding_" in stripped:
-                if "lora_embedding" in stripped:
-                    raise CheckpointError(f"{self.folder}: LoRA on embedding layers is not supported",
-                                          "merge the adapter into the base with peft first")
-                continue
+            elif ".lora_B." in stripped:
+                module = stripped.split(".lora_B.")[0]
+                if key.replace(".lora_B.", ".lora_A.") not in present:
+                    # without A there is no delta: dropping B would merge the base weight silently
+                    raise CheckpointError(f"{self.folder}: module {excerpt(module, 200)} has lora_B but no "
+                                          f"lora_A", "re-save the adapter (it is incomplete)")
+            elif "lora_magnitude" in stripped:
+                continue  # DoRA vectors: refused above through use_dora
             else:
                 self.replacements[self._base_name(stripped.replace(".modules_to_save.default", ""), base)] = key
         if not self.modules and not self.replacements:
             raise CheckpointError(f"{self.folder} holds no LoRA tensors", "check that it is a LoRA adapter")
+        both = next((name for name in self.modules if name in self.replacements), None)
+        if both is not None:
+            raise CheckpointError(f"{self.folder} both adapts {excerpt(both, 200)} with LoRA and replaces it "
+                                  "(modules_to_save): which one to merge is ambiguous",
+                                  "re-save the adapter with the module in only one of the two")
         self._check_shapes(base)
 
     def _base_name(self, name: str, base: Checkpoint) -> str:
@@ -101,26 +148,68 @@ class LoraAdapter:
             if candidate in base.tensors:
                 return candidate
         raise CheckpointError(
-            f"adapter {self.folder} targets {name!r}, which the base model does not have: the adapter "
-            "was made for another base model", "merge it with the base model it was trained on")
+            f"adapter {self.folder} targets {excerpt(name, 200)}, which the base model does not have: the "
+            "adapter was made for another base model", "merge it with the base model it was trained on")
 
     def _check_shapes(self, base: Checkpoint) -> None:
+        fix = "merge it with the base model it was trained on"
         for name, (a_key, b_key) in self.modules.items():
+            base_shape = base.tensors[name].shape
+            label = excerpt(name, 200)
+            if len(base_shape) != 2 or not base.tensors[name].dtype.is_floating_point:
+                raise CheckpointError(
+                    f"adapter {self.folder} puts LoRA on {label}, a {len(base_shape)}-D "
+                    f"{str(base.tensors[name].dtype).removeprefix('torch.')} tensor of the base: LoRA "
+                    "adapts 2-D floating-point weight matrices (linear layers) only",
+                    "re-train or re-save the adapter with target_modules naming linear layers only")
+            for key in (a_key, b_key):
+                if not self._dtype(key).is_floating_point:
+                    raise CheckpointError(
+                        f"adapter {self.folder}: {excerpt(key, 200)} is "
+                        f"{str(self._dtype(key)).removeprefix('torch.')}, not floating point",
+                        "re-save the adapter (its header is wrong)")
             a_shape, b_shape = self._shape(a_key), self._shape(b_key)
-            out_features, in_features = base.tensors[name].shape[:2]
+            if len(a_shape) != 2 or len(b_shape) != 2:
+                raise CheckpointError(
+                    f"adapter {self.folder} at {label}: lora_A {list(a_shape)} and lora_B {list(b_shape)} "
+                    "must both be matrices (2-D)", "re-save the adapter")
+            if a_shape[0] != b_shape[1]:
+                raise CheckpointError(
+                    f"adapter {self.folder} at {label}: lora_A has rank {a_shape[0]} ({list(a_shape)}) but "
+                    f"lora_B has rank {b_shape[1]} ({list(b_shape)}): a rank or target mismatch inside the adapter",
+                    "re-save the adapter (A and B of one module must have the same rank)")
+            if a_shape[0] < 1 or (not self.rank_pattern and a_shape[0] != self.rank) or (
+                    self.rank_pattern and a_shape[0] not in {self.rank, *self.rank_pattern.values()}):
+                raise CheckpointError(
+                    f"adapter {self.folder} at {label}: lora_A/lora_B have rank {a_shape[0]}, but "
+                    f"{ADAPTER_CONFIG} says r = {self.rank}"
+                    + (" (or a rank_pattern value)" if self.rank_pattern else ""),
+                    "re-save the adapter (its weights and adapter_config.json disagree)")
+            out_features, in_features = base_shape
             if self.fan_in_fan_out:
                 out_features, in_features = in_features, out_features
-            if a_shape[0] != b_shape[1] or a_shape[1] != in_features or b_shape[0] != out_features:
+            if a_shape[1] != in_features or b_shape[0] != out_features:
                 raise CheckpointError(
-                    f"adapter {self.folder} does not fit the base at {name!r}: lora_A {list(a_shape)}, "
-                    f"lora_B {list(b_shape)} vs base weight {list(base.tensors[name].shape)} (rank or "
-                    "target mismatch: the adapter was made for another base)",
-                    "merge it with the base model it was trained on")
+                    f"adapter {self.folder} does not fit the base at {label}: lora_A {list(a_shape)}, "
+                    f"lora_B {list(b_shape)} vs base weight {list(base_shape)} (rank or "
+                    "target mismatch: the adapter was made for another base)", fix)
+        for name, key in self.replacements.items():
+            base_info = base.tensors[name]
+            if tuple(self._shape(key)) != tuple(base_info.shape):
+                raise CheckpointError(
+                    f"adapter {self.folder} replaces {excerpt(name, 200)} (modules_to_save) with a tensor of "
+                    f"shape {list(self._shape(key))}, but the base's has shape {list(base_info.shape)}", fix)
+            check_same_dtype_class(name, self._dtype(key), base_info.dtype, self.folder, base.folder)
 
     def _shape(self, key: str) -> tuple[int, ...]:
         if self._reader is not None:
             return self._reader.header[key].shape
         return tuple(self._tensors[key].shape)
+
+    def _dtype(self, key: str) -> torch.dtype:
+        if self._reader is not None:
+            return self._reader.header[key].dtype
+        return self._tensors[key].dtype
 
     def _get(self, key: str) -> torch.Tensor:
         if self._reader is not None:
@@ -183,3 +272,4 @@ class _SafetensorsFile:
 
     def get(self, key: str) -> torch.Tensor:
         return read_tensor(self.header[key], key)
+

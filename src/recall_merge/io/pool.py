@@ -15,7 +15,14 @@ import torch
 
 from recall_merge.errors import CheckpointError
 from recall_merge.io.lora import LoraAdapter, is_lora_folder
-from recall_merge.io.reader import Checkpoint
+from recall_merge.io.reader import (
+    Checkpoint,
+    check_regular_file,
+    check_same_dtype_class,
+    excerpt,
+    read_json_object,
+    resolves_inside,
+)
 from recall_merge.methods.base import TensorPosition
 
 _BLOCK_PATTERN = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
@@ -62,6 +69,8 @@ class ModelPool:
                                   "set `base` to the full model the adapters were trained on")
         base = Checkpoint(base_folder, allow_pickle=allow_pickle)
         _check_remote_code(base, trust_remote_code)
+        check_tokenizer_files(base.folder)
+        check_support_files(base.folder)
         experts: list[Expert] = []
         for ref in expert_refs:
             folder = resolve_ref(ref)
@@ -113,12 +122,128 @@ def tensor_position(name: str, num_layers: int) -> TensorPosition:
     return TensorPosition("other", None, 0.0)
 
 
+# Files of a model folder that hold code (Python sources and bytecode, native libraries, scripts).
+CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyw", ".pyx", ".pyd", ".so", ".dylib", ".dll",
+                           ".sh", ".bash"})
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                        "added_tokens.json", "chat_template.json", "vocab.json")
+TOKENIZER_OTHER_FILES = ("merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+                         "sentencepiece.bpe.model", "chat_template.jinja")
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                       "mask_token")
+
+
+def is_code_file(path: Path) -> bool:
+    """True for a file that holds code (``modeling_x.py``, bytecode, a native library, a script):
+    such a file from an input is copied into a merge output only with ``trust_remote_code``."""
+    return Path(path).suffix.lower() in CODE_SUFFIXES
+
+
+def check_support_files(folder: Path) -> None:
+    """Refuse a file of the base folder that links out of it. The merge copies the base's support
+    files (tokenizer, generation config, ...) into its output, following links: a link to a
+    private file elsewhere (a downloaded repository can hold one) would be published with the
+    merged model."""
+    folder = Path(folder)
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() and path.is_file() and not resolves_inside(folder, path):
+            raise CheckpointError(
+                f"{path.name} in the base folder {folder} is a link to a file outside it "
+                f"({excerpt(str(path.resolve()))}); the merge would copy that file into its output",
+                "replace the link with a copy of the file, or remove it")
+
+
 def _check_remote_code(checkpoint: Checkpoint, trust_remote_code: bool) -> None:
-    # A config with auto_map makes transformers import Python files shipped with the model.
-    if checkpoint.config.get("auto_map") and not trust_remote_code:
+    # auto_map in config.json makes transformers import Python files shipped with the model; in
+    # tokenizer_config.json it does the same for the tokenizer (AutoTokenizer).
+    if trust_remote_code:
+        return
+    if checkpoint.config.get("auto_map"):
         raise CheckpointError(
             f"{checkpoint.folder} asks to run its own Python code (auto_map in config.json), "
             "which is refused by default", "review that code, then set `trust_remote_code: true`")
+    tokenizer_config = _tokenizer_config(checkpoint.folder)
+    if tokenizer_config is not None and tokenizer_config.get("auto_map"):
+        raise CheckpointError(
+            f"{checkpoint.folder} asks to run its own tokenizer code (auto_map in "
+            "tokenizer_config.json), which is refused by default",
+            "review that code, then set `trust_remote_code: true`")
+
+
+def _tokenizer_config(folder: Path) -> dict | None:
+    path = folder / "tokenizer_config.json"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    return read_json_object(path, "tokenizer file",
+                            "repair or re-download tokenizer_config.json (the model's tokenizer)")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse a model folder's tokenizer files that are present but unusable, before any weight is
+    read: not a regular file (a pipe would hang the tokenizer's loader), not UTF-8 JSON objects, or
+    with fields of the wrong type that make tokenizers/transformers fail deep inside. Absent files
+    are not an error here: only methods that run the model need a tokenizer. The merge also
+    copies these files into its output, so a broken one would be passed on."""
+    folder = Path(folder)
+    documents: dict[str, dict] = {}
+    for name in TOKENIZER_JSON_FILES:
+        path = folder / name
+        if path.exists() or path.is_symlink():
+            documents[name] = read_json_object(
+                path, "tokenizer file", f"repair or re-download {name} (the base model's tokenizer)")
+    for name in TOKENIZER_OTHER_FILES:
+        path = folder / name
+        if path.exists() or path.is_symlink():
+            check_regular_file(path, "tokenizer file")
+    template = folder / "chat_template.jinja"
+    if template.exists():
+        try:
+            template.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{template} is not UTF-8 text",
+                                  "re-save chat_template.jinja as UTF-8 (or re-download it)") from None
+    if "tokenizer.json" in documents:
+        _check_tokenizer_json(folder / "tokenizer.json", documents["tokenizer.json"])
+    if "tokenizer_config.json" in documents:
+        _check_tokenizer_config(folder / "tokenizer_config.json", documents["tokenizer_config.json"])
+
+
+def _check_tokenizer_json(path: Path, document: dict) -> None:
+    fix = "re-download tokenizer.json (or re-save the tokenizer with save_pretrained)"
+    if not isinstance(document.get("model"), dict):
+        raise CheckpointError(f"{path} is not a tokenizer: it has no \"model\" mapping", fix)
+    added = document.get("added_tokens")
+    if added is not None and not (isinstance(added, list) and all(
+            isinstance(token, dict) and isinstance(token.get("content"), str)
+            and isinstance(token.get("id"), int) for token in added)):
+        raise CheckpointError(f"{path}: \"added_tokens\" is not a list of {{\"id\", \"content\"}} entries", fix)
+
+
+def _check_tokenizer_config(path: Path, config: dict) -> None:
+    fix = "repair or re-download tokenizer_config.json"
+
+    def refuse(key: str, expected: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key} is {excerpt(config[key])}, not {expected}", fix)
+
+    if config.get("tokenizer_class") is not None and not isinstance(config["tokenizer_class"], str):
+        raise refuse("tokenizer_class", "a class name")
+    for key in _SPECIAL_TOKEN_KEYS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, str) and not (
+                isinstance(value, dict) and isinstance(value.get("content"), str)):
+            raise refuse(key, "a token (a string)")
+    template = config.get("chat_template")
+    if template is not None and not isinstance(template, str) and not (
+            isinstance(template, list) and all(isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                                               and isinstance(entry.get("template"), str)
+                                               for entry in template)):
+        raise refuse("chat_template", "a template string (or a list of named templates)")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None and not (isinstance(decoder, dict) and all(
+            key.isdigit() and isinstance(token, dict) and isinstance(token.get("content"), str)
+            for key, token in decoder.items())):
+        raise refuse("added_tokens_decoder", "a mapping of token ids to tokens")
+
 
 
 def _check_compatible(base: Checkpoint, other: Checkpoint) -> None:
@@ -135,5 +260,7 @@ def _check_compatible(base: Checkpoint, other: Checkpoint) -> None:
     for name, info in base.tensors.items():
         if other.tensors[name].shape != info.shape:
             raise CheckpointError(
-                f"{other.folder}: tensor {name!r} has shape {list(other.tensors[name].shape)}, the base "
-                f"has {list(info.shape)}", "merge only models fine-tuned from the same base")
+                f"{other.folder}: tensor {excerpt(name, 200)} has shape {list(other.tensors[name].shape)}, "
+                f"the base has {list(info.shape)}", "merge only models fine-tuned from the same base")
+        check_same_dtype_class(name, other.tensors[name].dtype, info.dtype, other.folder, base.folder)
+

@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from recall_merge.errors import CheckpointError
+from recall_merge.io.reader import check_regular_file, excerpt, read_json_object
+
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                       "mask_token")
 _GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
@@ -30,6 +33,12 @@ _HARMLESS_KEYS = {"backend", "tokenizer_class", "is_local", "local_files_only", 
                   "additional_special_tokens", *SPECIAL_TOKEN_KEYS}
 # Files that make transformers change the special tokens or offer other templates.
 _LEGACY_FILES = ("special_tokens_map.json", "added_tokens.json", "additional_chat_templates")
+# A folder with none of these has no tokenizer at all (sentencepiece, BPE and WordPiece vocabularies
+# as transformers' tokenizer classes name them).
+_VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                     "sentencepiece.bpe.model", "merges.txt")
+_TOKENIZER_FIX = ("repair or re-download the base model's tokenizer files (tokenizer.json, "
+                  "tokenizer_config.json)")
 # transformers rewrites the pre-tokenizer regex of some large-vocabulary (Mistral) tokenizers.
 _MAX_PLAIN_VOCAB = 100_000
 
@@ -145,19 +154,28 @@ def compile_chat_template(template: str):
 
 
 def load_fast_tokenizer(folder: Path) -> FastTokenizer | None:
-    """The folder's tokenizer without transformers, or None when only AutoTokenizer is sure to be right."""
+    """The folder's tokenizer without transformers, or None when only AutoTokenizer is sure to be
+    right. A folder with no tokenizer at all, or with tokenizer files that cannot be read or
+    parsed, is a CheckpointError here, before the fallback: AutoTokenizer would fail on them with a
+    traceback."""
     folder = Path(folder)
+    require_tokenizer_files(folder)
     tokenizer_file, config_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
-    if not (tokenizer_file.exists() and config_file.exists()):
+    config = _json_file(config_file) if _present(config_file) else None
+    if not _present(tokenizer_file):
         return None
-    if any((folder / name).exists() for name in _LEGACY_FILES):
-        return None
+    serialized = _json_file(tokenizer_file)
+
+    from tokenizers import Tokenizer
+
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        serialized = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # AutoTokenizer reports the problem in its own words
-    if not isinstance(config, dict) or set(config) - _HARMLESS_KEYS:
+        backend = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
+        raise CheckpointError(f"{tokenizer_file} is not a tokenizer the tokenizers library can load: "
+                              f"{excerpt(str(exc), 200)}", _TOKENIZER_FIX) from None
+    if config is None or any((folder / name).exists() for name in _LEGACY_FILES):
+        return None
+    if set(config) - _HARMLESS_KEYS:
         return None
     if config.get("tokenizer_class", "TokenizersBackend") not in _GENERIC_CLASSES:
         return None
@@ -170,10 +188,6 @@ def load_fast_tokenizer(folder: Path) -> FastTokenizer | None:
     chat_template = _chat_template(folder, config)
     if chat_template is False:
         return None
-
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_file(str(tokenizer_file))
     if backend.get_vocab_size() > _MAX_PLAIN_VOCAB:
         return None
     backend.no_truncation()  # tokenizer.json may carry its own; the caller's max_length rules
@@ -182,10 +196,52 @@ def load_fast_tokenizer(folder: Path) -> FastTokenizer | None:
     return FastTokenizer(backend, special_tokens, chat_template)
 
 
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether the folder ships any tokenizer vocabulary AutoTokenizer could load."""
+    folder = Path(folder)
+    return (any(_present(folder / name) for name in _VOCABULARY_FILES)
+            or any(folder.glob("*.tiktoken")))
+
+
+def require_tokenizer_files(folder: Path) -> None:
+    """Refuse a model folder without a tokenizer (for the passes that tokenize samples)."""
+    if not has_tokenizer_files(folder):
+        raise CheckpointError(
+            f"{folder} has no tokenizer (none of {', '.join(_VOCABULARY_FILES)}): RECALL tokenizes "
+            "the samples with the base model's tokenizer",
+            "copy the tokenizer files (tokenizer.json, tokenizer_config.json, ...) of the model the "
+            "base was released with into the base folder")
+
+
+def load_auto_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained(folder)``, with a failure to load the folder's tokenizer
+    turned into a CheckpointError naming the folder (transformers raises OSError, ValueError,
+    TypeError, KeyError or the tokenizers library's bare Exception, with a traceback)."""
+    from transformers import AutoTokenizer
+
+    require_tokenizer_files(folder)
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise CheckpointError(f"the tokenizer of {folder} cannot be loaded: {type(exc).__name__}: "
+                              f"{excerpt(str(exc), 200)}", _TOKENIZER_FIX) from None
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _json_file(path: Path) -> dict:
+    return read_json_object(path, "tokenizer file", _TOKENIZER_FIX)
+
+
 def _special_tokens(config: dict, serialized: dict) -> dict[str, str] | None:
     """Named special tokens as strings, or None when transformers would add or change one: each
     must already be an added token of tokenizer.json, special and not normalized."""
-    added = {token.get("content"): token for token in serialized.get("added_tokens") or []}
+    added_list = serialized.get("added_tokens") or []
+    if not isinstance(added_list, list) or not all(isinstance(token, dict) for token in added_list):
+        return None
+    added = {token.get("content"): token for token in added_list}
     named: dict[str, str] = {}
     extras: list[Any] = []
     for key in SPECIAL_TOKEN_KEYS:
@@ -201,8 +257,12 @@ def _special_tokens(config: dict, serialized: dict) -> dict[str, str] | None:
         if not isinstance(value, list):
             return None
         extras += value
-    for index, token in (config.get("added_tokens_decoder") or {}).items():
-        if not isinstance(token, dict) or added.get(token.get("content"), {}).get("id") != int(index):
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        return None
+    for index, token in decoder.items():
+        if (not isinstance(token, dict) or not index.isdigit()
+                or added.get(token.get("content"), {}).get("id") != int(index)):
             return None
     for token in [*named.values(), *extras]:
         content = token.get("content") if isinstance(token, dict) else token
@@ -217,7 +277,12 @@ def _chat_template(folder: Path, config: dict) -> str | None | bool:
     one, False for a form only transformers resolves (named templates)."""
     template_file = folder / "chat_template.jinja"
     if template_file.exists():
-        return template_file.read_text(encoding="utf-8")
+        check_regular_file(template_file, "chat template")
+        try:
+            return template_file.read_text(encoding="utf-8")  # text mode, as transformers reads it
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{template_file} is not UTF-8 text",
+                                  "re-save chat_template.jinja as UTF-8 (or re-download it)") from None
     if (folder / "chat_template.json").exists():
         return False
     template = config.get("chat_template")
