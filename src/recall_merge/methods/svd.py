@@ -27,7 +27,6 @@ import torch
 from pydantic import Field, field_validator
 
 from recall_merge.errors import ConfigError
-from recall_merge.io.pool import tensor_position
 from recall_merge.methods import svd_ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 from recall_merge.methods.lines import LinesParameters, LinesScaling
@@ -99,6 +98,7 @@ class _SvdMethod(LinesScaling, MergeMethod):
                 "give one number per model in `models` (in order), or leave weights out",
             )
         self.chosen: dict[str, dict[str, Any]] = {}
+        self.positions: dict[str, TensorPosition] = {}
 
     def plan(self, pool: ModelPool, *, quiet: bool = False) -> None:
         self.resolve_lines_alpha(pool, self.merged_delta, quiet)
@@ -135,6 +135,7 @@ class _SvdMethod(LinesScaling, MergeMethod):
         scale = self.task_vector_scale(position, self.parameters.alpha)
         record["scale"] = scale
         self.chosen[name] = record
+        self.positions[name] = position
         return delta.mul_(scale).add_(base)
 
     # -- report -------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class _SvdMethod(LinesScaling, MergeMethod):
         layers: list[dict[str, Any]] = [{"layer": layer, "tensors": {}} for layer in range(self.num_layers)]
         outside: dict[str, Any] = {}
         for name, record in self.chosen.items():
-            position = tensor_position(name, self.num_layers)
+            position = self.positions[name]
             if position.kind == "block" and position.layer is not None and position.layer < self.num_layers:
                 layers[position.layer]["tensors"][name] = record
             else:
