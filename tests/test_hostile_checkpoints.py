@@ -487,6 +487,32 @@ def lora_rslora_a_string(tiny, loras, tmp):
     return config_with(tiny, tmp, expert=adapter)
 
 
+def lora_b_bias_tensor(tiny, loras, tmp):
+    adapter = lora_copy(loras, tmp)
+    edit_adapter_weights(adapter, lambda t: t.update({LORA_Q_B.replace(".weight", ".bias"): torch.zeros(64)}))
+    return config_with(tiny, tmp, expert=adapter)
+
+
+def dora_vectors_without_use_dora(tiny, loras, tmp):
+    adapter = lora_copy(loras, tmp)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"
+    edit_adapter_weights(adapter, lambda t: t.update({key: torch.ones(64)}))
+    return config_with(tiny, tmp, expert=adapter)
+
+
+def two_pairs_for_one_weight(tiny, loras, tmp):
+    adapter = lora_copy(loras, tmp)  # the same module saved with and without the "model." prefix
+    edit_adapter_weights(adapter, lambda t: t.update(
+        {key.replace("base_model.model.model.", "base_model.model."): t[key].clone() for key in (LORA_Q_A, LORA_Q_B)}))
+    return config_with(tiny, tmp, expert=adapter)
+
+
+def use_dora_a_string(tiny, loras, tmp):
+    adapter = lora_copy(loras, tmp)
+    edit_json(adapter / "adapter_config.json", lambda c: c.update(use_dora="no"))
+    return config_with(tiny, tmp, expert=adapter)
+
+
 def adapter_weights_link_outside(tiny, loras, tmp):
     adapter = lora_copy(loras, tmp)
     (tmp / "elsewhere").mkdir()
@@ -574,6 +600,10 @@ CASES: list[tuple[Callable, tuple[str, ...]]] = [
     (lora_rank_not_in_config, ("rank 6", "r = 4")),
     (lora_alpha_not_a_number, ("lora_alpha", "finite number")),
     (lora_rslora_a_string, ("use_rslora", "true or false")),
+    (lora_b_bias_tensor, ("lora_B.bias", "not a LoRA weight")),
+    (dora_vectors_without_use_dora, ("DoRA magnitude vectors", "merge_and_unload")),
+    (two_pairs_for_one_weight, ("two LoRA pairs", Q_PROJ)),
+    (use_dora_a_string, ("use_dora", "true or false")),
     (adapter_weights_link_outside, ("adapter_model.safetensors", "leads outside the model folder")),
     (pickled_adapter_corrupt, ("adapter_model.bin", "cannot load")),
     (pickled_adapter_not_a_state_dict, ("adapter_model.bin", "not a flat mapping")),
@@ -641,3 +671,16 @@ def test_tokenizer_auto_map_is_accepted_with_trust_remote_code(tiny_models, tmp_
     ("merges.txt", False), ("README.md", False), ("python", False)])
 def test_is_code_file(name, code):
     assert is_code_file(Path("/models/x") / name) is code
+
+
+def test_auto_tokenizer_failure_is_a_checkpoint_error(tiny_models, tmp_path):
+    """The AutoTokenizer fallback of the representation pass: a tokenizer transformers cannot
+    build is reported as a CheckpointError naming the folder, not as transformers' traceback."""
+    from recall_merge.recall.fast_tokenizer import load_auto_tokenizer
+
+    assert load_auto_tokenizer(tiny_models["base"]).eos_token == "<|im_end|>"
+    base = copy_of(tiny_models, tmp_path, "base", name="odd_tokenizer")
+    (base / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
+    with pytest.raises(CheckpointError, match="odd_tokenizer") as caught:
+        load_auto_tokenizer(base)
+    assert caught.value.fix

@@ -42,10 +42,14 @@ class LoraAdapter:
         if peft_type != "LORA":
             raise CheckpointError(f"{self.folder} is a {excerpt(peft_type)} adapter; only LoRA is supported",
                                   "merge the adapter into its base with peft first and pass the folder")
+        self._read_settings()
+        merged_first = "merge it into the base with peft (merge_and_unload) and pass that folder"
         if self.config.get("use_dora"):
             raise CheckpointError(f"{self.folder} is a DoRA adapter, whose update is not a plain delta",
-                                  "merge it into the base with peft (merge_and_unload) and pass that folder")
-        self._read_settings()
+                                  merged_first)
+        if self.config.get("lora_bias"):
+            raise CheckpointError(f"{self.folder} trains a bias in lora_B (lora_bias), which has no "
+                                  "place in the base's bias-free weights", merged_first)
         weights = self.folder / "adapter_model.safetensors"
         if not (weights.exists() or weights.is_symlink()):
             if (self.folder / "adapter_model.bin").exists():
@@ -85,7 +89,7 @@ class LoraAdapter:
         alpha = config.get("lora_alpha", rank)
         if not number(alpha):
             raise refuse("lora_alpha", "a finite number")
-        for key in ("use_rslora", "fan_in_fan_out"):
+        for key in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias"):
             if config.get(key) is not None and not isinstance(config[key], bool):
                 raise refuse(key, "true or false")
         for key, expected in (("rank_pattern", "a positive whole number"), ("alpha_pattern", "a finite number")):
@@ -106,29 +110,43 @@ class LoraAdapter:
     def _index_keys(self, base: Checkpoint) -> None:
         keys = self._keys()
         present = set(keys)
+        merged_first = "merge the adapter into the base with peft (merge_and_unload) and pass that folder"
         for key in keys:
             stripped = key.removeprefix("base_model.model.")
             if "lora_embedding" in stripped:
-                raise CheckpointError(f"{self.folder}: LoRA on embedding layers is not supported",
-                                      "merge the adapter into the base with peft first")
-            if ".lora_A." in stripped:
-                module = stripped.split(".lora_A.")[0]
-                b_key = key.replace(".lora_A.", ".lora_B.")
-                if b_key not in present:
-                    raise CheckpointError(f"{self.folder}: module {excerpt(module, 200)} has lora_A but no "
-                                          f"lora_B ({excerpt(b_key, 200)} is missing)",
-                                          "re-save the adapter (it is incomplete)")
-                self.modules[self._base_name(module + ".weight", base)] = (key, b_key)
-            elif ".lora_B." in stripped:
-                module = stripped.split(".lora_B.")[0]
-                if key.replace(".lora_B.", ".lora_A.") not in present:
-                    # without A there is no delta: dropping B would merge the base weight silently
-                    raise CheckpointError(f"{self.folder}: module {excerpt(module, 200)} has lora_B but no "
-                                          f"lora_A", "re-save the adapter (it is incomplete)")
-            elif "lora_magnitude" in stripped:
-                continue  # DoRA vectors: refused above through use_dora
+                raise CheckpointError(f"{self.folder}: LoRA on embedding layers is not supported", merged_first)
+            if "lora_magnitude" in stripped or "trainable_tokens" in stripped:
+                # DoRA magnitudes or PEFT trainable tokens: neither is a plain ΔW or a whole tensor
+                kind = "DoRA magnitude vectors" if "lora_magnitude" in stripped else "trainable token rows"
+                raise CheckpointError(f"{self.folder} holds {kind} ({excerpt(key, 200)}), which this "
+                                      "tool cannot merge as a delta", merged_first)
+            if ".lora_A." in stripped or ".lora_B." in stripped:
+                a_key, b_key = key.replace(".lora_B.", ".lora_A."), key.replace(".lora_A.", ".lora_B.")
+                module = stripped.split(".lora_A.")[0].split(".lora_B.")[0]
+                if not a_key.endswith(".weight") or not b_key.endswith(".weight"):
+                    raise CheckpointError(f"{self.folder}: {excerpt(key, 200)} is not a LoRA weight (a LoRA "
+                                          "bias or an unknown layout)", merged_first)
+                if a_key not in present or b_key not in present:
+                    # one half alone is no delta: dropping it would merge the base weight silently
+                    have, lack = ("lora_A", "lora_B") if a_key in present else ("lora_B", "lora_A")
+                    raise CheckpointError(f"{self.folder}: module {excerpt(module, 200)} has {have} but no "
+                                          f"{lack} ({excerpt(b_key if have == 'lora_A' else a_key, 200)} is "
+                                          "missing)", "re-save the adapter (it is incomplete)")
+                if key != a_key:
+                    continue  # the pair is indexed from its lora_A key
+                name = self._base_name(module + ".weight", base)
+                if name in self.modules:
+                    raise CheckpointError(f"{self.folder} has two LoRA pairs for {excerpt(name, 200)} "
+                                          f"({excerpt(self.modules[name][0], 200)} and {excerpt(key, 200)})",
+                                          "re-save the adapter with one adapter name (peft save_pretrained)")
+                self.modules[name] = (a_key, b_key)
             else:
-                self.replacements[self._base_name(stripped.replace(".modules_to_save.default", ""), base)] = key
+                name = self._base_name(stripped.replace(".modules_to_save.default", ""), base)
+                if name in self.replacements:
+                    raise CheckpointError(f"{self.folder} replaces {excerpt(name, 200)} twice "
+                                          f"({excerpt(self.replacements[name], 200)} and {excerpt(key, 200)})",
+                                          "re-save the adapter with one adapter name (peft save_pretrained)")
+                self.replacements[name] = key
         if not self.modules and not self.replacements:
             raise CheckpointError(f"{self.folder} holds no LoRA tensors", "check that it is a LoRA adapter")
         both = next((name for name in self.modules if name in self.replacements), None)
