@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from recall_merge.config import MergeConfig, load_config
 from recall_merge.errors import OutputError
 from recall_merge.io import atomic
-from recall_merge.io.pool import ModelPool
+from recall_merge.io.pool import ModelPool, is_code_file
 from recall_merge.io.reader import check_finite
 from recall_merge.io.writer import StreamingShardWriter
 from recall_merge.methods.registry import get_method
@@ -263,7 +263,7 @@ def _copy_support_files(source: Path, target: Path, config: MergeConfig) -> None
     for path in sorted(source.iterdir()):
         if (not path.is_file() or path.name in _SKIP_FILES or path.name.endswith(_WEIGHT_SUFFIXES)
                 or path.name.lower() == "readme.md"
-                or (path.suffix == ".py" and not config.trust_remote_code)):
+                or (is_code_file(path) and not config.trust_remote_code)):
             continue
         if path.name == "config.json":
             model_config = json.loads(path.read_text())

@@ -29,7 +29,11 @@ from recall_merge.recall.fast_forward import (
     hidden_states,
     spec_from_config,
 )
-from recall_merge.recall.fast_tokenizer import FastTokenizer, load_fast_tokenizer
+from recall_merge.recall.fast_tokenizer import (
+    FastTokenizer,
+    load_auto_tokenizer,
+    load_fast_tokenizer,
+)
 from recall_merge.recall.streamed import (
     DEFAULT_ACTIVATION_BUDGET,
     StreamedDecoder,
@@ -52,9 +56,7 @@ class FastDecoder:
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     """The folder's tokenizer, right-padded (cached: a 49k-vocab fast tokenizer takes ~2 s)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    tokenizer = load_auto_tokenizer(folder, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
