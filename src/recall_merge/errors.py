@@ -20,6 +20,12 @@ class ConfigError(RecallError):
     """The configuration file or its values are invalid."""
 
 
+class ConfigValueError(ConfigError, ValueError):
+    """A :class:`ConfigError` that is also a ``ValueError``, so that a pydantic validator may raise
+    it: the config loader then reports the key it belongs to with this error's problem and fix,
+    and code outside pydantic can raise and catch it as any other ConfigError."""
+
+
 class CheckpointError(RecallError):
     """A checkpoint is missing, unreadable, unsafe, or incompatible with the others."""
 

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from recall_merge.io.pool import ModelPool
 
 class StrictParameters(BaseModel):
-    """Base of every method's parameter schema: unknown keys are refused (with the closest name)."""
+    """Base of every method's parameter schema: unknown keys are refused (with the closest name),
+    and so is NaN or ±inf in any float, at any depth of a list."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 TensorKind = Literal["block", "embedding", "head", "norm", "other"]

@@ -9,12 +9,14 @@ those of mergekit 0.1.5, so that the same config gives the same tensors in both 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from recall_merge.errors import ConfigError
+from recall_merge.errors import ConfigError, ConfigValueError
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 
@@ -22,6 +24,39 @@ if TYPE_CHECKING:
     from recall_merge.config import MergeConfig
 
 LayerWeight = float | list[float]
+
+MAX_WEIGHT = 1e3  # |weight|, |base_weight| and |lambda|: beyond this a merge is noise or overflow
+# |Σ weights| below this share of Σ |weights| counts as zero where a method divides by the sum:
+# the merge would then be the difference of near-equal numbers blown up by the division.
+_CANCELLATION = 1e-6
+
+
+def _check_numbers(value: Any, accept: Callable[[float], bool], rule: str, fix: str,
+                   where: str = "", depth: int = 0) -> None:
+    """Every number in ``value`` (a number, or lists of numbers at any depth: per-model entries
+    and per-layer gradients) finite and accepted, each list non-empty; raised before pydantic's
+    own validation so that the message names the entry rather than each member of the union.
+    What is not a number or a list is left to pydantic's type error."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigValueError(f"{'entry ' + where if where else 'the list'} is empty", fix)
+        if depth < 4:  # deeper is no valid shape: pydantic says so
+            for index, item in enumerate(value):
+                _check_numbers(item, accept, rule, fix, f"{where}[{index}]", depth + 1)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        if isinstance(value, str):
+            return  # not a number: pydantic's type error
+        number = math.inf  # an integer too large for a float
+    label = f"entry {where}" if where else "the value"
+    if not math.isfinite(number):
+        raise ConfigValueError(f"{label} is {number}; every number must be finite", fix)
+    if not accept(number):
+        raise ConfigValueError(f"{label} is {number:g}, outside {rule}", fix)
 
 
 class ClassicParameters(StrictParameters):
@@ -36,17 +71,22 @@ class ClassicParameters(StrictParameters):
         None,
         description="one entry per model in `models`: a number, or a list interpolated over depth "
         "(mergekit gradient; a list as long as the number of blocks gives one weight per block). "
-        "Default: 1.0 for every model",
+        "Every number finite with |w| ≤ 1000; where the method divides by the sum (linear with "
+        "normalize) the sum may not be 0 at any depth. Default: 1.0 for every model",
     )
-    lambda_: float = Field(1.0, alias="lambda", description="scale of the merged task vector")
+    lambda_: float = Field(1.0, alias="lambda", ge=-MAX_WEIGHT, le=MAX_WEIGHT,
+                           description="scale of the merged task vector, finite with |lambda| ≤ 1000")
     density: float | list[LayerWeight] = Field(
-        1.0, description="fraction of task-vector entries kept (one number, or one entry per model)"
+        1.0, description="fraction of task-vector entries kept, in (0, 1] (one number, or one entry "
+        "per model)"
     )
     gamma: float | list[LayerWeight] = Field(
-        0.01, description="breadcrumbs: fraction of largest entries dropped (one number, or one per model)"
+        0.01, description="breadcrumbs: fraction of largest entries dropped, in [0, 1) (one number, "
+        "or one per model)"
     )
     normalize: bool | None = Field(
-        None, description="divide by the sum of the weights (default: the method's mergekit default)"
+        None, description="divide by the sum of the weights (default: the method's mergekit default); "
+        "linear refuses weights whose sum is 0 at some depth"
     )
     rescale: bool | None = Field(
         None, description="rescale kept entries after sparsification (default: on for DARE only)"
@@ -59,29 +99,31 @@ class ClassicParameters(StrictParameters):
         "sum", description="TIES sign election: sign of the summed mass (sum) or of the sign count"
     )
     include_base: bool = Field(False, description="linear: the base is averaged in as one more model")
-    base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight")
+    base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight "
+                                     "(a number or a gradient list, finite with |w| ≤ 1000)")
 
-    @field_validator("density")
+    @field_validator("weights", "base_weight", mode="before")
+    @classmethod
+    def _weights_in_range(cls, value: Any) -> Any:
+        if value is not None:
+            _check_numbers(value, lambda w: abs(w) <= MAX_WEIGHT, "[-1000, 1000]",
+                           "give finite weights between -1000 and 1000 (lists: one entry per model, "
+                           "each a number or a non-empty list over depth)")
+        return value
+
+    @field_validator("density", mode="before")
     @classmethod
     def _density_in_range(cls, value: Any) -> Any:
-        for number in _flatten(value):
-            if not 0 < number <= 1:
-                raise ValueError("density must lie in (0, 1]")
+        _check_numbers(value, lambda d: 0 < d <= 1, "(0, 1]",
+                       "density must lie in (0, 1]: the fraction of task-vector entries kept")
         return value
 
-    @field_validator("gamma")
+    @field_validator("gamma", mode="before")
     @classmethod
     def _gamma_in_range(cls, value: Any) -> Any:
-        for number in _flatten(value):
-            if not 0 <= number < 1:
-                raise ValueError("gamma must lie in [0, 1)")
+        _check_numbers(value, lambda g: 0 <= g < 1, "[0, 1)",
+                       "gamma must lie in [0, 1): the fraction of the largest entries dropped")
         return value
-
-
-def _flatten(value: Any) -> list[float]:
-    if isinstance(value, list):
-        return [number for entry in value for number in _flatten(entry)]
-    return [float(value)]
 
 
 Sparsification = Literal["magnitude", "random", "breadcrumbs"]
@@ -128,6 +170,17 @@ class _ClassicMethod(MergeMethod):
         self.normalize = parameters.normalize if parameters.normalize is not None else self.default_normalize
         self.rescale = parameters.rescale if parameters.rescale is not None else self.default_rescale
         self.tensors_merged = 0
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Refuse, before any weight is read, settings that fail at some depth (the number of
+        blocks is known only now). Most methods need nothing beyond the schema."""
+
+    def depths(self) -> list[tuple[str, float]]:
+        """Every depth t at which the merge reads the per-model settings, with what is read there."""
+        return [("the tensors outside the blocks", 0.0)] + [
+            (f"block {layer}", ops.mergekit_t("block", layer, self.num_layers))
+            for layer in range(self.num_layers)]
 
     def depth_t(self, position: TensorPosition) -> float:
         # mergekit's t, not position.depth: mergekit reads gradients at t = 0 for the head and the
@@ -181,6 +234,29 @@ class Linear(_ClassicMethod):
     summary = "weighted average of the models' weights (mergekit linear)"
     elementwise = True
     default_normalize = True
+
+    def _check_settings(self) -> None:
+        # weighted_average divides by Σ w (no guard, unlike task arithmetic's |Σ| < 1e-8 → 1): a
+        # zero sum is a NaN model, a near-zero one amplified noise, found only after the merge.
+        if not self.normalize:
+            return
+        for where, t in self.depths():
+            weights = self._linear_weights_at(t)
+            total, magnitude = sum(weights), sum(abs(w) for w in weights)
+            if abs(total) <= _CANCELLATION * magnitude:
+                shown = ", ".join(f"{w:g}" for w in weights[:8]) + (", ..." if len(weights) > 8 else "")
+                raise ConfigError(
+                    f"parameters.weights{' and base_weight' if self.parameters.include_base else ''} "
+                    f"sum to {total:.3g} at {where} (t = {t:.3g}: {shown}); "
+                    "linear divides by this sum (normalize), which would give NaN or amplified noise",
+                    "give weights whose sum is clearly non-zero at every depth, or set "
+                    "parameters.normalize: false to use the weighted sum as is")
+
+    def _linear_weights_at(self, t: float) -> list[float]:
+        weights = self.weights_at(t)
+        if self.parameters.include_base:
+            weights = [ops.interpolate_gradient(self.parameters.base_weight, t), *weights]
+        return weights
 
     def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
         tensors, weights = list(experts), self.weights_at(t)

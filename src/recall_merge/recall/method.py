@@ -7,6 +7,7 @@ Tensor function: θ_j = Σ_k α_j^(k) θ_j^(k) (``variant: paper``), or the task
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any, Literal
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from recall_merge.errors import ConfigError, RecallSampleWarning
+from recall_merge.errors import ConfigError, ConfigValueError, RecallSampleWarning
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 from recall_merge.recall.representations import (
@@ -22,7 +23,7 @@ from recall_merge.recall.representations import (
     representation_tokenizer,
     states_for_all_models,
 )
-from recall_merge.recall.samples import read_samples
+from recall_merge.recall.samples import MAX_SAMPLES, check_samples_file, read_samples
 from recall_merge.recall.similarity import similarity_matrix, softmax_weights
 from recall_merge.recall.typical import select_typical
 
@@ -86,21 +87,29 @@ class RecallParameters(StrictParameters):
         "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
         "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean).",
     )
-    num_typical: int = Field(20, ge=1, description="number of clusters m = number of typical samples")
+    num_typical: int = Field(20, ge=1, le=MAX_SAMPLES,
+                             description="number of clusters m = number of typical samples (1 to "
+                             f"{MAX_SAMPLES:,}, and at most the number of samples)")
     selection: Literal["kmeans", "random"] = "kmeans"
-    cluster_layer: int = Field(-1, description="hidden-state index clustered (-1: last layer)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature τ")
+    cluster_layer: int = Field(-1, ge=-100_000, le=100_000,
+                               description="hidden-state index clustered: 0 the embeddings, j the "
+                               "output of block j, negative counts from the end (-1: last block); "
+                               "from -(L+1) to L for models of L blocks, checked when they are opened")
+    temperature: float = Field(1.0, ge=1e-6, description="softmax temperature τ, finite and at least "
+                               "1e-6 (a smaller τ overflows the softmax; a large one gives uniform α)")
     kernel: Literal["rbf", "cosine", "cka"] = "rbf"
     aggregation: Literal["aligned", "all_pairs"] = "aligned"
     bandwidth: Literal["median", "median_aligned"] | float = Field(
         "median", description="median: median pairwise distance over all pooled states of the layer; "
-        "median_aligned: median over same-sample cross-model distances; a number: fixed σ"
+        "median_aligned: median over same-sample cross-model distances; a number: fixed σ, from "
+        "1e-9 to 1e9 (a smaller σ² underflows to 0 and the kernel to NaN)"
     )
     include_base: bool = Field(True, description="the base M_0 takes part in the softmax and the merge")
     per_layer: bool = Field(True, description="False: one global α (mean over layers) for every layer")
     embeddings: Literal["first_layer", "mean"] = "first_layer"
     head: Literal["last_layer", "mean"] = "last_layer"
-    scale: float = Field(1.0, gt=0, description="λ of the task_vector and ties variants")
+    scale: float = Field(1.0, gt=0, le=1e3, description="λ of the task_vector and ties variants, "
+                         "above 0 and at most 1000 (finite)")
     density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries kept")
     similarity_space: Literal["states", "shifts"] = Field(
         "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
@@ -123,11 +132,24 @@ class RecallParameters(StrictParameters):
         "than max_length are the same input under right; the report counts the distinct ones")
     batch_size: int = Field(8, ge=1)
 
-    @field_validator("bandwidth")
+    @field_validator("bandwidth", mode="before")
     @classmethod
-    def _positive_bandwidth(cls, value: Any) -> Any:
-        if isinstance(value, float) and value <= 0:
-            raise ValueError("a fixed bandwidth must be > 0")
+    def _bandwidth_in_range(cls, value: Any) -> Any:
+        # Before pydantic's union of the two rules and a number, so the message is about σ, not
+        # about which member of the union failed.
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return value
+        try:
+            sigma = float(value)
+        except (ValueError, OverflowError):
+            return value  # a rule name, or not a number: the union says which
+        fix = "give a fixed bandwidth between 1e-9 and 1e9, or 'median' / 'median_aligned'"
+        if not math.isfinite(sigma):
+            raise ConfigValueError(f"a fixed bandwidth must be finite, not {sigma}", fix)
+        if sigma <= 0:
+            raise ConfigValueError(f"a fixed bandwidth must be > 0, not {sigma:g}", fix)
+        if not 1e-9 <= sigma <= 1e9:
+            raise ConfigValueError(f"a fixed bandwidth of {sigma:g} is outside [1e-9, 1e9]", fix)
         return value
 
 
@@ -145,6 +167,16 @@ class RecallMethod(MergeMethod):
         if config.samples is None:
             raise ConfigError("method recall needs `samples`: the newest task's inputs",
                               "add `samples: PATH` (.jsonl with a \"text\" field, or .txt one per line)")
+        # Hidden states are indexed 0 (embeddings) to num_layers (last block); Python's negative
+        # indices count from the end. Checked here, once the models' depth is known from their
+        # headers, rather than as an IndexError after the whole representation pass.
+        states = num_layers + 1
+        if not -states <= parameters.cluster_layer < states:
+            raise ConfigError(
+                f"parameters.cluster_layer is {parameters.cluster_layer}, but the models have "
+                f"{num_layers} blocks: hidden states 0 (embeddings) to {num_layers} (last block)",
+                f"use a cluster_layer from {-states} to {num_layers} (-1, the default, is the last block)")
+        check_samples_file(config.samples)  # a folder, a device or a pipe: refused before any weight
         self.alpha_per_layer: torch.Tensor | None = None  # (num_layers, N + 1), float64
         self.strength_per_layer: torch.Tensor | None = None  # (num_layers,), task-vector variants
         self.layer_reports: list[dict[str, Any]] = []
