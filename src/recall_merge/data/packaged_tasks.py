@@ -221,7 +221,7 @@ def task_names() -> list[str]:
 def lookup(source: str, name: str | None) -> tuple[str, SourceTask]:
     """(canonical name, task) for ``source:name``; a bare source gives its first task."""
     tasks = TASKS[source]
-    key = (name or next(iter(tasks))).strip().lower()
+    key = str(name or next(iter(tasks))).strip().lower()
     if key not in tasks:
         close = difflib.get_close_matches(key, list(tasks), n=1, cutoff=0.4)
         hint = f"did you mean '{source}:{close[0]}'? " if close else ""
