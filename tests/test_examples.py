@@ -272,3 +272,20 @@ def test_continual_smollm2_runs_at_a_tiny_budget(smollm2, tmp_path):
         assert "error" not in entry, (name, entry.get("error"))
         assert len(entry["R"]) == 4 and all(len(row) == 3 for row in entry["R"]), name
         assert all(0.0 <= value <= 1.0 for row in entry["R"] for value in row), name
+
+
+def test_readme_merge_config_is_the_example_merge():
+    """The config README.md shows under "Merge your own models" merges the same files as
+    examples/merge_recall.yaml (which tests above run end to end), from the repository root."""
+    import yaml
+
+    repo = EXAMPLES.parent
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    shown = yaml.safe_load(next(block for block in blocks if block.startswith("method: recall")))
+    example = yaml.safe_load((EXAMPLES / "merge_recall.yaml").read_text(encoding="utf-8"))
+    for key in ("models", "samples"):
+        ours = shown[key] if isinstance(shown[key], list) else [shown[key]]
+        theirs = example[key] if isinstance(example[key], list) else [example[key]]
+        assert [(repo / p).resolve() for p in ours] == [(EXAMPLES / p).resolve() for p in theirs], key
+    assert shown["base"] == example["base"] and shown["method"] == example["method"]
