@@ -171,10 +171,11 @@ def test_long_values_and_keys_are_quoted_as_excerpts(tiny_models, tmp_path, caps
     config["k" * 300_000] = 1
     stderr = _refused(capsys, _write(config, tmp_path), tmp_path, "dtype", "unknown key")
     assert len(stderr) < 2000
-    config = _config(tiny_models, tmp_path, device="d" * 10**7, seed=[list(range(10**6))] * 10**3)
+    config = _config(tiny_models, tmp_path, device="d" * 10**7, seed=[list(range(10**6))] * 10**3,
+                     method="m" * 10**7)
     with pytest.raises(ConfigError) as caught:
         load_config(config)
-    assert "device" in caught.value.problem and "seed" in caught.value.problem
+    assert all(key in caught.value.problem for key in ("device", "seed", "unknown merge method"))
     assert len(str(caught.value)) < 2000
 
 
@@ -208,11 +209,15 @@ def test_seed_limits_are_accepted(tiny_models, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 4. layer indices
-@pytest.mark.parametrize("cluster_layer", [3, 99, -4, -10**30])
-def test_cluster_layer_past_the_model_is_refused(cluster_layer, tiny_models, tmp_path, capsys, no_weight_reads):
+@pytest.mark.parametrize(("cluster_layer", "fragments"), [
+    (3, ["2 blocks", "-3 to 2"]), (99, ["2 blocks", "-3 to 2"]), (-4, ["2 blocks", "-3 to 2"]),
+    (-10**30, ["greater than or equal to -100000"]),  # no model is that deep: refused at load
+])
+def test_cluster_layer_past_the_model_is_refused(cluster_layer, fragments, tiny_models, tmp_path, capsys,
+                                                 no_weight_reads):
     config = _config(tiny_models, tmp_path, "recall")
     config["parameters"]["cluster_layer"] = cluster_layer
-    _refused(capsys, _write(config, tmp_path), tmp_path, "cluster_layer", "2 blocks", "-3 to 2")
+    _refused(capsys, _write(config, tmp_path), tmp_path, "cluster_layer", *fragments)
 
 
 def test_cluster_layer_range_matches_the_hidden_states(tiny_models, tmp_path):
@@ -245,6 +250,20 @@ def test_device_the_machine_cannot_serve_is_refused(device, method, tiny_models,
                                                     no_weight_reads):
     config = _config(tiny_models, tmp_path, method, device=device)
     _refused(capsys, _write(config, tmp_path), tmp_path, "device", "device: cpu")
+
+
+def test_gpu_index_is_checked_against_the_gpus_present(monkeypatch):
+    """The CUDA branch on any machine: a pretend two-GPU machine takes cuda:1, refuses cuda:2."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1"
+    assert check_device("CUDA") == "cuda"
+    with pytest.raises(ConfigError, match="has 2 GPU") as caught:
+        check_device("cuda:2")
+    assert "cuda:0 to cuda:1" in caught.value.fix
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no usable CUDA"):
+        check_device("cuda:0")
 
 
 def test_usable_devices_are_accepted():
@@ -398,3 +417,6 @@ def test_streamed_reading_keeps_the_samples_and_their_order(tmp_path):
         read_samples(bad)
     with pytest.raises(SampleError, match="num_typical"):
         read_samples(txt, min_count=5)
+    with pytest.raises(SampleError, match="more than 3 samples"):
+        read_samples(txt, max_count=3)
+    assert len(read_samples(txt, max_count=None)) == 4

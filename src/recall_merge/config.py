@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from recall_merge.errors import ConfigError, ConfigValueError, OutputError, RecallError
 from recall_merge.io.packaged import is_packaged_name
 from recall_merge.methods.base import StrictParameters as _Strict
-from recall_merge.methods.registry import parameters_model
+from recall_merge.methods.registry import available_methods, parameters_model
+from recall_merge.recall.samples import MAX_LINE_BYTES, MAX_SAMPLES
 
 ModelRef = str  # a folder path, or a packaged model name such as "smollm2"
 
@@ -46,7 +47,9 @@ class MergeConfig(_Strict):
     models: list[ModelRef] = Field(min_length=1, description="experts M_1..M_N in order, newest last. "
                                    + _PATHS_NOTE)
     samples: Path | None = Field(None, description="the newest task's inputs (.jsonl with a \"text\" "
-                                 "field, or .txt one per line); RECALL only. " + _PATHS_NOTE)
+                                 f"field, or .txt one per line; a regular file of at most {MAX_SAMPLES:,} "
+                                 f"samples and {MAX_LINE_BYTES:,} bytes per line); RECALL only. "
+                                 + _PATHS_NOTE)
     output: Path = Field(description="output folder, written atomically. " + _PATHS_NOTE)
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"random seed, 0 to {MAX_SEED} (2**32 - 1)")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -61,6 +64,18 @@ class MergeConfig(_Strict):
     device: str = Field("cpu", description="torch device of RECALL's representation pass: cpu, cuda, "
                         "cuda:N or mps, checked against this machine when the config is loaded. The "
                         "classic and SVD methods always stream on the CPU and ignore it")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        # Here rather than in the registry's lookup, so that a long bogus name is quoted cut short.
+        names = available_methods()
+        if value not in names:
+            close = difflib.get_close_matches(value, names, n=1, cutoff=0.5) if len(value) <= 100 else []
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigValueError(f"unknown merge method {_short(value, 60)}",
+                                   f"{hint}available methods: {', '.join(names)}")
+        return value
 
     @field_validator("seed", mode="before")
     @classmethod

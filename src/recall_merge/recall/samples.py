@@ -82,10 +82,11 @@ def _lines(path: Path, shown: str):
             yield number, text
 
 
-def read_samples(path: Path, *, min_count: int = 1) -> list[str]:
+def read_samples(path: Path, *, min_count: int = 1, max_count: int | None = MAX_SAMPLES) -> list[str]:
     """The samples of ``path``, in file order: the "text" field of each JSON line of a .jsonl or
-    .json file, or each non-blank line of any other file. At most MAX_SAMPLES samples of at most
-    MAX_SAMPLE_CHARS characters; fewer than ``min_count`` is an error."""
+    .json file, or each non-blank line of any other file. Each at most MAX_SAMPLE_CHARS
+    characters; fewer than ``min_count`` or more than ``max_count`` (None: no limit beyond the
+    file's MAX_FILE_BYTES) is an error."""
     path = Path(path)
     check_samples_file(path)
     shown = _shown(path)
@@ -113,10 +114,10 @@ def read_samples(path: Path, *, min_count: int = 1) -> list[str]:
                 raise SampleError(f"{shown}: sample {len(texts) + 1} has {len(sample)} characters",
                                   f"split or shorten it to under {MAX_SAMPLE_CHARS} characters")
             texts.append(sample)
-            if len(texts) > MAX_SAMPLES:
-                raise SampleError(f"sample file {shown} has more than {MAX_SAMPLES:,} samples; RECALL runs "
+            if max_count is not None and len(texts) > max_count:
+                raise SampleError(f"sample file {shown} has more than {max_count:,} samples; RECALL runs "
                                   "each through the newest model and clusters them into num_typical",
-                                  f"use at most {MAX_SAMPLES:,} samples (a random subset keeps the typical "
+                                  f"use at most {max_count:,} samples (a random subset keeps the typical "
                                   "samples representative)")
     if not texts:
         raise SampleError(f"sample file {shown} is empty", "add the newest task's inputs, one per line")
