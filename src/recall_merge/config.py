@@ -13,7 +13,6 @@ import errno
 import math
 import os
 import re
-import reprlib
 import stat
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +21,14 @@ import torch
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from recall_merge.errors import ConfigError, ConfigValueError, OutputError, RecallError
+from recall_merge.errors import (
+    MAX_QUOTED_CHARS,
+    ConfigError,
+    ConfigValueError,
+    OutputError,
+    RecallError,
+    excerpt,
+)
 from recall_merge.io.packaged import is_packaged_name
 from recall_merge.methods.base import StrictParameters as _Strict
 from recall_merge.methods.registry import available_methods, parameters_model
@@ -30,7 +36,6 @@ from recall_merge.recall.samples import MAX_LINE_BYTES, MAX_SAMPLES
 
 ModelRef = str  # a folder path, or a packaged model name such as "smollm2"
 
-MAX_QUOTED_CHARS = 200  # no message quotes more of a user's value than this
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (K-means) are 32-bit unsigned
 MAX_SIZE_BYTES = 10**15  # 1 PB: a larger shard or block size is a typo, not a plan
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few kilobytes; a bigger file is not one
@@ -111,22 +116,6 @@ class MergeConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- quoting user values
-_REPR = reprlib.Repr()
-_REPR.maxstring = MAX_QUOTED_CHARS
-_REPR.maxother = MAX_QUOTED_CHARS
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
-_REPR.maxlevel = 3
-_REPR.maxlong = 60
-
-
-def excerpt(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
-    """``repr(value)`` cut to at most ``limit`` characters. reprlib stops at a few items and levels,
-    so the cost is bounded too: a value built from YAML aliases can be astronomically large once
-    expanded, and a message must never try to spell it out."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _short(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
     """A string (a path, a key) cut to ``limit`` characters, quoted."""
     return repr(text) if len(text) <= limit else repr(text[: limit - 3]) + "..."

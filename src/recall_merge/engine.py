@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recall_merge.config import MergeConfig, load_config
+from recall_merge.config import MergeConfig, check_output_path, load_config
 from recall_merge.errors import OutputError
 from recall_merge.io import atomic
 from recall_merge.io.pool import ModelPool, is_code_file
@@ -219,6 +219,7 @@ def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
     input (``output: proj`` with the models under ``proj/``) or is not a previous merge would lose
     the user's files.
     """
+    check_output_path(output)
     resolved = output.resolve()
     inputs = [config.base, *config.models] + ([config.samples] if config.samples else [])
     for ref in inputs:

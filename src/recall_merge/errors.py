@@ -6,6 +6,11 @@ message on stderr and exit status 2, so scripts can tell bad input from a crash.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+MAX_QUOTED_CHARS = 200  # no message quotes more of a user's value than this
+
 
 class RecallError(Exception):
     """Bad input or an unsafe request. ``problem`` says what is wrong, ``fix`` what to do."""
@@ -40,3 +45,19 @@ class OutputError(RecallError):
 
 class RecallSampleWarning(UserWarning):
     """RECALL's representation pass sees fewer distinct samples than it was given."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = MAX_QUOTED_CHARS
+_REPR.maxother = MAX_QUOTED_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
+_REPR.maxlong = 60
+
+
+def excerpt(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters. reprlib stops at a few items and levels,
+    so the cost is bounded too: a value built from YAML aliases can be astronomically large once
+    expanded, and a message must never try to spell it out."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

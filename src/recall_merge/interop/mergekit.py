@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recall_merge.errors import ConfigError
+from recall_merge.errors import ConfigError, excerpt
 
 if TYPE_CHECKING:
     from recall_merge.config import MergeConfig
@@ -60,7 +60,7 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
                           f"a mergekit config here may hold: {', '.join(sorted(_TOP_KEYS))}")
     method = raw.get("merge_method")
     if method not in SHARED_METHODS:
-        raise ConfigError(f"mergekit merge_method {method!r} has no equivalent in recall-merge",
+        raise ConfigError(f"mergekit merge_method {excerpt(method)} has no equivalent in recall-merge",
                           f"use one of {', '.join(SHARED_METHODS)}, or run it with mergekit-yaml")
 
     base_ref = _model_ref(raw["base_model"], None) if raw.get("base_model") else None
@@ -72,7 +72,7 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry, str):
             entry = {"model": entry}
         if not isinstance(entry, dict) or "model" not in entry:
-            raise ConfigError(f"mergekit model entry {entry!r} has no `model:`",
+            raise ConfigError(f"mergekit model entry {excerpt(entry)} has no `model:`",
                               "write each entry as `- model: PATH` with optional `parameters:`")
         extra = set(entry) - {"model", "parameters"}
         if extra:
@@ -267,7 +267,7 @@ def classic_to_mergekit(
 ) -> dict[str, Any]:
     """The mergekit config of a classic merge (``parameters`` as in our config, aliases used)."""
     if method not in SHARED_METHODS:
-        raise ConfigError(f"method {method!r} has no mergekit equivalent",
+        raise ConfigError(f"method {excerpt(method)} has no mergekit equivalent",
                           f"--emit-mergekit works for recall and {', '.join(SHARED_METHODS)}")
     if parameters.get("majority_sign_method", "sum") != "sum" or parameters.get("rescale_norm", "l1") != "l1":
         raise ConfigError("majority_sign_method count / rescale_norm other than l1 are not in mergekit",

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from recall_merge.errors import CheckpointError
+from recall_merge.errors import CheckpointError, excerpt
 
 SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
@@ -489,12 +489,6 @@ def _json_type(value: object) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
              float: "number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def excerpt(value: object, limit: int = 120) -> str:
-    """A user value for an error message: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _quote(name: object) -> str:

@@ -7,7 +7,7 @@ import difflib
 
 from pydantic import BaseModel
 
-from recall_merge.errors import ConfigError
+from recall_merge.errors import ConfigError, excerpt
 from recall_merge.methods.base import MergeMethod
 from recall_merge.methods.classic import (
     Breadcrumbs,
@@ -37,7 +37,7 @@ def get_method(name: str) -> type[MergeMethod]:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown merge method {name!r}",
+        raise ConfigError(f"unknown merge method {excerpt(name)}",
                           f"{hint}available methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 

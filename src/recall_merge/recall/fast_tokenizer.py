@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from recall_merge.errors import CheckpointError
-from recall_merge.io.reader import check_regular_file, excerpt, read_json_object
+from recall_merge.errors import CheckpointError, excerpt
+from recall_merge.io.reader import check_regular_file, read_json_object
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                       "mask_token")

@@ -209,7 +209,7 @@ def run_analyze(models: list[str], samples: Path, output: Path, num_samples: int
         raise OutputError(f"--output {str(output)[:200]} is a file, not a folder",
                           "give a folder path for the analysis (it is created if missing)")
     started = time.perf_counter()
-    texts = choose_samples(read_samples(Path(samples), min_count=2), num_samples, seed)
+    texts = choose_samples(read_samples(Path(samples), min_count=2, max_count=None), num_samples, seed)
     states, folders = pooled_states(list(models), texts, quiet)
     states_s = time.perf_counter() - started
     labels = model_labels(folders)
