@@ -133,7 +133,13 @@ def test_non_finite_training_settings_are_refused_when_the_config_is_read(tiny_m
                        ("ewc_lambda", float("inf")), ("learning_rate", 50.0),
                        ("learning_rate", 0.0)):
         bad = {**config, "strategies": [{"kind": "lwf", "training": {key: value}}]}
-        with pytest.raises(ConfigError, match=f"strategy 'lwf': training overrides: .*{key}"):
+        with pytest.raises(ConfigError, match=rf"strategies\[0\]\.training\.{key}' is .*, not a "
+                           rf"finite number|strategy 'lwf': training overrides: .*{key}"):
+            load_continual_config(bad)
+    # free-form settings (task options, merge parameters) are checked too: results stay JSON
+    for bad in ({**config, "merge_parameters": {"ties": {"density": float("nan")}}},
+                {**config, "task_options": {"dev_fraction": float("inf")}}):
+        with pytest.raises(ConfigError, match="not a finite number"):
             load_continual_config(bad)
     assert not (tmp_path / "run").exists()
 

@@ -1,22 +1,23 @@
 """The continual harness end to end on a tiny random Llama and SYNTHETIC tasks (unit tests only):
-every strategy yields a full matrix, stages are durable, and a run killed mid-way then restarted
-writes the same results.json as an uninterrupted one."""
+every strategy yields a full matrix, stages are durable, and a run killed mid-stage (SIGKILL) or
+interrupted in-process then restarted writes the same results.json as an uninterrupted one."""
 
 from __future__ import annotations
 
 import copy
 import csv
 import json
-import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from recall_merge.continual.config import expand_strategies, load_continual_config, parse_shorthand
-from recall_merge.continual.runner import ABORT_ENV, ABORT_EXIT_CODE, ContinualRun, ModelState
+from recall_merge.continual.runner import ContinualRun, ModelState
 from recall_merge.continual.scoring import answer_log_likelihoods, score_task
 from recall_merge.continual.synthetic import load_synthetic_task
 from recall_merge.errors import ConfigError
@@ -86,6 +87,7 @@ def test_run_folder_holds_the_stages_and_a_csv(full_run):
     assert (run_dir / "strategies" / "recall_lora" / "expert2" / "config.json").is_file()
     assert (run_dir / "strategies" / "recall_lora" / "step2" / "config.json").is_file()
     assert not list(run_dir.rglob("*.partial"))
+    assert not list(run_dir.rglob(".*.tmp-*")) and not list(run_dir.rglob(".*.recall-partial-*"))
     with open(run_dir / "results.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     cells = [r for r in rows if r["method"] == "sequential" and r["quantity"] == "R"]
@@ -141,28 +143,88 @@ def test_rerun_of_a_finished_run_builds_nothing(full_run, tiny_models):
     assert again == results
 
 
+def _temporary_stage_folders(run_dir: Path) -> list[Path]:
+    """Stages being built: marked temporary folders (``.NAME.tmp-PID``) under strategies/."""
+    from recall_merge.io.atomic import is_marked_folder
+
+    return [path for path in (run_dir / "strategies").rglob(".*.tmp-*") if is_marked_folder(path)]
+
+
 def test_killed_run_resumes_to_the_same_results(full_run, tiny_models, tmp_path):
     expected, _ = full_run
     run_dir = tmp_path / "run"
     config_file = tmp_path / "continual.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config(tiny_models["base"], run_dir, ALL_KINDS)))
-    env = {**os.environ, ABORT_ENV: "6"}  # hard exit (no cleanup) after six finished stages
-    killed = subprocess.run([sys.executable, "-m", "recall_merge.continual", str(config_file),
-                             "--quiet"], env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == ABORT_EXIT_CODE, killed.stderr[-2000:]
+    process = subprocess.Popen([sys.executable, "-m", "recall_merge.continual", str(config_file),
+                                "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # kill it (no cleanup at all) while a strategy's stage is half built: stopped first, so the
+    # stage cannot finish between the look and the kill
+    try:
+        while True:
+            assert process.poll() is None, "the run ended before a stage could be caught " \
+                "half built: " + process.stderr.read().decode()[-2000:]
+            if _temporary_stage_folders(run_dir):
+                process.send_signal(signal.SIGSTOP)
+                if half_built := _temporary_stage_folders(run_dir):
+                    break
+                process.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=60)
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "results.json").exists()
-    # a stage that was half written when the process died is discarded on resume
-    stale = run_dir / "strategies" / "sequential" / "step2.partial"
-    stale.mkdir(parents=True, exist_ok=True)
-    (stale / "junk.txt").write_text("half a checkpoint")
+    assert all(path.exists() for path in half_built), "the killed stage's folder is left behind"
+    # a user's folders that merely look like temporaries: never this tool's to delete
+    lookalikes = [run_dir / "strategies" / "sequential" / "step2.partial",
+                  run_dir / "strategies" / "sequential" / f".step2.tmp-{process.pid}"]
+    for folder in lookalikes:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "notes.txt").write_text("the user's own files")
 
     run = ContinualRun(load_continual_config(config_file), quiet=True)
     resumed = run.run()
     assert 0 < run.new_stages
-    assert not stale.exists()
+    assert not any(path.exists() for path in half_built), "the half-built stage was discarded"
+    assert all((folder / "notes.txt").read_text() == "the user's own files" for folder in lookalikes)
     assert comparable(resumed) == comparable(expected)
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert comparable(on_disk) == comparable(expected)
+
+
+def test_an_interrupted_stage_leaves_nothing_and_the_rerun_matches(tiny_models, tmp_path,
+                                                                   monkeypatch):
+    from recall_merge.continual import training
+
+    strategies = ["sequential", "merge:ties"]
+    uninterrupted = ContinualRun(load_continual_config(
+        tiny_config(tiny_models["base"], tmp_path / "whole", strategies)), quiet=True).run()
+
+    real_save = training.save_model
+    saves = {"n": 0}
+
+    def ctrl_c_on_the_third_save(model, tokenizer, folder):
+        saves["n"] += 1
+        if saves["n"] == 3:
+            (folder / "half_a_checkpoint.bin").write_bytes(b"\0" * 64)
+            raise KeyboardInterrupt
+        real_save(model, tokenizer, folder)
+
+    monkeypatch.setattr(training, "save_model", ctrl_c_on_the_third_save)
+    config = load_continual_config(tiny_config(tiny_models["base"], tmp_path / "run", strategies))
+    with pytest.raises(KeyboardInterrupt):
+        ContinualRun(config, quiet=True).run()
+    run_dir = tmp_path / "run"
+    assert not list(run_dir.rglob("half_a_checkpoint.bin")) and not list(run_dir.rglob(".*.tmp-*"))
+    assert len(list(run_dir.rglob("training.json"))) == 2, "the two stages before it are kept"
+
+    monkeypatch.setattr(training, "save_model", real_save)
+    rerun = ContinualRun(config, quiet=True)
+    assert comparable(rerun.run()) == comparable(uninterrupted)
+    assert rerun.new_stages > 0
 
 
 def test_a_run_folder_refuses_another_config(full_run, tiny_models):

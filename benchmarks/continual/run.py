@@ -150,7 +150,7 @@ PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens
 def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None:
     """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
     from recall_merge.io.packaged import resolve_model_ref
-    from recall_merge.continual.runner import _slug
+    from recall_merge.continual.store import slug as _slug
 
     base = resolve_model_ref("smollm2")
     if strategy == "base":
@@ -193,7 +193,7 @@ def remove_final_weights(run_dir: Path, strategy: str) -> None:
     """Once a strategy's final model is scored on the tasks and for generalisation, its weights
     (0.5 GB for SmolLM2 in fp32) go too: a full benchmark holds ~80 such models. The folder, its
     merge report and the scores stay; the base and LoRA adapters are never removed."""
-    from recall_merge.continual.runner import remove_model_weights
+    from recall_merge.continual.store import remove_model_weights
 
     state = final_model(run_dir, strategy)
     if state is not None and state[1] is None and state[0].is_relative_to(run_dir):
@@ -212,8 +212,8 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
     from transformers import AutoTokenizer
 
     from recall_merge.io.packaged import resolve_model_ref
-    from recall_merge.continual.runner import ModelState, refuse_removed_weights
     from recall_merge.continual.scoring import perplexity, score_task
+    from recall_merge.continual.store import ModelState, refuse_removed_weights
     from recall_merge.continual.training import load_causal_lm
     from recall_merge.data.bbc import article_bodies
     from recall_merge.data.registry import load_task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -9,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recall_merge.config import _explain, read_yaml_mapping
-from recall_merge.errors import ConfigError
+from recall_merge.errors import ConfigError, excerpt
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
 Library = Literal["experts", "previous"]
@@ -199,10 +200,6 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
 MAX_FOLDER_NAME = 120  # well under the 255 bytes of a file name, room for a suffix such as .json
 
 
-def _excerpt(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
 def check_folder_names(kind: str, names: list[str]) -> None:
     """Refuse names whose folder (``slug``) would be unsafe or shared: empty, hidden or a path
     step (``.``, ``..``), too long for a file system, or the same folder as another name's (two
@@ -215,17 +212,30 @@ def check_folder_names(kind: str, names: list[str]) -> None:
         folder = slug(name)
         if not folder or folder.startswith(".") or len(folder.encode()) > MAX_FOLDER_NAME:
             raise ConfigError(
-                f"{kind} name {_excerpt(name)} cannot be a folder name (it would be "
-                f"{_excerpt(folder)})",
+                f"{kind} name {excerpt(name, 60)} cannot be a folder name (it would be "
+                f"{excerpt(folder, 60)})",
                 f"give the {kind} a `name` that starts with a letter or a digit, at most "
                 f"{MAX_FOLDER_NAME} characters")
         other = seen.setdefault(folder.casefold(), name)
         if other != name:
             raise ConfigError(
-                f"{kind} names {_excerpt(other)} and {_excerpt(name)} would share the folder "
-                f"{_excerpt(folder)}",
+                f"{kind} names {excerpt(other, 60)} and {excerpt(name, 60)} would share the folder "
+                f"{excerpt(folder, 60)}",
                 "rename one of them: letters, digits, '-', '_' and '.' are kept, every other "
                 "character becomes '_', and case is not told apart")
+
+
+def _refuse_non_finite(value: Any, where: str = "") -> None:
+    """No .inf or .nan anywhere: not a meaningful setting, and results.json must stay JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{excerpt(where, 120)} is {value}, not a finite number",
+                          f"give {excerpt(where, 120)} a finite value")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{where}[{index}]")
 
 
 def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfig:
@@ -238,6 +248,7 @@ def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfi
         raw = read_yaml_mapping(path)
         base_dir = path.parent.resolve()
     config = _validate(ContinualConfig, raw)
+    _refuse_non_finite(config.model_dump())  # task options and merge parameters are free-form
     update: dict[str, Any] = {}
     if not config.run_dir.is_absolute():
         update["run_dir"] = (base_dir / config.run_dir).resolve()

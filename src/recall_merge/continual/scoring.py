@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from recall_merge.data.task import DataError, Example, Task
-from recall_merge.errors import RecallError
+from recall_merge.errors import RecallError, excerpt
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def encode(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
     return Encoded(prompt_ids[-room:], answer_ids)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token."""
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id or 0
@@ -83,7 +84,7 @@ def answer_log_likelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], b
         chunk = order[start:start + batch_size]
         sequences = [encoded[k].prompt_ids + encoded[k].answer_ids for k in chunk]
         width = max(len(seq) for seq in sequences)
-        ids = torch.full((len(chunk), width), _pad_id(tokenizer), dtype=torch.long)
+        ids = torch.full((len(chunk), width), pad_id(tokenizer), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, seq in enumerate(sequences):
             ids[row, : len(seq)] = torch.tensor(seq)
@@ -124,7 +125,7 @@ def choice_log_likelihoods(model, tokenizer, prompt: str, answers: Sequence[str]
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (vocab,)
     cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.x
     cache.batch_repeat_interleave(len(answers))
-    ids = torch.full((len(answers), longest), _pad_id(tokenizer), dtype=torch.long)
+    ids = torch.full((len(answers), longest), pad_id(tokenizer), dtype=torch.long)
     mask = torch.zeros((len(answers), len(prompt_ids) + longest), dtype=torch.long)
     mask[:, : len(prompt_ids)] = 1
     for row, e in enumerate(encoded):
@@ -212,14 +213,14 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int, max_new_
         chunk = [encode(tokenizer, p, "", max(max_length - max_new_tokens, 8)).prompt_ids
                  for p in prompts[start:start + batch_size]]
         width = max(len(seq) for seq in chunk)
-        ids = torch.full((len(chunk), width), _pad_id(tokenizer), dtype=torch.long)
+        ids = torch.full((len(chunk), width), pad_id(tokenizer), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, seq in enumerate(chunk):
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
         generated = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=_pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
+            do_sample=False, pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id,
         )
         for row in generated[:, width:]:
             outputs.append(tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -307,7 +308,7 @@ def score_task(model, tokenizer, task: Task, examples: Sequence[Example], batch_
                max_length: int, max_new_tokens: int) -> dict[str, float]:
     """All scores of ``examples`` of ``task``; the key ``score`` holds the task's own metric."""
     if not examples:  # a score of 0 items would read as 0.0, a model that got everything wrong
-        raise DataError(f"task {task.name[:80]!r} has no items to score",
+        raise DataError(f"task {excerpt(task.name, 80)} has no items to score",
                         "give the task test (or dev) records, or leave it out")
     model.eval()
     if task.kind in ("classification", "multiple_choice"):

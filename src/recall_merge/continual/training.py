@@ -8,7 +8,7 @@ Options used by the baselines:
   anchor θ*; training on the next task adds (λ/2) Σ F (θ − θ*)².
 * LwF: a frozen copy of the model before the new task is the teacher; the student adds
   α · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) over the non-padding tokens of the new data.
-* Replay is a choice of training examples, made by the runner.
+* Replay is a choice of training examples, made by the strategy (continual/strategies.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from recall_merge.continual.config import TrainingConfig
-from recall_merge.continual.scoring import _pad_id, encode
+from recall_merge.continual.scoring import encode, pad_id
 from recall_merge.data.task import Example
-from recall_merge.errors import RecallError
+from recall_merge.errors import RecallError, excerpt
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _batches(tokenizer, examples: Sequence[Example], batch_size: int, max_length
         encoded = [encode(tokenizer, examples[k].prompt, examples[k].target, max_length)
                    for k in order[start:start + batch_size]]
         width = max(len(e.prompt_ids) + len(e.answer_ids) for e in encoded)
-        ids = torch.full((len(encoded), width), _pad_id(tokenizer), dtype=torch.long)
+        ids = torch.full((len(encoded), width), pad_id(tokenizer), dtype=torch.long)
         mask = torch.zeros_like(ids)
         labels = torch.full_like(ids, -100)
         for row, e in enumerate(encoded):
@@ -206,7 +206,7 @@ def train(model, tokenizer, examples: Sequence[Example], training: TrainingConfi
     broken = next((name for name, p in trainable_parameters(model).items()
                    if not bool(torch.isfinite(p).all())), None)
     if broken is not None:  # the last step can overflow a weight after a finite loss
-        raise _diverged(description, f"weight {broken[:120]!r} is not finite after step {step}",
+        raise _diverged(description, f"weight {excerpt(broken, 120)} is not finite after step {step}",
                         training)
     return sum(epoch_losses) / max(len(epoch_losses), 1)
 
@@ -217,7 +217,7 @@ class TrainingError(RecallError):
 
 def _diverged(description: str, what: str, training: TrainingConfig) -> TrainingError:
     return TrainingError(
-        f"training {description[-160:]!r} diverged: {what}; the stage was stopped and nothing "
+        f"training {excerpt(description, 160)} diverged: {what}; the stage was stopped and nothing "
         "was saved for it",
         f"lower training.learning_rate (now {training.learning_rate:g}) or check the task's "
         "data, then run the same command again")

@@ -20,7 +20,7 @@ from recall_merge.data.common import (
     reject_unknown,
 )
 from recall_merge.data.task import DataError, Example, Metric, Task, TaskKind
-from recall_merge.errors import ConfigError
+from recall_merge.errors import ConfigError, excerpt
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPLIT_ALIASES = {"train": "train", "validation": "dev", "valid": "dev", "dev": "dev",
@@ -133,20 +133,14 @@ def parse_list(value) -> list[str]:
 
 def _field(record: dict, name: str, where: str):
     if not isinstance(record, dict):
-        raise DataError(f"a record in {_short(where)} is {_short(record, 60)}, not an object "
+        raise DataError(f"a record in {excerpt(where, 120)} is {excerpt(record, 60)}, not an object "
                         "with named fields", "write one object per record, e.g. "
                         '{"input": "...", "target": "..."}')
     if name not in record:
-        raise DataError(f"record in {_short(where)} has no field {_short(name)} (fields: "
-                        f"{_short(sorted(map(str, record)))})",
+        raise DataError(f"record in {excerpt(where, 120)} has no field {excerpt(name, 120)} (fields: "
+                        f"{excerpt(sorted(map(str, record)))})",
                         "set input_field / target_field to fields the file has")
     return record[name]
-
-
-def _short(value, limit: int = 120) -> str:
-    """A user value as an excerpt short enough for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _targets(value, field: str, where: str) -> list:
@@ -157,8 +151,8 @@ def _targets(value, field: str, where: str) -> list:
         return [value]
     if isinstance(value, list) and value and all(isinstance(item, scalar) for item in value):
         return list(value)
-    raise DataError(f"the target field {field!r} of a record in {_short(where)} holds "
-                    f"{_short(value, 60)} ({type(value).__name__})",
+    raise DataError(f"the target field {excerpt(field, 60)} of a record in {excerpt(where, 120)} holds "
+                    f"{excerpt(value, 60)} ({type(value).__name__})",
                     "give every record a target: a string, or a non-empty list of strings "
                     "(each a correct answer)")
 
@@ -220,8 +214,8 @@ def load_local(
         outside = [target for target in targets if choices is not None and target not in choices]
         if outside:
             if labels and not choices_field:
-                raise DataError(f"target {_short(outside[0])} in {_short(where)} is not one of "
-                                f"labels {_short(labels)}", "fix the labels option or the data")
+                raise DataError(f"target {excerpt(outside[0], 120)} in {excerpt(where, 120)} is not one of "
+                                f"labels {excerpt(labels, 120)}", "fix the labels option or the data")
             return None
         prompt = frame_prompt(instruction, body, choices, answer_cue,
                               choices_on_lines=kind == "multiple_choice")
