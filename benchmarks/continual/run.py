@@ -52,7 +52,7 @@ from sequences import (  # noqa: E402
 
 
 def run_folder() -> Path:
-    from recall_merge.io.packaged import cache_dir
+    from recall_merge.io.cache import cache_dir
 
     return cache_dir() / "benchmark_runs"
 
@@ -149,8 +149,8 @@ PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens
 
 def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None:
     """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
-    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.store import slug as _slug
+    from recall_merge.io.packaged import resolve_model_ref
 
     base = resolve_model_ref("smollm2")
     if strategy == "base":
@@ -211,12 +211,12 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
 
     from transformers import AutoTokenizer
 
-    from recall_merge.io.packaged import resolve_model_ref
     from recall_merge.continual.scoring import perplexity, score_task
     from recall_merge.continual.store import ModelState, refuse_removed_weights
     from recall_merge.continual.training import load_causal_lm
     from recall_merge.data.bbc import article_bodies
     from recall_merge.data.registry import load_task
+    from recall_merge.io.packaged import resolve_model_ref
 
     @cache
     def tokenizer():  # loaded only when something is left to score
