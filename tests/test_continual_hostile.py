@@ -388,3 +388,21 @@ def test_every_refusal_is_a_recall_error():
     from recall_merge.continual.training import TrainingError
 
     assert issubclass(DataError, RecallError) and issubclass(TrainingError, RecallError)
+
+
+@pytest.mark.parametrize("bad", [{"seed": -1}, {"seed": 2**32}, {"device": "tpu"}, {"device": "cuda:99"}])
+def test_seed_and_device_are_checked_when_the_config_is_read(bad, tmp_path, capsys):
+    """The continual config refuses what the merge config refuses: a seed outside 0..2**32-1 and a
+    device this machine cannot serve (checked against the machine, so cuda:99 never exists)."""
+    import yaml
+
+    from recall_merge.cli import main as cli_main
+
+    config = {"model": "tiny-random", "tasks": ["synthetic:alpha"], "strategies": ["sequential"],
+              "run_dir": str(tmp_path / "run"), **bad}
+    path = tmp_path / "continual.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["continual", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -106,7 +106,7 @@ class MergeConfig(_Strict):
         try:
             return model.model_validate(self.parameters)
         except ValidationError as exc:
-            raise _explain(exc, model, prefix="parameters.") from None
+            raise explain(exc, model, prefix="parameters.") from None
 
     def shard_size_bytes(self) -> int:
         return parse_size(self.shard_size, "shard_size")
@@ -266,7 +266,7 @@ def _location(prefix: str, loc: tuple[Any, ...]) -> str:
     return where.rstrip(".") or "the configuration"
 
 
-def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
+def explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
     """Turn pydantic's error list into one ConfigError naming each bad key and its fix. Every
     quoted value is an excerpt of at most 200 characters, and at most a few errors are listed."""
     lines: list[str] = []
@@ -436,7 +436,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raw.update(overrides)
         config = MergeConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, MergeConfig) from None
+        raise explain(exc, MergeConfig) from None
     config = _resolve_paths(config, base_dir)
     check_output_path(config.output)
     config.method_parameters()  # validate the method's own parameters now, not mid-merge

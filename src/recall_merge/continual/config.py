@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from recall_merge.config import _explain, read_yaml_mapping
+from recall_merge.config import MAX_SEED, check_device, explain, read_yaml_mapping
 from recall_merge.errors import ConfigError, excerpt
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
@@ -89,8 +89,9 @@ class ContinualConfig(_Strict):
     merge_samples: int = Field(64, ge=1, description="newest-task train prompts given to a merge")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    seed: int = 0
-    device: str = Field("cpu", description="torch device for training, scoring and merging")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"random seed, 0 to {MAX_SEED} (2**32 - 1)")
+    device: str = Field("cpu", description="torch device for training, scoring and merging: cpu, "
+                        "cuda, cuda:N or mps, checked against what the machine has")
     cells: Literal["full", "summary"] = Field(
         "full", description="which R cells to score: every one, or only those AP, BWT and FWT read "
         "(the last row, the diagonal and the cell just above it); the others are null")
@@ -102,6 +103,11 @@ class ContinualConfig(_Strict):
         None, description="folder where experts fine-tuned from the base and their scores are kept "
         "by task, so that runs of other orders or sequences share them")
     run_dir: Path
+
+    @field_validator("device")
+    @classmethod
+    def _servable_device(cls, value: str) -> str:
+        return check_device(value)
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,7 @@ def _validate(model: type[BaseModel], values: dict[str, Any], prefix: str = "") 
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        error = _explain(exc, model)
+        error = explain(exc, model)
         raise ConfigError(prefix + error.problem, error.fix) from None
 
 
