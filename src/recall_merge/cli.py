@@ -113,36 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         # What the operating system refused (a read-only disk, a file-size limit, a path that
         # loops or is too long) is the user's to fix, not a crash: say which, with the path.
-        problem = _os_problem(error)
+        from recall_merge.errors import os_problem
+
+        problem = os_problem(error)
         if problem is None:
             raise
         print(f"error: {problem[0]}", file=sys.stderr)
         print(f"  fix: {problem[1]}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-
-def _os_problem(error: OSError) -> tuple[str, str] | None:
-    import errno
-
-    where = f" at {str(error.filename)[:200]}" if error.filename else ""
-    known = {
-        errno.EROFS: ("the file system is read-only", "write to a folder on a writable disk"),
-        errno.EFBIG: ("a file grew past the file-size limit (ulimit -f)",
-                      "raise the limit (ulimit -f unlimited), or use a smaller shard_size"),
-        errno.ENOSPC: ("the disk is full", "free space, or write somewhere else"),
-        errno.EDQUOT: ("the disk quota is exhausted", "free space, or write somewhere else"),
-        errno.EACCES: ("permission denied", "check the path's permissions"),
-        errno.EPERM: ("operation not permitted", "check the path's permissions"),
-        errno.ELOOP: ("a symbolic link loops", "fix or remove the link"),
-        errno.ENAMETOOLONG: ("a path is too long", "use a shorter path"),
-        errno.ENOTDIR: ("a path goes through a file as if it were a folder", "check the path"),
-        errno.EISDIR: ("a folder was given where a file is needed", "give a file path"),
-        errno.ENOENT: ("a file or folder does not exist", "check the path"),
-    }
-    if error.errno not in known:
-        return None
-    problem, fix = known[error.errno]
-    return problem + where, fix
 
 
 def _silence_libraries() -> None:

@@ -7,7 +7,6 @@ folder beside the output, renamed into place only when complete.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import resource
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig, check_output_path, load_config
-from recall_merge.errors import OutputError
+from recall_merge.errors import OutputError, os_problem
 from recall_merge.io import atomic
 from recall_merge.io.pool import ModelPool, is_code_file
 from recall_merge.io.reader import check_finite
@@ -67,12 +66,18 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     method = method_cls(config.method_parameters(), config, pool.num_layers)
     timings["open_s"] = time.perf_counter() - started
 
+    # Built early, written at the end: an unsupported export fails before the streaming merge,
+    # and before the planning pass (LiNeS' alpha: auto reads every tensor there) except for
+    # RECALL, whose export needs the weights that pass chooses.
+    early = emit_mergekit is not None and config.method != "recall"
+    mergekit_document = _mergekit_document(method, config, pool) if early else None
+
     stage = time.perf_counter()
     method.plan(pool, quiet=quiet)
     timings["plan_s"] = time.perf_counter() - stage
     rss_after_plan = _peak_rss_mb()
-    # Built now, written at the end: an unsupported export fails before the streaming merge.
-    mergekit_document = _mergekit_document(method, config, pool) if emit_mergekit else None
+    if emit_mergekit is not None and not early:
+        mergekit_document = _mergekit_document(method, config, pool)
 
     temp = atomic.temporary_folder_for(output)
     try:
@@ -195,20 +200,11 @@ def _check_output_finite(name: str, merged: torch.Tensor, config: MergeConfig) -
 
 def _output_os_error(exc: OSError, output: Path) -> Exception:
     """The operating system refused a write: say which and what to do (nothing was left behind)."""
-    reasons = {
-        errno.ENOSPC: ("the disk filled up", "free space or choose another output"),
-        errno.EDQUOT: ("the disk quota is exhausted", "free space or choose another output"),
-        errno.EFBIG: ("a file grew past the file-size limit (ulimit -f)",
-                      "raise the limit (ulimit -f unlimited) or use a smaller shard_size"),
-        errno.EROFS: ("the file system is read-only", "choose an output on a writable disk"),
-        errno.EACCES: ("permission was denied", "choose an output folder you can write to"),
-        errno.EPERM: ("the operation is not permitted", "choose an output folder you can write to"),
-    }
-    if exc.errno not in reasons:
+    known = os_problem(exc)
+    if known is None:
         return exc
-    problem, fix = reasons[exc.errno]
-    where = f" ({exc.filename})" if exc.filename else ""
-    return OutputError(f"writing the merge next to {output} failed: {problem}{where}; nothing was "
+    problem, fix = known
+    return OutputError(f"writing the merge next to {output} failed: {problem}; nothing was "
                        "written at the output path", fix)
 
 

@@ -6,6 +6,7 @@ message on stderr and exit status 2, so scripts can tell bad input from a crash.
 
 from __future__ import annotations
 
+import errno
 import reprlib
 from typing import Any
 
@@ -61,3 +62,29 @@ def excerpt(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
     expanded, and a message must never try to spell it out."""
     text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# What the operating system refuses that a user can fix: the problem and its fix, by errno.
+_OS_PROBLEMS = {
+    errno.EROFS: ("the file system is read-only", "write to a folder on a writable disk"),
+    errno.EFBIG: ("a file grew past the file-size limit (ulimit -f)",
+                  "raise the limit (ulimit -f unlimited), or use a smaller shard_size"),
+    errno.ENOSPC: ("the disk is full", "free space, or write somewhere else"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free space, or write somewhere else"),
+    errno.EACCES: ("permission denied", "check the path's permissions"),
+    errno.EPERM: ("operation not permitted", "check the path's permissions"),
+    errno.ELOOP: ("a symbolic link loops", "fix or remove the link"),
+    errno.ENAMETOOLONG: ("a path is too long", "use a shorter path"),
+    errno.ENOTDIR: ("a path goes through a file as if it were a folder", "check the path"),
+    errno.EISDIR: ("a folder was given where a file is needed", "give a file path"),
+    errno.ENOENT: ("a file or folder does not exist", "check the path"),
+}
+
+
+def os_problem(error: OSError) -> tuple[str, str] | None:
+    """(problem naming the path, fix) for an OSError a user can act on; None for anything else."""
+    if error.errno not in _OS_PROBLEMS:
+        return None
+    problem, fix = _OS_PROBLEMS[error.errno]
+    where = f" at {excerpt(str(error.filename))}" if error.filename else ""
+    return problem + where, fix
