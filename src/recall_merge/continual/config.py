@@ -102,6 +102,10 @@ class ContinualConfig(_Strict):
     expert_cache: Path | None = Field(
         None, description="folder where experts fine-tuned from the base and their scores are kept "
         "by task, so that runs of other orders or sequences share them")
+    reference_strategy: str | None = Field(
+        None, description="the strategy whose AP every other strategy is compared with in "
+        "results.json (paired bootstrap interval of the AP difference, Holm-adjusted p-values, a "
+        "better/worse/tie verdict); default: the first RECALL merge, else the first strategy")
     run_dir: Path
 
     @field_validator("device")

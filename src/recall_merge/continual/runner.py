@@ -9,7 +9,7 @@ Run folder layout (``run_dir``)::
     experts/TRAINKEY/stepI/        expert of task I fine-tuned from the base (shared by strategies)
     strategies/NAME/stepI/         the model of strategy NAME after step I (adapter or HF folder)
     strategies/NAME/expertI/       merges fine-tuned from the previous merge: that expert
-    evals/KEY.json                 scores of one model on every task (or the cells it needs)
+    evals/KEY.json                 one model's scores, also per item, on every task (or some cells)
     results.json, results.csv
 
 With ``expert_cache`` set, the experts fine-tuned from the base and the scores of them and of the
@@ -17,11 +17,11 @@ base live in that folder instead, by task (``TRAINKEY/TASK/``, ``evals/`` and ``
 of other task orders or sequences reuse them; ``expert_cache/manifest.json`` holds what they
 depend on (model, seed, split caps, evaluation) and a run with other values is refused.
 
-Stages are durable (:mod:`~recall_merge.continual.store`): re-running the same command after a
-crash or Ctrl-C continues where it stopped. Every stage reads its inputs from disk and seeds
-itself from (seed, stage name), so a resumed run ends with the same numbers as an uninterrupted
-one. What each strategy builds is in :mod:`~recall_merge.continual.strategies`, the stages that
-build models in :mod:`~recall_merge.continual.stages`.
+Stages are durable (:mod:`~.store`): re-running the same command after a crash or Ctrl-C
+continues where it stopped; each stage reads its inputs from disk and seeds itself from (seed,
+stage name), so a resumed run ends with the same numbers. What each strategy builds is in
+:mod:`~.strategies`, the stages that build models in :mod:`~.stages`, the intervals of the
+metrics in :mod:`~.intervals`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recall_merge.continual import metrics, stages
+from recall_merge.continual import intervals, metrics, stages
 from recall_merge.continual.config import (
     TINY_RANDOM,
     ContinualConfig,
@@ -124,9 +124,11 @@ class ContinualRun:
         if self.quiet:
             _silence_progress_bars()
         strategies = expand_strategies(self.config, merge_methods=merge_methods())
+        reference = intervals.reference_strategy(self.config, strategies)  # refused before work
         self.prepare(strategies)
         base_scores = self.evaluate(ModelState(self.base), self.base_eval_path())
         methods: dict[str, Any] = {}
+        items: dict[str, intervals.CellItems] = {}  # per strategy, the per-item scores of its cells
         for strategy in strategies:
             self.log(f"strategy {strategy.name}")
             try:
@@ -140,8 +142,9 @@ class ContinualRun:
             if self.config.keep_weights == "final":
                 remove_intermediate_weights(self.root / "strategies" / slug(strategy.name))
             methods[strategy.name] = {**metrics.summarise([base_scores] + rows), **describe(strategy)}
+            items[strategy.name] = intervals.cell_items(self.tasks, [self.eval_path(s) for s in states])
         results = build_results(self.config, self.tasks,
-                                [len(self.eval_examples(t)) for t in self.tasks], methods)
+                                [len(self.eval_examples(t)) for t in self.tasks], methods, items, reference)
         write_results(self.root, results)
         return results
 
@@ -180,8 +183,7 @@ class ContinualRun:
                                                ev.batch_size, ev.max_length, ev.max_new_tokens)
             write_json(path, stored)
             self.store.finished(f"{path.name}: {', '.join(t.name for t in missing)}", started)
-        return [stored[task.name]["score"] if task.name in wanted_names else None
-                for task in self.tasks]
+        return [stored[t.name]["score"] if t.name in wanted_names else None for t in self.tasks]
 
     def label(self, state: ModelState) -> str:
         """How the log names a model: base, or its folder inside the run or the expert cache."""
@@ -203,8 +205,7 @@ class ContinualRun:
                 return root / "evals" / (slug(str(path.relative_to(root))) + ".json")
         return self.base_eval_path()
 
-    _base_eval_path = base_eval_path  # the names benchmarks/continual/sweep.py calls
-    _eval_path = eval_path
+    _base_eval_path, _eval_path = base_eval_path, eval_path  # what benchmarks/continual/sweep.py calls
 
     # --- the stages other tools build one at a time (benchmarks/continual/sweep.py) -----------
 

@@ -15,6 +15,7 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -283,20 +284,41 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]])
     return sacrebleu.corpus_bleu(list(predictions), streams).score / 100.0
 
 
+def item_scores(metric, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Per item, the best of ``metric`` over the item's references (as in SQuAD)."""
+    return [max(metric(p, ref) for ref in refs) for p, refs in zip(predictions, references, strict=True)]
+
+
+def sentence_bleu(prediction: str, references: Sequence[str]) -> float:
+    """sacrebleu sentence BLEU (its default smoothing) divided by 100: the per-item stand-in for
+    corpus BLEU, which has no per-item value."""
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, list(references)).score / 100.0
+
+
 def generation_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
                       with_bleu: bool) -> dict[str, float]:
     """Mean exact match, token F1 and ROUGE-L (each the best over an item's references, as in
     SQuAD); corpus BLEU when asked."""
     count = max(len(references), 1)
-
-    def best(metric) -> float:
-        return sum(max(metric(p, ref) for ref in refs)
-                   for p, refs in zip(predictions, references, strict=True)) / count
-
-    scores = {"exact_match": best(exact_match), "f1": best(token_f1), "rougeL": best(rouge_l)}
+    scores = {name: sum(item_scores(metric, predictions, references)) / count
+              for name, metric in GENERATION_METRICS.items()}
     if with_bleu:
         scores["bleu"] = corpus_bleu(predictions, references)
     return scores
+
+
+GENERATION_METRICS = {"exact_match": exact_match, "f1": token_f1, "rougeL": rouge_l}
+
+
+def item_metric(task: Task) -> str:
+    """The per-item score kept for ``task`` (what its intervals are of): its own metric, except
+    for corpus BLEU, whose per-item stand-in is sentence BLEU."""
+    if task.kind in ("classification", "multiple_choice"):
+        return "accuracy"
+    metric = task.metric if task.metric in (*GENERATION_METRICS, "bleu") else "exact_match"
+    return "sentence_bleu" if metric == "bleu" else metric
 
 
 def gold_answers(example: Example) -> tuple[str, ...]:
@@ -305,24 +327,37 @@ def gold_answers(example: Example) -> tuple[str, ...]:
 
 
 def score_task(model, tokenizer, task: Task, examples: Sequence[Example], batch_size: int,
-               max_length: int, max_new_tokens: int) -> dict[str, float]:
-    """All scores of ``examples`` of ``task``; the key ``score`` holds the task's own metric."""
+               max_length: int, max_new_tokens: int) -> dict[str, Any]:
+    """All scores of ``examples`` of ``task``; the key ``score`` holds the task's own metric,
+    ``items`` the per-item scores behind it in the order of ``examples`` (0/1 for accuracy and
+    exact match; sentence BLEU for a BLEU task, see :func:`item_metric`), and ``items_metric``
+    which score those are."""
     if not examples:  # a score of 0 items would read as 0.0, a model that got everything wrong
         raise DataError(f"task {excerpt(task.name, 80)} has no items to score",
                         "give the task test (or dev) records, or leave it out")
     model.eval()
+    per_item = item_metric(task)
     if task.kind in ("classification", "multiple_choice"):
         predictions = predict_choices(model, tokenizer, examples, batch_size, max_length)
         # a record may name several correct choices (its references); any of them counts
-        scores = {"accuracy": sum(p in gold_answers(ex) for p, ex in
-                                  zip(predictions, examples, strict=True)) / len(examples)}
+        correct = [int(p in gold_answers(ex)) for p, ex in zip(predictions, examples, strict=True)]
+        scores: dict[str, Any] = {"accuracy": sum(correct) / len(examples)}
+        items: list[float] | list[int] = correct
     else:
         predictions = generate(model, tokenizer, [ex.prompt for ex in examples], batch_size,
                                max_new_tokens, max_length)
-        scores = generation_scores(predictions, [gold_answers(ex) for ex in examples],
-                                   with_bleu=task.metric == "bleu")
+        references = [gold_answers(ex) for ex in examples]
+        scores = generation_scores(predictions, references, with_bleu=task.metric == "bleu")
+        if per_item == "sentence_bleu":
+            items = [sentence_bleu(p, refs) for p, refs in zip(predictions, references, strict=True)]
+        else:
+            items = item_scores(GENERATION_METRICS[per_item], predictions, references)
+            if per_item == "exact_match":  # 0/1: kept as integers, compactly
+                items = [int(value) for value in items]
     metric = task.metric if task.metric in scores else next(iter(scores))
     scores["score"] = scores[metric]
+    scores["items"] = items
+    scores["items_metric"] = per_item
     return scores
 
 

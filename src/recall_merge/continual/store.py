@@ -36,8 +36,9 @@ __all__ = ["WEIGHTS_REMOVED", "ModelState", "RunStore", "comparable_config", "re
            "remove_intermediate_weights", "remove_model_weights", "slug", "stable_seed",
            "stamp_or_refuse"]
 
-# what may differ between runs of one folder: where it lives, and what is kept once scored
-_UNCOMPARED = ("run_dir", "expert_cache", "keep_weights")
+# what may differ between runs of one folder: where it lives, what is kept once scored, and what
+# the results compare with (it builds nothing)
+_UNCOMPARED = ("run_dir", "expert_cache", "keep_weights", "reference_strategy")
 
 # Written where a model's weights were removed after it was scored (``keep_weights``).
 WEIGHTS_REMOVED = "WEIGHTS_REMOVED.json"
