@@ -272,6 +272,12 @@ def classic_to_mergekit(
     if parameters.get("majority_sign_method", "sum") != "sum" or parameters.get("rescale_norm", "l1") != "l1":
         raise ConfigError("majority_sign_method count / rescale_norm other than l1 are not in mergekit",
                           "use the defaults to emit a mergekit config")
+    if parameters.get("lines") is not None:
+        # mergekit's lambda is one number, and folding the ramp into the weights is not exact:
+        # where the merge divides by the weight sum (TIES, normalize) a common factor cancels.
+        raise ConfigError(
+            f"parameters.lines (LiNeS' per-block scale) has no mergekit equivalent for {method}",
+            "leave out --emit-mergekit, or merge with a single parameters.lambda instead of lines")
     n = len(models)
 
     def per_model(key: str, default: Any) -> list[Any]:

@@ -4,6 +4,9 @@ Each method is the tensor maths of :mod:`.ops` plus the bookkeeping of per-model
 defaults (normalize, rescale, weight 1.0) and the depth ``t`` at which gradients are read are
 those of mergekit 0.1.5, so that the same config gives the same tensors in both tools
 (docs/methods.md lists every formula and option).
+
+The task-vector methods (all but linear) also take LiNeS' depth ramp (``lines``, see
+:mod:`.lines`) in place of their single scale ``lambda``; mergekit has no equivalent.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pydantic import Field, field_validator
 from recall_merge.errors import ConfigError, ConfigValueError
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
+from recall_merge.methods.lines import LinesParameters, LinesScaling
 
 if TYPE_CHECKING:
     from recall_merge.config import MergeConfig
+    from recall_merge.io.pool import ModelPool
 
 LayerWeight = float | list[float]
 
@@ -75,7 +80,8 @@ class ClassicParameters(StrictParameters):
         "normalize) the sum may not be 0 at any depth. Default: 1.0 for every model",
     )
     lambda_: float = Field(1.0, alias="lambda", ge=-MAX_WEIGHT, le=MAX_WEIGHT,
-                           description="scale of the merged task vector, finite with |lambda| ≤ 1000")
+                           description="scale of the merged task vector, finite with |lambda| ≤ 1000; "
+                           "not allowed with `lines`")
     density: float | list[LayerWeight] = Field(
         1.0, description="fraction of task-vector entries kept, in (0, 1] (one number, or one entry "
         "per model)"
@@ -101,6 +107,11 @@ class ClassicParameters(StrictParameters):
     include_base: bool = Field(False, description="linear: the base is averaged in as one more model")
     base_weight: LayerWeight = Field(1.0, description="linear with include_base: the base's weight "
                                      "(a number or a gradient list, finite with |w| ≤ 1000)")
+    lines: LinesParameters | None = Field(
+        None, description="task-vector methods (not linear): LiNeS depth ramp {alpha, beta}; block l "
+        "of L gets alpha + beta*l/(L-1), tensors outside the blocks get alpha (alpha: auto, the "
+        "paper's multi-task rule, costs one extra pass). Replaces `lambda`; |alpha|, |beta| ≤ 1000",
+    )
 
     @field_validator("weights", "base_weight", mode="before")
     @classmethod
@@ -169,6 +180,14 @@ class _ClassicMethod(MergeMethod):
                 )
         self.normalize = parameters.normalize if parameters.normalize is not None else self.default_normalize
         self.rescale = parameters.rescale if parameters.rescale is not None else self.default_rescale
+        if parameters.lines is not None and not isinstance(self, LinesScaling):
+            # The schema is shared by all classic methods, so the refusal is here, not in it.
+            raise ConfigError(
+                f"parameters.lines is set, but {self.name} is not a task-vector method: LiNeS scales "
+                "the merged task vector θ − θ_base, which a weighted average of the models has not",
+                "remove parameters.lines, or use a task-vector method (task_arithmetic, ties, "
+                "dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, magmax)",
+            )
         self.tensors_merged = 0
         self._check_settings()
 
@@ -276,13 +295,65 @@ class Linear(_ClassicMethod):
                 "base_weight": self.parameters.base_weight}
 
 
-class _TaskArithmeticFamily(_ClassicMethod):
+class _TaskVectorMethod(LinesScaling, _ClassicMethod):
+    """A method of the form θ = θ_base + λ · Δ(τ_1..τ_N): λ is ``lambda``, or LiNeS' λ per block.
+
+    The scale depends only on the tensor's position, so an elementwise method stays elementwise
+    (the engine may hand it any row block of a tensor)."""
+
+    def __init__(self, parameters: ClassicParameters, config: MergeConfig, num_layers: int) -> None:
+        super().__init__(parameters, config, num_layers)
+        self.lines = parameters.lines
+        if self.lines is None:
+            return
+        if "lambda_" in parameters.model_fields_set:
+            raise ConfigError(
+                "parameters.lambda and parameters.lines are both set; LiNeS replaces the single "
+                "scale lambda with one scale per block",
+                "remove parameters.lambda and give the scale as parameters.lines.alpha (the "
+                "shallowest block) and parameters.lines.beta (added across depth)",
+            )
+        for key in ("alpha", "beta"):
+            value = getattr(self.lines, key)
+            if isinstance(value, float | int) and abs(value) > MAX_WEIGHT:
+                raise ConfigError(
+                    f"parameters.lines.{key} is {value:g}, outside [-1000, 1000]",
+                    "give LiNeS scales between -1000 and 1000, as for lambda (beyond that a "
+                    "merge is noise or overflow)",
+                )
+
+    def plan(self, pool: ModelPool, *, quiet: bool = False) -> None:
+        # Only `alpha: auto` reads anything: the merged task vector before scaling, per tensor.
+        self.resolve_lines_alpha(
+            pool, lambda name, position, base, experts:
+            self._merge(name, self.depth_t(position), base, experts, scale=1.0) - base,
+            quiet)
+
+    def merge_tensor(
+        self, name: str, position: TensorPosition, base: torch.Tensor, experts: list[torch.Tensor]
+    ) -> torch.Tensor:
+        self.tensors_merged += 1
+        scale = self.task_vector_scale(position, self.parameters.lambda_)
+        return self._merge(name, self.depth_t(position), base, experts, scale=scale)
+
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor],
+               *, scale: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _scale_options(self) -> dict[str, Any]:
+        # With LiNeS, lambda is not applied: the report says so rather than show its default.
+        return {"lambda": None if self.lines is not None else self.parameters.lambda_,
+                "lines": self.lines_report()}
+
+
+class _TaskArithmeticFamily(_TaskVectorMethod):
     """θ = θ_base + λ · merge_k(w_k · sparsify(θ_k − θ_base)), mergekit's generalized task arithmetic."""
 
     sparsification: ClassVar[Sparsification | None] = None
     consensus: ClassVar[bool] = False
 
-    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor],
+               *, scale: float = 1.0) -> torch.Tensor:
         settings = self._settings_at(t)
         deltas = ops.task_vectors(base, experts)
         if self.sparsification is not None:
@@ -290,8 +361,7 @@ class _TaskArithmeticFamily(_ClassicMethod):
         weights = torch.tensor(settings["weights"], dtype=deltas.dtype)
         consensus = self.parameters.majority_sign_method if self.consensus else None
         return ops.combine_task_vectors(
-            base, deltas, weights, consensus=consensus, normalize=self.normalize,
-            scale=self.parameters.lambda_,
+            base, deltas, weights, consensus=consensus, normalize=self.normalize, scale=scale,
         )
 
     def _sparsify(self, name: str, deltas: torch.Tensor, settings: dict[str, list[float]]) -> torch.Tensor:
@@ -312,7 +382,7 @@ class _TaskArithmeticFamily(_ClassicMethod):
         return torch.stack(kept)
 
     def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"normalize": self.normalize, "lambda": self.parameters.lambda_}
+        options: dict[str, Any] = {"normalize": self.normalize, **self._scale_options()}
         if self.sparsification is not None:
             options["sparsification"] = self.sparsification
             options["rescale"] = self.parameters.rescale_norm if self.rescale else None
@@ -372,18 +442,19 @@ class BreadcrumbsTies(_TaskArithmeticFamily):
     uses_gamma = True
 
 
-class MagMax(_ClassicMethod):
+class MagMax(_TaskVectorMethod):
     """θ = θ_base + λ · (per entry, the w_k τ_k of largest magnitude). Not in mergekit."""
 
     name = "magmax"
     summary = "per entry, the task-vector value of largest magnitude (Marczak et al. 2024)"
     elementwise = True
 
-    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
+    def _merge(self, name: str, t: float, base: torch.Tensor, experts: list[torch.Tensor],
+               *, scale: float = 1.0) -> torch.Tensor:
         deltas = ops.task_vectors(base, experts)
         weights = torch.tensor(self.weights_at(t), dtype=deltas.dtype)
         selected = ops.magmax(deltas * weights.reshape((-1,) + (1,) * (deltas.dim() - 1)))
-        return base + self.parameters.lambda_ * selected
+        return base + scale * selected
 
     def _options(self) -> dict[str, Any]:
-        return {"lambda": self.parameters.lambda_}
+        return self._scale_options()
