@@ -182,7 +182,7 @@ def test_long_values_and_keys_are_quoted_as_excerpts(tiny_models, tmp_path, caps
 @pytest.mark.parametrize(("text", "fragment"), [
     ("a: &a [1, *a]\n", "contains itself"),
     ("a: " + "[" * 50_000 + "]" * 50_000 + "\n", "nests its values too deeply"),
-])
+], ids=["recursive", "deep"])
 def test_recursive_or_deep_yaml_is_refused(text, fragment, tmp_path, capsys):
     _refused(capsys, _write(text, tmp_path), tmp_path, fragment)
 
@@ -320,7 +320,7 @@ def test_path_with_nul_byte_is_refused(key, tiny_models, tmp_path, capsys, no_we
     _refused(capsys, _write(config, tmp_path), tmp_path, "NUL byte")
 
 
-@pytest.mark.parametrize("path", ["x" * 300, "/".join(["y" * 200] * 25)])
+@pytest.mark.parametrize("path", ["x" * 300, "/".join(["y" * 200] * 25)], ids=["long-name", "long-path"])
 @pytest.mark.parametrize("key", ["base", "models", "output"])
 def test_path_too_long_is_refused(key, path, tiny_models, tmp_path, capsys, no_weight_reads):
     config = _config(tiny_models, tmp_path, **{key: [path] if key == "models" else path})
