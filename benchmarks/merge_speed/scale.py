@@ -165,9 +165,11 @@ def main() -> None:
     if not (tokenizer / "tokenizer.json").exists():
         tokenizer.mkdir(parents=True, exist_ok=True)
         make_tiny_tokenizer(tokenizer)
-    # Long enough that every sample fills --tokens tokens of the tiny tokenizer.
+    # As many samples as typical ones (RECALL's K-means then keeps them all), each long enough to
+    # fill --tokens tokens of the tiny tokenizer: the pass is --typical × --tokens per model.
     sentence = "the team won the final match and parliament passed the budget bill "
-    samples = write_samples(root / "samples.jsonl", [f"{k}: " + sentence * 6 for k in range(64)])
+    samples = write_samples(root / "samples.jsonl",
+                            [f"{k}: " + sentence * 6 for k in range(args.typical)])
     document = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     for shape in args.shape:
         config = SHAPES[shape]
