@@ -421,7 +421,7 @@ def test_disk_filling_up_mid_merge_leaves_nothing(tiny_models, tmp_path, monkeyp
         return real_write(self, name, tensor, last)
 
     monkeypatch.setattr(writer.StreamingShardWriter, "write_part", failing_write)
-    with pytest.raises(OutputError, match="filled up"):
+    with pytest.raises(OutputError, match="disk is full"):
         merge(_base_config(tiny_models, tmp_path), quiet=True)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
