@@ -89,9 +89,10 @@ def print_summary(results: dict[str, Any], stream=sys.stdout) -> None:
         print(line.rstrip(), file=stream)
     if reference:
         method = results.get("interval_method", {})
-        print(f"interval: bootstrap over test items ({method.get('resamples', '?')} resamples); "
-              f"vs reference: paired AP difference with {reference}, Holm-adjusted over "
-              f"{sum(1 for value in compared.values() if value)} strategies", file=stream)
+        print(f"[95% interval]: bootstrap over the test items ({method.get('resamples', '?')} "
+              f"resamples); vs reference: paired AP difference with {reference}, Holm-adjusted "
+              f"over {sum(1 for value in compared.values() if value)} strategies (tie: the "
+              f"interval holds 0 or p_holm >= 0.05)", file=stream)
         stand_ins = sorted(task for task, metric in method.get("per_item", {}).items()
                            if metric == "sentence_bleu")
         if stand_ins:
