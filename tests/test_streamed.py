@@ -114,8 +114,19 @@ def test_only_one_block_is_ever_loaded(family_models, monkeypatch):
 
     monkeypatch.setattr(streamed.StreamedDecoder, "_load", counting_load)
     pool = ModelPool.open(folders["base"], [folders["full"], folders["lora"]])
-    states_for_all_models(pool, _TEXTS, max_length=24, batch_size=2, use_chat_template=False)
+    states_for_all_models(pool, _TEXTS, max_length=24, batch_size=2, use_chat_template=False,
+                          resident_budget=0)  # this tiny model would otherwise stay loaded
     assert loaded_blocks and max(loaded_blocks) == 1
+
+
+def test_a_small_model_kept_loaded_across_waves_gives_the_same_states(family_models):
+    _, folders = family_models
+    pool = ModelPool.open(folders["base"], [folders["lora"]])
+    options = dict(max_length=24, batch_size=2, use_chat_template=False)
+    streamed_states = states_for_all_models(pool, _TEXTS, resident_budget=0, **options)
+    resident = states_for_all_models(pool, _TEXTS, resident_budget=1 << 40, **options)
+    for k in streamed_states:
+        assert torch.equal(streamed_states[k], resident[k])
 
 
 def test_waves_are_balanced():
@@ -143,6 +154,9 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
 
+# This 145 MB model would fit the default budget for keeping blocks loaded across waves; hold it
+# to one block, as a model above the budget (any 1B+ model) is held.
+representations.states_for_all_models.__kwdefaults__["resident_budget"] = 0
 config = load_config(json.loads(sys.argv[1]))
 pool = ModelPool.open(config.base, config.models)
 recall = method.RecallMethod(config.method_parameters(), config, pool.num_layers)

@@ -36,6 +36,7 @@ from recall_merge.recall.fast_tokenizer import (
 )
 from recall_merge.recall.streamed import (
     DEFAULT_ACTIVATION_BUDGET,
+    DEFAULT_RESIDENT_BUDGET,
     StreamedDecoder,
     UnsupportedForStreaming,
     waves,
@@ -179,7 +180,8 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           trust_remote_code: bool = False, device: str = "cpu",
                           quiet: bool = True, model_indices: list[int] | None = None,
                           backend: str = "streamed", truncation_side: str = "right",
-                          activation_budget: int = DEFAULT_ACTIVATION_BUDGET) -> dict[int, torch.Tensor]:
+                          activation_budget: int = DEFAULT_ACTIVATION_BUDGET,
+                          resident_budget: int = DEFAULT_RESIDENT_BUDGET) -> dict[int, torch.Tensor]:
     """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
 
     ``backend``: "streamed" (default) runs transformers' own decoder one block's weights at a time
@@ -210,7 +212,8 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                                   max_length=max_length, truncation_side=truncation_side)
                            for start, stop in waves(len(framed), wave)]
                 pooled = decoder.pooled_states(_tensor_reader(pool, k), batches,
-                                               source=str(pool.folders()[k]))
+                                               source=str(pool.folders()[k]),
+                                               resident_budget=resident_budget)
                 states[k] = torch.empty_like(pooled)
                 states[k][:, order] = pooled
             return states

@@ -27,6 +27,10 @@ from recall_merge.io.reader import check_finite
 
 ReadTensor = Callable[[str], torch.Tensor]  # full tensor name -> the model's tensor (any dtype)
 DEFAULT_ACTIVATION_BUDGET = 1 << 30  # bytes of activations per wave (1 GiB)
+# Models whose float32 weights fit this keep their blocks loaded across the waves of one pass:
+# re-reading SmolLM2-135M (0.5 GB) for each of 25 waves made its 200-sample pass ~1.7x slower
+# than one read (benchmarks/results/representation_backends.json). Larger models stream.
+DEFAULT_RESIDENT_BUDGET = 1 << 30
 
 
 class UnsupportedForStreaming(Exception):
@@ -67,6 +71,9 @@ class StreamedDecoder:
             raise UnsupportedForStreaming(f"the checkpoint has no tensor {missing[0]!r} "
                                           f"({len(missing)} of the model's parameters missing)")
         self.num_states = len(layers) + 1
+        self.float32_bytes = 4 * sum(parameter.numel() for module in [*self._resident(), *layers]
+                                     for parameter in module.parameters())
+        self.keep_blocks = False  # set per pass: True keeps each block loaded across waves
         self._read: ReadTensor | None = None
         self._source = ""
         self._pooled: list[torch.Tensor | None] = []
@@ -103,7 +110,8 @@ class StreamedDecoder:
                         torch.empty_like(parameter, device="meta"), requires_grad=False)
 
     def _load_hook(self, module, args, kwargs) -> None:
-        self._load(module)
+        if not (self.keep_blocks and _is_loaded(module)):
+            self._load(module)
 
     def _pool_input_hook(self, module, args, kwargs) -> None:
         # The first block's input is hidden_states[0] in every architecture (Gemma's embedding
@@ -115,16 +123,22 @@ class StreamedDecoder:
         def hook(module, args, kwargs, output) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
             self._pooled[index] = _masked_mean(hidden, self._mask)
-            self._unload(module)
+            if not self.keep_blocks:
+                self._unload(module)
         return hook
 
     @torch.no_grad()
     def pooled_states(self, read: ReadTensor, batches: list[dict[str, torch.Tensor]], *,
-                      source: str = "") -> torch.Tensor:
+                      source: str = "", resident_budget: int = 0) -> torch.Tensor:
         """Mean-pooled hidden states (num_layers + 1, samples, hidden), float32, padding excluded:
         index 0 the embeddings, j + 1 the output of block j, and — as transformers' hidden_states —
-        the final norm applied to the last entry."""
+        the final norm applied to the last entry.
+
+        A model whose float32 weights fit ``resident_budget`` bytes keeps each block loaded from
+        the first wave to the last (read once per pass instead of once per wave); a larger one
+        holds one block at a time. Both give the same states."""
         self._read, self._source = read, source
+        self.keep_blocks = len(batches) > 1 and self.float32_bytes <= resident_budget
         for module in self._resident():
             self._load(module)
         chunks = []
@@ -141,6 +155,7 @@ class StreamedDecoder:
             for module in [*self._resident(), *self.layers]:
                 self._unload(module)
             self._read, self._pooled, self._mask = None, [], None
+            self.keep_blocks = False
         return torch.cat(chunks, dim=1)
 
     def wave_size(self, max_length: int, batch_size: int,
@@ -157,6 +172,10 @@ class StreamedDecoder:
         heads = int(getattr(self.config, "num_attention_heads", 0) or 1)
         per_sample = 4 * max_length * (8 * hidden + 3 * intermediate + heads * max_length)
         return max(1, min(batch_size, activation_budget // max(per_sample, 1)))
+
+
+def _is_loaded(module: torch.nn.Module) -> bool:
+    return any(not parameter.is_meta for parameter in module.parameters())
 
 
 def _move_buffers(module: torch.nn.Module, device: torch.device) -> None:
