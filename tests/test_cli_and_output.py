@@ -133,3 +133,19 @@ def test_read_only_file_system_is_a_clean_refusal(tiny_models, tmp_path, monkeyp
     assert cli_main(["merge", str(config_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "read-only" in err and "fix:" in err and "Traceback" not in err
+
+
+def test_printed_matrices_keep_whole_task_names():
+    import io
+
+    from recall_merge.demo import print_matrices
+
+    names = ["bbc", "a_rather_long_task_name_for_sentiment"]
+    results = {"tasks": [{"name": n} for n in names],
+               "rows": ["base"] + [f"after step {i} ({n})" for i, n in enumerate(names, 1)],
+               "methods": {"expert": {"R": [[0.5, 0.25], [0.75, 0.25], [0.5, 1.0]]}}}
+    stream = io.StringIO()
+    print_matrices(results, stream)
+    text = stream.getvalue()
+    assert "after step 2 (a_rather_long_task_name_for_sentiment)" in text
+    assert " a_rather_long_task_name_for_sentiment" in text.splitlines()[2]

@@ -52,16 +52,19 @@ def demo_config(run_dir: Path, seed: int = 0, steps: int = 30, test_items: int =
 
 
 def print_matrices(results: dict[str, Any], stream=sys.stdout) -> None:
-    """Each strategy's accuracy matrix R (rows: base, after step 1..T; columns: tasks)."""
-    names = [task["name"] for task in results["tasks"]]
-    short = [name.split("/")[-1][:14] for name in names]
+    """Each strategy's accuracy matrix R (rows: base, after step 1..T; columns: tasks). Columns and
+    row labels are as wide as the longest name, so no task name is cut."""
+    names = [task["name"].split("/")[-1] for task in results["tasks"]]
+    column = max(8, *(len(name) + 2 for name in names))
+    label_width = max(len(label) for label in results["rows"])
     for method, entry in results["methods"].items():
         if "R" not in entry:
             continue
         print(f"\n{method}", file=stream)
-        print(f"  {'':24s}" + "".join(f"{s:>16s}" for s in short), file=stream)
+        print(f"  {'':{label_width}s}" + "".join(f"{name:>{column}s}" for name in names), file=stream)
         for label, row in zip(results["rows"], entry["R"], strict=True):
-            print(f"  {label[:24]:24s}" + "".join(f"{'-':>16s}" if v is None else f"{v:16.3f}" for v in row), file=stream)
+            cells = "".join(f"{'-':>{column}s}" if v is None else f"{v:{column}.3f}" for v in row)
+            print(f"  {label:{label_width}s}" + cells, file=stream)
 
 
 def run_demo(run_dir: Path, *, seed: int = 0, steps: int = 30, test_items: int = 16,
