@@ -207,6 +207,7 @@ def main() -> None:
                 "model_bf16_gb": model_bytes / 1e9, "inputs_made_s": made_s,
                 "disk_floor_s": floor["total_s"], "wall_s": merged["wall_s"],
                 "peak_rss_mb": merged["peak_rss_mb"],
+                "peak_rss_after_planning_mb": report["run"]["peak_rss_mb"]["after_planning"],
                 "plan_s": timings.get("plan_s"), "merge_s": timings.get("merge_s"),
                 "merge_stage_over_floor": timings.get("merge_s", 0) / floor["total_s"],
                 "planning_timings": {k: v for k, v in timings.items() if k not in ("plan_s", "merge_s")},
