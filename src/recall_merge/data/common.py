@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from recall_merge.data.task import DataError, Example, Metric, Task, TaskKind
 
@@ -186,3 +188,15 @@ def reject_unknown(source: str, options: dict, accepted: Sequence[str]) -> None:
 
 
 SPLIT_OPTIONS = ("n_train", "n_dev", "n_test", "dev_fraction", "test_fraction")
+
+
+def read_json_mapping(path: Path, fix: str) -> dict:
+    """A data file of an installed package that must hold a JSON object, or a DataError with
+    ``fix`` (how to reinstall that package)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path.name}: {str(error)[:120]}", fix) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path.name} is not a JSON object", fix)
+    return data

