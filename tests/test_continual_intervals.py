@@ -109,6 +109,19 @@ def test_intervals_recomputed_from_the_stored_items_match_exactly(tiny_run):
         results["methods"]["sequential"]["AP"] - results["methods"][REFERENCE]["AP"], abs=1e-12)
 
 
+def test_items_json_collects_every_strategys_cells(tiny_run):
+    """items.json beside results.json: per strategy, per step row, per task, the same per-item
+    scores the evaluation files keep (what the benchmark pools across orders and seeds)."""
+    results, run_dir = tiny_run
+    tasks = [t["name"] for t in results["tasks"]]
+    collected = json.loads((run_dir / "items.json").read_text())
+    assert collected["tasks"] == tasks
+    assert set(collected["items"]) == set(results["methods"])
+    for name in SEQUENTIAL:
+        assert collected["items"][name] == [stored_items(run_dir, name, step, tasks)
+                                            for step in (1, 2)]
+
+
 def test_vs_reference_holm_and_verdicts(tiny_run):
     results, _ = tiny_run
     assert results["reference_strategy"] == REFERENCE

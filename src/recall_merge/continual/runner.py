@@ -146,6 +146,9 @@ class ContinualRun:
         results = build_results(self.config, self.tasks,
                                 [len(self.eval_examples(t)) for t in self.tasks], methods, items, reference)
         write_results(self.root, results)
+        # the per-item scores behind every interval, in one file (per strategy, per step row,
+        # per task; null where a cell was not scored), so runs can be pooled later (the benchmark)
+        write_json(self.root / "items.json", {"tasks": [t.name for t in self.tasks], "items": items})
         return results
 
     def eval_examples(self, task: Task) -> list[Example]:
