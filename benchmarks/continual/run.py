@@ -35,9 +35,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py
 
 from doc_tables import rewrite_tables  # noqa: E402
+from pooled import load_items, pooled_intervals, pooled_table, record_run  # noqa: E402
 from sequences import (  # noqa: E402
     CHOSEN_SWEEP_POINT,
     EVALUATION,
+    MAIN_STRATEGIES,
+    OFFLINE_SEQUENCES,
+    OFFLINE_TEST_ITEMS,
     SEQUENCES,
     STRATEGIES,
     TASK_ARITHMETIC,
@@ -70,7 +74,7 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
     spec = SEQUENCES[sequence]
     label = "-".join(str(i) for i in order)
     return {
-        "model": "smollm2",
+        "model": sequence_model(sequence),
         "tasks": [spec["tasks"][i] for i in order],
         "max_train": spec.get("max_train", 240), "max_dev": 16, "max_test": max_test, "seed": seed,
         "run_dir": str(run_folder() / f"{sequence}_t{max_test}_s{seed}" / f"order_{label}"),
@@ -80,6 +84,17 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
         "merge_samples": 64,
         "strategies": [{"name": name, **STRATEGIES[name]} for name in strategies],
     }
+
+
+def sequence_model(sequence: str) -> str:
+    """The packaged model a sequence runs on (SmolLM2 unless the sequence names another)."""
+    return SEQUENCES[sequence].get("model", "smollm2")
+
+
+def reference(sequence: str) -> str:
+    """The strategy every other is compared with in a sequence's pooled intervals: RECALL's
+    default (``recall``) on the offline sequences, the paper form on the historical ones."""
+    return "recall" if sequence in OFFLINE_SEQUENCES else "recall_paper"
 
 
 def results_path(sequence: str, seed: int = 0) -> Path:
@@ -147,12 +162,13 @@ def expert_gains(runs: list[dict]) -> dict:
 PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens each
 
 
-def final_model(run_dir: Path, strategy: str) -> tuple[Path, Path | None] | None:
+def final_model(run_dir: Path, strategy: str,
+                model: str = "smollm2") -> tuple[Path, Path | None] | None:
     """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
     from recall_merge.continual.store import slug as _slug
     from recall_merge.io.packaged import resolve_model_ref
 
-    base = resolve_model_ref("smollm2")
+    base = resolve_model_ref(model)
     if strategy == "base":
         return base, None
     folder = run_dir / "strategies" / _slug(strategy)
@@ -189,19 +205,20 @@ def save_scores(file: Path, stored: dict) -> None:
     file.write_text(json.dumps({"_settings": GENERALISATION_SETTINGS, **stored}, indent=2) + "\n")
 
 
-def remove_final_weights(run_dir: Path, strategy: str) -> None:
+def remove_final_weights(run_dir: Path, strategy: str, model: str = "smollm2") -> None:
     """Once a strategy's final model is scored on the tasks and for generalisation, its weights
     (0.5 GB for SmolLM2 in fp32) go too: a full benchmark holds ~80 such models. The folder, its
     merge report and the scores stay; the base and LoRA adapters are never removed."""
     from recall_merge.continual.store import remove_model_weights
 
-    state = final_model(run_dir, strategy)
+    state = final_model(run_dir, strategy, model)
     if state is not None and state[1] is None and state[0].is_relative_to(run_dir):
         remove_model_weights(state[0], "benchmarks/continual/run.py, once scored (--keep-weights "
                                        "keeps the final models)")
 
 
-def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, dict]) -> dict:
+def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, dict],
+                   model: str = "smollm2") -> dict:
     """What the paper calls generalisation, for each strategy's final model (and the base):
     perplexity on general English text and zero-shot scores on never-trained tasks
     (``zero_shot``, the sequence's own set; none leaves perplexity alone). Kept in
@@ -220,16 +237,19 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
 
     @cache
     def tokenizer():  # loaded only when something is left to score
-        return AutoTokenizer.from_pretrained(resolve_model_ref("smollm2"))
+        return AutoTokenizer.from_pretrained(resolve_model_ref(model))
 
-    run_path, base_path = run_dir / "generalisation.json", run_folder() / "base_generalisation.json"
+    run_path = run_dir / "generalisation.json"
+    base_path = run_folder() / ("base_generalisation.json" if model == "smollm2"
+                                else f"base_generalisation_{model}.json")
     run_stored, base_stored = load_scores(run_path), load_scores(base_path)
     run_stored.pop("base", None)  # older run folders kept their own copy of the base's scores
     for name in ["base", *strategies]:
         path, stored = (base_path, base_stored) if name == "base" else (run_path, run_stored)
         entry = stored.setdefault(name, {})
         missing = [task for task in zero_shot if task not in entry.get("zero_shot", {})]
-        if ("perplexity" in entry and not missing) or (state := final_model(run_dir, name)) is None:
+        if ("perplexity" in entry and not missing) or \
+                (state := final_model(run_dir, name, model)) is None:
             continue
         refuse_removed_weights(ModelState(*state))
         model = load_causal_lm(*state)
@@ -276,6 +296,8 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
             "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}"
                        + (f" --seed {seed}" if seed else ""),
             "runs": ordered, "summary": summarise(ordered), "expert_gains": expert_gains(ordered),
+            "pooled": pooled_intervals(load_items(sequence), reference(sequence), seeds=[seed])
+            if load_items(sequence)["runs"] else None,
             "single_model": [single_model(r) for r in ordered if r["results"]],
             "versions": versions()}
     out = results_path(sequence, seed)
@@ -292,6 +314,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
     from recall_merge.continual.runner import print_summary, run_continual
 
     spec = SEQUENCES[args.sequence]
+    model = sequence_model(args.sequence)
     zero_shot = zero_shot_tasks(args.sequence)
     out = results_path(args.sequence, args.seed)
     previous = json.loads(out.read_text()) if out.exists() else {}
@@ -311,7 +334,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
             if args.generalisation:
                 if run["results"] and name in run["results"]["methods"]:
                     run["generalisation"].update(
-                        generalisation(Path(config["run_dir"]), [name], zero_shot))
+                        generalisation(Path(config["run_dir"]), [name], zero_shot, model))
                     out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
                 continue
             started = time.perf_counter()
@@ -322,9 +345,13 @@ def run_sequence(args: argparse.Namespace) -> Path:
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
             run["generalisation"].update(
-                generalisation(Path(config["run_dir"]), [name], zero_shot))
+                generalisation(Path(config["run_dir"]), [name], zero_shot, model))
             if not args.keep_weights:
-                remove_final_weights(Path(config["run_dir"]), name)
+                remove_final_weights(Path(config["run_dir"]), name, model)
+            items_file = Path(config["run_dir"]) / "items.json"
+            if items_file.exists():
+                record_run(args.sequence, args.seed, order, name,
+                           json.loads(items_file.read_text()))
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
@@ -335,6 +362,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
 
 LEGEND = {
     "expert": "the newest task's expert alone",
+    "recall": "RECALL's default (`recall merge`'s parameters: the paper form)",
     "recall_paper": "RECALL, paper form = the default chosen on the development sequence",
     "recall_previous": "RECALL of the base, the previous step's merge and the newest expert "
                        "(previous-merge protocol)",
@@ -692,6 +720,27 @@ def headline_table(sequence: str = HEADLINE_SEQUENCE) -> str:
     return "\n".join(lines)
 
 
+def intervals_table(sequence: str) -> str:
+    """An offline sequence's pooled-interval table (every seed and order in its items file), with
+    the mean wall time of each strategy's runs from the per-seed result files."""
+    walls: dict[str, list[float]] = {}
+    commands = []
+    for path in [results_path(sequence), *other_seed_results(sequence).values()]:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        commands.append(data["command"])
+        for run in data["runs"]:
+            for name, seconds in run.get("wall_seconds", {}).items():
+                walls.setdefault(name, []).append(seconds)
+    model = sequence_model(sequence)
+    spec = SEQUENCES[sequence]
+    return pooled_table(sequence, reference(sequence),
+                        f"{spec['description']} ({spec['role']}; {model})",
+                        "`; `".join(commands) or f"python benchmarks/continual/run.py --sequence "
+                                                 f"{sequence}", walls, LEGEND)
+
+
 def doc_tables() -> dict[str, dict]:
     """file -> {table name -> function that builds it}, for every table whose results exist."""
     held_out = [sequence for sequence in SEQUENCES if held_out_seeds(sequence)]
@@ -706,6 +755,9 @@ def doc_tables() -> dict[str, dict]:
         bodies["variants"] = variants_table
     for sequence in sequences_with_results():
         bodies[sequence] = lambda sequence=sequence: table(sequence)
+    for sequence in OFFLINE_SEQUENCES:
+        if load_items(sequence)["runs"]:
+            bodies[f"{sequence}-intervals"] = lambda sequence=sequence: intervals_table(sequence)
     if sequences_with_results():
         bodies["summary"] = summary_table
     if any(other_seed_results(sequence) for sequence in SEQUENCES):
@@ -727,8 +779,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
     parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--max-test", type=int, default=40)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
+                        choices=[*STRATEGIES, "main"],
+                        help="'main': the strategies run at two seeds on the offline sequences")
+    parser.add_argument("--max-test", type=int, default=None,
+                        help=f"test items per task (default {OFFLINE_TEST_ITEMS} on the offline "
+                             "sequences, 40 on the historical BIG-bench ones)")
     parser.add_argument("--cells", choices=["full", "summary"], default="summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
@@ -757,6 +813,11 @@ def main() -> None:
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")
+    if "main" in args.strategies:
+        args.strategies = list(dict.fromkeys(
+            [*MAIN_STRATEGIES, *(s for s in args.strategies if s != "main")]))
+    if args.max_test is None:
+        args.max_test = OFFLINE_TEST_ITEMS if args.sequence in OFFLINE_SEQUENCES else 40
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"wrote {run_sequence(args)}")

@@ -1,0 +1,205 @@
+"""The benchmark's per-item data and the intervals pooled over task orders and training seeds.
+
+Each (sequence, seed, order, strategy) run folder leaves ``items.json`` (the harness writes it: per
+step row, per task, the per-item scores of every scored cell). ``record_run`` copies what AP and
+BWT need of it into one compressed file per sequence, committed beside the tables:
+
+    benchmarks/results/items/continual_SEQUENCE.json.gz
+    {"tasks": [task names, in the sequence's listed order],
+     "runs": {"s0/o0-1-2-3": {"seed": 0, "order": [0, 1, 2, 3],
+                              "strategies": {"recall": {"final": [[...] per task],
+                                                        "learned": [[...] per task]}}}}}
+
+``final`` holds, per task (in the sequence's listed order, whatever order the run trained in), the
+per-item scores of the model after the last step; ``learned`` the scores right after that task's
+own step (None for the last task trained, whose BWT term does not exist). Scores are rounded to 4
+decimals (0/1 for accuracy and exact match), so a recomputed interval matches the table to the
+printed precision.
+
+``pooled_intervals`` reads that file and computes, per strategy, the 95 % intervals of AP and BWT
+over every run present, and for every strategy the paired interval of its AP minus the reference
+strategy's on the runs both have, with Holm's correction over the strategies compared: the
+two-stage bootstrap of :mod:`recall_merge.continual.statistics` (resample runs, then items within
+each task; tasks macro-averaged; 10,000 resamples, seed 0).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recall_merge.continual.intervals import ALPHA, LEVEL, RESAMPLES, verdict
+from recall_merge.continual.statistics import bootstrap_interval, holm, paired_differences
+
+ITEMS = Path(__file__).resolve().parents[1] / "results" / "items"
+BOOTSTRAP_SEED = 0  # one seed for every pooled interval, so the tables are reproducible
+
+
+def items_path(sequence: str) -> Path:
+    return ITEMS / f"continual_{sequence}.json.gz"
+
+
+def run_key(seed: int, order: list[int]) -> str:
+    return f"s{seed}/o{'-'.join(str(i) for i in order)}"
+
+
+def load_items(sequence: str) -> dict[str, Any]:
+    path = items_path(sequence)
+    if not path.exists():
+        return {"tasks": None, "runs": {}}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_items(sequence: str, data: dict[str, Any]) -> Path:
+    """Written deterministically (sorted keys, no gzip timestamp), so an unchanged file stays
+    byte-identical in git."""
+    path = items_path(sequence)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write(text.encode("utf-8"))
+    temporary.replace(path)
+    return path
+
+
+def _rounded(values: list[float] | None) -> list[float] | None:
+    return None if values is None else [round(float(v), 4) for v in values]
+
+
+def record_run(sequence: str, seed: int, order: list[int], strategy: str,
+               run_items: dict[str, Any]) -> None:
+    """Copy AP's and BWT's per-item scores of ``strategy`` out of one run's ``items.json``
+    (``run_items``; tasks in training order: the k-th trained is the sequence's ``order[k]``-th)
+    into the sequence's file, tasks in the sequence's listed order."""
+    rows = run_items["items"].get(strategy)
+    if rows is None:
+        return
+    trained = run_items["tasks"]
+    listed: list[str | None] = [None] * len(order)
+    final: list[list[float] | None] = [None] * len(order)
+    learned: list[list[float] | None] = [None] * len(order)
+    for position, listed_index in enumerate(order):
+        listed[listed_index] = trained[position]
+        final[listed_index] = _rounded(rows[-1][position])
+        if position < len(order) - 1:
+            learned[listed_index] = _rounded(rows[position][position])
+    data = load_items(sequence)
+    if data["tasks"] not in (None, listed):
+        raise ValueError(f"{sequence}: this run's tasks {listed} differ from the recorded "
+                         f"{data['tasks']} (the sequence changed: start a new items file)")
+    data["tasks"] = listed
+    entry = data["runs"].setdefault(run_key(seed, order), {"seed": seed, "order": order,
+                                                           "strategies": {}})
+    entry["strategies"][strategy] = {"final": final, "learned": learned}
+    save_items(sequence, data)
+
+
+def _ap_values(cells: dict[str, Any]) -> list[list[float]] | None:
+    final = cells["final"]
+    return None if any(task is None for task in final) else final
+
+
+def _bwt_values(cells: dict[str, Any]) -> list[np.ndarray] | None:
+    values = []
+    for final, learned in zip(cells["final"], cells["learned"], strict=True):
+        if learned is None:
+            continue  # the last task trained in this order: no BWT term
+        if final is None or len(final) != len(learned):
+            return None
+        values.append(np.asarray(final) - np.asarray(learned))
+    return values or None
+
+
+def _interval(runs: list) -> dict[str, Any] | None:
+    if not runs or any(run is None for run in runs):
+        return None
+    return bootstrap_interval(runs, resamples=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL).as_dict()
+
+
+def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | None = None) -> dict:
+    """Per strategy: ``AP``, ``BWT`` (intervals over its runs), ``runs`` (their keys) and
+    ``vs_reference`` (paired ΔAP on the runs both have, with ``p_holm`` and ``verdict``).
+    ``seeds`` restricts the pool to those training seeds."""
+    runs = {key: entry for key, entry in sorted(data["runs"].items())
+            if seeds is None or entry["seed"] in seeds}
+    names = list(dict.fromkeys(name for entry in runs.values() for name in entry["strategies"]))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        keys = [key for key, entry in runs.items() if name in entry["strategies"]]
+        cells = [runs[key]["strategies"][name] for key in keys]
+        out[name] = {"runs": keys, "AP": _interval([_ap_values(c) for c in cells]),
+                     "BWT": _interval([_bwt_values(c) for c in cells]), "vs_reference": None}
+    compared = {}
+    for name in names:
+        if name == reference or reference not in names:
+            continue
+        keys = [key for key in out[name]["runs"] if reference in runs[key]["strategies"]]
+        own = [_ap_values(runs[key]["strategies"][name]) for key in keys]
+        ref = [_ap_values(runs[key]["strategies"][reference]) for key in keys]
+        if not keys or any(v is None for v in own + ref):
+            continue
+        compared[name] = bootstrap_interval(paired_differences(own, ref), resamples=RESAMPLES,
+                                            seed=BOOTSTRAP_SEED, level=LEVEL).as_dict()
+        compared[name]["run_keys"] = keys
+    adjusted = holm({name: entry["p_value"] for name, entry in compared.items()})
+    for name, entry in compared.items():
+        entry["p_holm"] = adjusted[name]
+        entry["verdict"] = verdict(entry, adjusted[name])
+        out[name]["vs_reference"] = entry
+    return {"reference": reference, "strategies": out,
+            "method": {"resamples": RESAMPLES, "level": LEVEL, "seed": BOOTSTRAP_SEED,
+                       "alpha": ALPHA, "holm_over": sorted(compared),
+                       "description": "two-stage percentile bootstrap: runs (task orders × "
+                                      "training seeds) resampled, then items within each task; "
+                                      "tasks macro-averaged; ΔAP paired by run and item"}}
+
+
+def _ci(interval: dict[str, Any] | None, signed: bool = False) -> str:
+    if interval is None:
+        return "n/a"
+    form = "+.3f" if signed else ".3f"
+    return (f"{interval['estimate']:{form}} [{interval['low']:{form}}, "
+            f"{interval['high']:{form}}]")
+
+
+def pooled_table(sequence: str, reference: str, description: str, command: str,
+                 walls: dict[str, list[float]], legend: dict[str, str]) -> str:
+    """The markdown table of a sequence's pooled intervals (every strategy with items), with the
+    settings a reader needs next to it: n, seeds, orders, resamples, reference, command, wall."""
+    data = load_items(sequence)
+    pooled = pooled_intervals(data, reference)
+    lines = [f"**{description}** — 95 % intervals pooled over every (training seed, task order) run "
+             f"of each strategy; ΔAP is paired with `{reference}` on the same runs and items, Holm "
+             f"over {len(pooled['method']['holm_over'])} comparisons.", "",
+             f"| strategy | AP [95 % CI] | BWT [95 % CI] | ΔAP vs {reference} [95 % CI] | "
+             "p (Holm) | verdict | runs | items / run | wall min / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in pooled["strategies"].items():
+        versus = entry["vs_reference"]
+        wall = walls.get(name) or []
+        lines.append(
+            f"| {name} | {_ci(entry['AP'])} | {_ci(entry['BWT'], True)} | "
+            + ("reference | | |" if name == reference else
+               f"{_ci(versus, True)} | {versus['p_holm']:.3g} | {versus['verdict']} |"
+               if versus else "n/a | | |")
+            + f" {len(entry['runs'])} | {entry['AP']['items'] if entry['AP'] else ''} | "
+            + (f"{sum(wall) / len(wall) / 60:.1f}" if wall else "") + " |")
+    seeds = sorted({entry["seed"] for entry in data["runs"].values()})
+    orders = sorted({tuple(entry["order"]) for entry in data["runs"].values()})
+    lines += ["", f"Tasks: {', '.join(f'`{t}`' for t in data['tasks'])}; training seeds "
+              f"{', '.join(map(str, seeds))}; orders "
+              + "; ".join("→".join(str(i) for i in order) for order in orders)
+              + f"; {pooled['method']['resamples']:,} bootstrap resamples (seed "
+              f"{pooled['method']['seed']}). A verdict other than `tie` needs the interval to "
+              f"exclude 0 and Holm's p < {pooled['method']['alpha']:g}. Command: `{command}`."]
+    present = {name: text for name, text in legend.items() if name in pooled["strategies"]}
+    if present:
+        lines += ["", "; ".join(f"`{name}`: {text}" for name, text in present.items()) + "."]
+    return "\n".join(lines)
+

@@ -1,0 +1,142 @@
+"""The benchmark's per-item store and pooled intervals (benchmarks/continual/pooled.py), on
+SYNTHETIC per-item scores (no model runs here), and — for every offline sequence whose per-item
+data is committed — the published table recomputed from that data."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recall_merge.continual.statistics import bootstrap_interval, holm, paired_differences
+
+REPO = Path(__file__).resolve().parents[1]
+CONTINUAL = REPO / "benchmarks" / "continual"
+
+
+@pytest.fixture()
+def pooled(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark_pooled", CONTINUAL / "pooled.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "ITEMS", tmp_path / "items")
+    return module
+
+
+def synthetic_run(order: list[int], strategies: dict[str, float], rng) -> dict:
+    """An items.json of one run: tasks in training order, 3 step rows, summary cells only."""
+    listed = ["alpha", "beta", "gamma"]
+    items = {}
+    for name, rate in strategies.items():
+        rows = []
+        for step in range(3):
+            row = [None, None, None]
+            for position in range(3):
+                if step == 2 or position in (step, step + 1):
+                    row[position] = [float(v) for v in rng.random(20 + 5 * order[position]) < rate]
+            rows.append(row)
+        items[name] = rows
+    return {"tasks": [listed[i] for i in order], "items": items}
+
+
+def test_record_run_puts_tasks_in_listed_order(pooled):
+    rng = np.random.default_rng(0)
+    run = synthetic_run([2, 0, 1], {"recall": 0.6}, rng)
+    pooled.record_run("seq", 1, [2, 0, 1], "recall", run)
+    data = pooled.load_items("seq")
+    assert data["tasks"] == ["alpha", "beta", "gamma"]
+    cells = data["runs"]["s1/o2-0-1"]["strategies"]["recall"]
+    rows = run["items"]["recall"]
+    assert cells["final"] == [rows[2][1], rows[2][2], rows[2][0]]  # listed order
+    # learned right after its own step; gamma (trained first) at row 0, alpha at row 1
+    assert cells["learned"] == [rows[1][1], None, rows[0][0]]
+    assert len(cells["final"][0]) == 20 and len(cells["final"][2]) == 30
+
+
+def test_a_changed_sequence_is_refused(pooled):
+    rng = np.random.default_rng(0)
+    pooled.record_run("seq", 0, [0, 1, 2], "recall", synthetic_run([0, 1, 2], {"recall": .5}, rng))
+    other = synthetic_run([0, 1, 2], {"recall": .5}, rng)
+    other["tasks"] = ["alpha", "beta", "delta"]
+    with pytest.raises(ValueError, match="differ from the recorded"):
+        pooled.record_run("seq", 0, [0, 1, 2], "recall", other)
+
+
+def test_the_file_is_deterministic(pooled):
+    rng = np.random.default_rng(0)
+    run = synthetic_run([0, 1, 2], {"recall": 0.5}, rng)
+    pooled.record_run("seq", 0, [0, 1, 2], "recall", run)
+    first = pooled.items_path("seq").read_bytes()
+    pooled.record_run("seq", 0, [0, 1, 2], "recall", run)
+    assert pooled.items_path("seq").read_bytes() == first
+
+
+def test_pooled_intervals_are_the_two_stage_bootstrap_over_runs(pooled):
+    rng = np.random.default_rng(1)
+    strategies = {"recall": 0.55, "ties": 0.5, "sequential": 0.3}
+    for seed in (0, 1):
+        for order in ([0, 1, 2], [2, 1, 0]):
+            run = synthetic_run(order, strategies, rng)
+            for name in strategies:
+                pooled.record_run("seq", seed, order, name, run)
+    data = pooled.load_items("seq")
+    result = pooled.pooled_intervals(data, "recall")
+    keys = sorted(data["runs"])
+    assert result["strategies"]["ties"]["runs"] == keys
+
+    def ap(name):
+        return [data["runs"][key]["strategies"][name]["final"] for key in keys]
+
+    expected = bootstrap_interval(ap("ties"), resamples=10_000, seed=0, level=0.95).as_dict()
+    assert result["strategies"]["ties"]["AP"] == expected
+    assert expected["runs"] == 4
+    bwt = [[np.asarray(f) - np.asarray(lv) for f, lv in zip(
+        data["runs"][key]["strategies"]["ties"]["final"],
+        data["runs"][key]["strategies"]["ties"]["learned"], strict=True) if lv is not None]
+        for key in keys]
+    assert result["strategies"]["ties"]["BWT"] == bootstrap_interval(
+        bwt, resamples=10_000, seed=0, level=0.95).as_dict()
+    differences = {name: bootstrap_interval(paired_differences(ap(name), ap("recall")),
+                                            resamples=10_000, seed=0, level=0.95).as_dict()
+                   for name in ("ties", "sequential")}
+    adjusted = holm({name: d["p_value"] for name, d in differences.items()})
+    for name, difference in differences.items():
+        versus = result["strategies"][name]["vs_reference"]
+        assert {k: versus[k] for k in difference} == difference
+        assert versus["p_holm"] == adjusted[name]
+    # sequential at a 0.3 hit rate against 0.55 over 4 runs of 75 items: clearly worse
+    assert result["strategies"]["sequential"]["vs_reference"]["verdict"] == "worse"
+    assert result["strategies"]["recall"]["vs_reference"] is None
+    only_seed_1 = pooled.pooled_intervals(data, "recall", seeds=[1])
+    assert only_seed_1["strategies"]["ties"]["runs"] == [k for k in keys if k.startswith("s1/")]
+
+
+COMMITTED = sorted((REPO / "benchmarks" / "results" / "items").glob("continual_*.json.gz"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_published_intervals_recompute_from_the_committed_items(path):
+    """One committed sequence's per-item data → the pooled AP interval of every strategy, which
+    must equal (to the printed 3 decimals) the row of its table in docs/benchmarks.md."""
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmark_pooled_real", CONTINUAL / "pooled.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(CONTINUAL))
+    sequence = path.name.removeprefix("continual_").removesuffix(".json.gz")
+    data = module.load_items(sequence)
+    reference = "recall" if any("recall" in e["strategies"] for e in data["runs"].values()) \
+        else "recall_paper"
+    document = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    block = document.split(f"<!-- {sequence}-intervals-table")[1].split("<!-- /")[0]
+    for name, entry in module.pooled_intervals(data, reference)["strategies"].items():
+        row = re.search(rf"^\| {re.escape(name)} \| ([^|]+) \|", block, flags=re.M)
+        assert row, f"{name} missing from the {sequence} table"
+        ap = entry["AP"]
+        assert row.group(1).strip() == f"{ap['estimate']:.3f} [{ap['low']:.3f}, {ap['high']:.3f}]"
