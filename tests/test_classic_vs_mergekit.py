@@ -301,7 +301,7 @@ def test_from_mergekit_linear_without_base_uses_first_model() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "needle"),
-    [({"merge_method": "slerp", "base_model": "/b", "models": [{"model": "/x"}]}, "slerp"),
+    [({"merge_method": "nuslerp", "base_model": "/b", "models": [{"model": "/x"}]}, "nuslerp"),
      ({"merge_method": "ties", "slices": []}, "slices"),
      ({"merge_method": "ties", "models": [{"model": "/x"}]}, "base_model"),
      ({"merge_method": "ties", "base_model": "/b",

@@ -28,13 +28,19 @@ if TYPE_CHECKING:
 
 # Methods whose mergekit and recall-merge semantics are the same (docs/methods.md).
 SHARED_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
-                  "breadcrumbs_ties")
+                  "breadcrumbs_ties", "della", "della_linear")
+# Whole-weight interpolations (not task arithmetic): read and written by their own functions.
+SPHERICAL_METHODS = ("slerp", "multislerp")
 _TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
              "tokenizer_source", "name"}
 # Keys of our own config a user may add to a mergekit file; passed through unchanged.
 _OWN_KEYS = {"output", "seed", "shard_size", "device", "allow_pickle", "trust_remote_code", "samples"}
 _MODEL_PARAMS = {"weight", "density", "gamma"}
 _GLOBAL_PARAMS = _MODEL_PARAMS | {"lambda", "normalize", "rescale", "int8_mask"}
+# What a method reads beyond the above: (per-model keys, global keys), as mergekit 0.1.5's specs.
+_METHOD_PARAMS: dict[str, tuple[set[str], set[str]]] = {
+    "della": ({"epsilon"}, {"epsilon"}), "della_linear": ({"epsilon"}, {"epsilon"}),
+}
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -59,9 +65,11 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown mergekit key(s): {', '.join(sorted(unknown))}",
                           f"a mergekit config here may hold: {', '.join(sorted(_TOP_KEYS))}")
     method = raw.get("merge_method")
-    if method not in SHARED_METHODS:
+    if method not in SHARED_METHODS + SPHERICAL_METHODS:
         raise ConfigError(f"mergekit merge_method {excerpt(method)} has no equivalent in recall-merge",
-                          f"use one of {', '.join(SHARED_METHODS)}, or run it with mergekit-yaml")
+                          f"use one of {', '.join(SHARED_METHODS + SPHERICAL_METHODS)}, or run it "
+                          "with mergekit-yaml")
+    model_keys, global_keys = _METHOD_PARAMS.get(method, (set(), set()))
 
     base_ref = _model_ref(raw["base_model"], None) if raw.get("base_model") else None
     entries = raw.get("models") or []
@@ -79,14 +87,17 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"mergekit model entry has unsupported key(s) {sorted(extra)}",
                               "keep only `model:` and `parameters:`")
         params = dict(entry.get("parameters") or {})
-        bad = set(params) - _MODEL_PARAMS
+        bad = set(params) - _MODEL_PARAMS - model_keys
         if bad:
             raise ConfigError(f"per-model parameter(s) {sorted(bad)} are not supported",
-                              f"per-model parameters here: {', '.join(sorted(_MODEL_PARAMS))}")
+                              f"per-model parameters here: {', '.join(sorted(_MODEL_PARAMS | model_keys))}")
         models.append((_model_ref(entry["model"], base_ref), params))
 
     shared = dict(raw.get("parameters") or {})
-    bad = set(shared) - _GLOBAL_PARAMS
+    if method in SPHERICAL_METHODS:
+        base_ref, models, spherical = _spherical_parameters(method, base_ref, models, shared)
+        return _top_level(raw, {"method": method}, base_ref, models, spherical)
+    bad = set(shared) - _GLOBAL_PARAMS - global_keys
     if bad:
         raise ConfigError(f"mergekit parameter(s) {sorted(bad)} are not supported for {method}",
                           f"supported: {', '.join(sorted(_GLOBAL_PARAMS))}")
@@ -127,7 +138,7 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
                           "give each model `parameters: {weight: ...}` or set a global weight")
     if any(w is not None for w in weights):
         parameters["weights"] = [1.0 if w is None else w for w in weights]
-    for key, default in (("density", None), ("gamma", None)):
+    for key, default in (("density", None), ("gamma", None), ("epsilon", None)):
         values = [setting(params, key) for _, params in models]
         if all(v is None for v in values):
             continue
@@ -145,6 +156,12 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"a gradient for {key!r} is not supported", f"give {key} one value")
             parameters[key] = value
 
+    return _top_level(raw, out, base_ref, models, parameters)
+
+
+def _top_level(raw: dict[str, Any], out: dict[str, Any], base_ref: str | None,
+               models: list[tuple[str, dict[str, Any]]], parameters: dict[str, Any]) -> dict[str, Any]:
+    """``out`` completed with the base, the models, the parameters and the top-level keys."""
     out["base"] = base_ref
     out["models"] = [ref for ref, _ in models]
     dtype = raw.get("out_dtype") or raw.get("dtype")
@@ -160,6 +177,68 @@ def from_mergekit(raw: dict[str, Any]) -> dict[str, Any]:
     out["parameters"] = parameters
     out.update({key: raw[key] for key in _OWN_KEYS if key in raw})
     return out
+
+
+def _spherical_parameters(
+    method: str, base_ref: str | None, models: list[tuple[str, dict[str, Any]]], shared: dict[str, Any]
+) -> tuple[str, list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """(base, models, our parameters) of a mergekit slerp or multislerp config."""
+    # mergekit's slerp takes one shared t; multislerp a weight per model and two shared options.
+    allowed_models, allowed_global = (set(), {"t"}) if method == "slerp" else \
+        ({"weight"}, {"weight", "normalize_weights", "eps"})
+    bad = set(shared) - allowed_global
+    if bad:
+        raise ConfigError(f"mergekit parameter(s) {sorted(bad)} are not read by {method}",
+                          f"{method} takes: {', '.join(sorted(allowed_global))}")
+    for ref, params in models:
+        bad = set(params) - allowed_models
+        if bad:
+            raise ConfigError(f"per-model parameter(s) {sorted(bad)} of {ref!r} are not read by {method}",
+                              f"per-model parameters of {method}: {', '.join(sorted(allowed_models)) or 'none'}"
+                              + (" (t is one value for both models, under the top-level `parameters:`)"
+                                 if method == "slerp" else ""))
+    parameters: dict[str, Any] = {}
+    if method == "slerp":
+        if base_ref is None:
+            raise ConfigError("mergekit slerp needs `base_model:` (t = 0 is the base)", "add `base_model: PATH`")
+        others = [(ref, params) for ref, params in models if ref != base_ref]
+        if len(others) != 1:
+            raise ConfigError(f"mergekit slerp interpolates the base and one other model; this config "
+                              f"lists {len(others)} besides the base",
+                              "list base_model and exactly one other model under `models:`")
+        if "t" not in shared:
+            raise ConfigError("mergekit slerp needs `parameters: {t: ...}` (mergekit has no default)",
+                              "add t between 0 (the base) and 1 (the other model), e.g. t: 0.5")
+        parameters["t"] = _plain_setting(shared["t"], "t")
+        return base_ref, others, parameters
+
+    def weight_of(params: dict[str, Any]) -> Any:
+        value = params.get("weight", shared.get("weight"))
+        return None if value is None else _plain_setting(value, "weight")
+
+    if base_ref is None:
+        # No origin in mergekit: every model is interpolated around 0. Here the first model is
+        # the base (architecture, tokenizer) and is interpolated as one more model.
+        if not models:
+            raise ConfigError("the mergekit config has no `models:`", "list the models to merge under `models:`")
+        (base_ref, base_params), *others = models
+        base_weight = weight_of(base_params)
+        parameters.update(include_base=True, base_weight=1.0 if base_weight is None else base_weight)
+    else:
+        others = [(ref, params) for ref, params in models if ref != base_ref]
+    if not others:
+        raise ConfigError("the mergekit config merges no model besides the base",
+                          "list at least one more model under `models:`")
+    weights = [weight_of(params) for _, params in others]
+    if any(w is not None for w in weights):
+        parameters["weights"] = [1.0 if w is None else w for w in weights]
+    for key in ("normalize_weights", "eps"):
+        if key in shared:
+            value = _plain_setting(shared[key], key)
+            if isinstance(value, list):
+                raise ConfigError(f"a gradient for {key!r} is not supported", f"give {key} one value")
+            parameters[key] = value
+    return base_ref, others, parameters
 
 
 def _model_ref(ref: Any, base_ref: str | None) -> str:
@@ -262,6 +341,31 @@ def recall_alpha_to_mergekit(
     return document
 
 
+def spherical_to_mergekit(
+    method: str, parameters: dict[str, Any], base: str, models: Sequence[str], dtype: str = "float32"
+) -> dict[str, Any]:
+    """The mergekit config of a slerp or multislerp merge (``parameters`` as in our config)."""
+    document: dict[str, Any] = {"merge_method": method}
+    if method == "slerp":
+        document.update(base_model=base, models=[{"model": base}, {"model": models[0]}],
+                        parameters={"t": parameters["t"]})
+    else:
+        weights = parameters.get("weights") or [1.0] * len(models)
+        entries = [{"model": ref, "parameters": {"weight": w}} for ref, w in zip(models, weights, strict=True)]
+        if parameters.get("include_base"):
+            # mergekit without base_model interpolates every listed model around 0.
+            entries.insert(0, {"model": base, "parameters": {"weight": parameters.get("base_weight", 1.0)}})
+        else:
+            document["base_model"] = base
+        document["models"] = entries
+        document["parameters"] = {"normalize_weights": parameters.get("normalize_weights", True),
+                                  "eps": parameters.get("eps", 1e-8)}
+    document["dtype"] = "float32"
+    if dtype != "float32":
+        document["out_dtype"] = dtype
+    return document
+
+
 def classic_to_mergekit(
     method: str, parameters: dict[str, Any], base: str, models: Sequence[str], dtype: str = "float32"
 ) -> dict[str, Any]:
@@ -289,6 +393,7 @@ def classic_to_mergekit(
     weights = per_model("weights", 1.0)
     densities = per_model("density", None)
     gammas = per_model("gamma", None)
+    epsilons = per_model("epsilon", None)
     entries: list[dict[str, Any]] = []
     if method == "linear" and parameters.get("include_base"):
         entries.append({"model": base, "parameters": {"weight": parameters.get("base_weight", 1.0)}})
@@ -298,6 +403,8 @@ def classic_to_mergekit(
             params["density"] = densities[k]
         if method.startswith("breadcrumbs") and gammas[k] is not None:
             params["gamma"] = gammas[k]
+        if method.startswith("della") and epsilons[k] is not None:
+            params["epsilon"] = epsilons[k]
         entries.append({"model": ref, "parameters": params})
     shared: dict[str, Any] = {}
     for key in ("normalize", "rescale"):
@@ -324,6 +431,9 @@ def to_mergekit(method: MergeMethod, config: MergeConfig, pool: ModelPool) -> di
 
     base = str(pool.base.folder)
     models = [f"{base}+{expert.folder}" if expert.is_lora else str(expert.folder) for expert in pool.experts]
+    if method.name in SPHERICAL_METHODS:
+        params = config.method_parameters().model_dump(by_alias=True)
+        return spherical_to_mergekit(method.name, params, base, models, config.dtype)
     if method.name != "recall":
         params = config.method_parameters().model_dump(by_alias=True)
         return classic_to_mergekit(method.name, params, base, models, config.dtype)

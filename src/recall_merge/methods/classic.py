@@ -1,4 +1,5 @@
-"""The classic merge methods as plug-ins: linear, task arithmetic, TIES, DARE, breadcrumbs, MagMax.
+"""The classic merge methods as plug-ins: linear, task arithmetic, TIES, DARE, DELLA, breadcrumbs,
+MagMax.
 
 Each method is the tensor maths of :mod:`.ops` plus the bookkeeping of per-model options. The
 defaults (normalize, rescale, weight 1.0) and the depth ``t`` at which gradients are read are
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from pydantic import Field, field_validator
 
-from recall_merge.errors import ConfigError, ConfigValueError
+from recall_merge.errors import ConfigError, ConfigValueError, excerpt
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 from recall_merge.methods.lines import LinesParameters, LinesScaling
@@ -137,7 +138,7 @@ class ClassicParameters(StrictParameters):
         return value
 
 
-Sparsification = Literal["magnitude", "random", "breadcrumbs"]
+Sparsification = Literal["magnitude", "random", "breadcrumbs", "della"]
 
 
 def dare_seed(seed: int, tensor_name: str) -> int:
@@ -367,7 +368,7 @@ class _TaskArithmeticFamily(_TaskVectorMethod):
     def _sparsify(self, name: str, deltas: torch.Tensor, settings: dict[str, list[float]]) -> torch.Tensor:
         norm = self.parameters.rescale_norm if self.rescale else None
         generator = None
-        if self.sparsification == "random":
+        if self.sparsification in ("random", "della"):
             generator = torch.Generator(device=deltas.device).manual_seed(dare_seed(self.config.seed, name))
         kept = []
         for k, delta in enumerate(deltas):
@@ -376,6 +377,9 @@ class _TaskArithmeticFamily(_TaskVectorMethod):
                 kept.append(ops.magnitude_sparsify(delta, density, norm))
             elif self.sparsification == "breadcrumbs":
                 kept.append(ops.breadcrumbs_sparsify(delta, density, settings["gamma"][k], norm))
+            elif self.sparsification == "della":
+                assert generator is not None
+                kept.append(ops.della_sparsify(delta, density, settings["epsilon"][k], generator, norm))
             else:
                 assert generator is not None
                 kept.append(ops.dare_sparsify(delta, density, generator, norm))
@@ -388,7 +392,7 @@ class _TaskArithmeticFamily(_TaskVectorMethod):
             options["rescale"] = self.parameters.rescale_norm if self.rescale else None
         if self.consensus:
             options["majority_sign_method"] = self.parameters.majority_sign_method
-        if self.sparsification == "random":
+        if self.sparsification in ("random", "della"):
             options["seed"] = self.config.seed
         return options
 
@@ -423,6 +427,108 @@ class DareTies(_TaskArithmeticFamily):
     consensus = True
     default_rescale = True
     uses_density = True
+
+
+class DellaParameters(ClassicParameters):
+    """The classic options plus DELLA's ε (mergekit's ``epsilon``)."""
+
+    epsilon: float | list[LayerWeight] = Field(
+        0.15, description="DELLA: entries of a task-vector row ranked by magnitude are kept with "
+        "probabilities from density − epsilon (smallest) to density + epsilon (largest); one number, "
+        "or one entry per model; density ± epsilon must stay inside (0, 1) wherever density < 1. "
+        "Default 0.15 (mergekit)",
+    )
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _epsilon_in_range(cls, value: Any) -> Any:
+        _check_numbers(value, lambda e: 0 <= e < 0.5, "[0, 0.5)",
+                       "epsilon must lie in [0, 0.5) and leave density ± epsilon inside (0, 1): "
+                       "it is the half-width of DELLA's keep probabilities around density")
+        return value
+
+
+class _DellaFamily(_TaskArithmeticFamily):
+    """DELLA's MagPrune drop (keep probability rising with the magnitude rank, mean ``density``),
+    rescale, then task arithmetic or TIES; one generator per tensor as for DARE. The report adds,
+    per block, the share of each model's non-zero task-vector entries that were kept."""
+
+    parameters_model = DellaParameters
+    sparsification = "della"
+    default_rescale = True
+    uses_density = True
+
+    def __init__(self, parameters: DellaParameters, config: MergeConfig, num_layers: int) -> None:
+        # Read by _check_settings, which the base __init__ calls last.
+        self.epsilons = _per_model(parameters.epsilon, len(config.models))
+        self._kept: dict[int | str, list[list[int]]] = {}  # block or "outside" → per model [kept, non-zero]
+        self._counting: int | str | None = None
+        super().__init__(parameters, config, num_layers)
+
+    def _check_settings(self) -> None:
+        if len(self.epsilons) != self.num_experts:
+            raise ConfigError(
+                f"parameters.epsilon has {len(self.epsilons)} entries but there are {self.num_experts} models",
+                "give one entry per model in `models` (in order), or one number for all")
+        # mergekit raises this mid-merge; here it is refused before any weight is read.
+        for where, t in self.depths():
+            settings = self._settings_at(t)
+            for k, (density, epsilon) in enumerate(zip(settings["density"], settings["epsilon"], strict=True)):
+                if density < 1 and (density - epsilon <= 0 or density + epsilon >= 1):
+                    raise ConfigError(
+                        f"parameters.density {density:g} and epsilon {epsilon:g} for model {k + 1} "
+                        f"({excerpt(self.config.models[k])}) at {where} give keep probabilities from "
+                        f"{density - epsilon:g} to {density + epsilon:g}, which must lie inside (0, 1)",
+                        f"give an epsilon below min(density, 1 − density) = {min(density, 1 - density):g} "
+                        "there, or a density further from 0 and 1")
+
+    def _settings_at(self, t: float) -> dict[str, list[float]]:
+        settings = super()._settings_at(t)
+        settings["epsilon"] = [ops.interpolate_gradient(e, t) for e in self.epsilons]
+        return settings
+
+    def merge_tensor(
+        self, name: str, position: TensorPosition, base: torch.Tensor, experts: list[torch.Tensor]
+    ) -> torch.Tensor:
+        # Only the merge itself is counted, not LiNeS' `alpha: auto` pass over the same tensors.
+        inside = position.kind == "block" and position.layer is not None and position.layer < self.num_layers
+        self._counting = position.layer if inside else "outside"
+        try:
+            return super().merge_tensor(name, position, base, experts)
+        finally:
+            self._counting = None
+
+    def _sparsify(self, name: str, deltas: torch.Tensor, settings: dict[str, list[float]]) -> torch.Tensor:
+        kept = super()._sparsify(name, deltas, settings)
+        if self._counting is not None:
+            counts = self._kept.setdefault(self._counting, [[0, 0] for _ in range(len(deltas))])
+            for k in range(len(deltas)):
+                counts[k][0] += int(torch.count_nonzero(kept[k]))
+                counts[k][1] += int(torch.count_nonzero(deltas[k]))
+        return kept
+
+    def _kept_fraction(self, where: int | str) -> list[float | None]:
+        counts = self._kept.get(where, [[0, 0]] * self.num_experts)
+        return [kept / nonzero if nonzero else None for kept, nonzero in counts]
+
+    def report(self) -> dict[str, Any]:
+        report = super().report()
+        for layer in report["layers"]:
+            layer["kept_fraction"] = self._kept_fraction(layer["layer"])
+        report["outside_blocks"]["kept_fraction"] = self._kept_fraction("outside")
+        return report
+
+
+class Della(_DellaFamily):
+    name = "della"
+    summary = "task vectors dropped with magnitude-ranked probabilities, rescaled, TIES sign election (Deep et al. 2024)"
+    consensus = True
+    default_normalize = True
+
+
+class DellaLinear(_DellaFamily):
+    name = "della_linear"
+    summary = "DELLA's magnitude-ranked random drop and rescale, then the task vectors summed"
 
 
 class Breadcrumbs(_TaskArithmeticFamily):

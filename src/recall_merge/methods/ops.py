@@ -118,6 +118,52 @@ def dare_sparsify(
     return rescale_masked(tensor, mask, rescale_norm, density)
 
 
+def della_keep_probabilities(tensor: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's MagPrune keep probabilities: per row (a 1-D tensor is one row), the entries ranked
+    by |x| get probabilities spread linearly from ``density − ε`` (smallest) to ``density + ε``
+    (largest), so their mean is ``density``.
+
+    The ranking and arithmetic are those of mergekit 0.1.5's ``della_magprune`` step by step (rank
+    along dim 1 after ``argsort``, normalised by its min and max), so the same random numbers give
+    the same mask. A row of one entry has no rank spread: it gets ``density`` (mergekit divides by
+    zero there). (*s) → (*s), float32.
+    """
+    rows = tensor.unsqueeze(0) if tensor.dim() < 2 else tensor
+    if rows.dim() < 2:  # a 0-d tensor
+        rows = rows.reshape(1, 1)
+    if rows.shape[1] < 2:
+        return torch.full(tensor.shape, density, dtype=torch.float32, device=tensor.device)
+    order = torch.argsort(rows.abs(), dim=1, descending=False)
+    ranks = order.argsort(dim=1).to(torch.float32) + 1
+    lowest = ranks.min(dim=1, keepdim=True).values
+    highest = ranks.max(dim=1, keepdim=True).values
+    spread = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
+    return ((density - epsilon) + spread * 2 * epsilon).reshape(tensor.shape)
+
+
+def della_sparsify(
+    tensor: torch.Tensor,
+    density: float,
+    epsilon: float,
+    generator: torch.Generator,
+    rescale_norm: RescaleNorm | None = "l1",
+) -> torch.Tensor:
+    """DELLA (Deep et al. 2024): drop each entry with probability 1 − p_i, where p_i rises with its
+    magnitude rank (:func:`della_keep_probabilities`), then rescale.
+
+    ``rescale_norm="density"`` divides each kept entry by its own p_i (the paper's unbiased
+    1/(1 − p_i)); ``l1``/``l2``/``linf`` match that norm of the tensor (mergekit). density ≥ 1
+    returns the tensor itself. The draw comes from ``generator`` only. (*s) → (*s).
+    """
+    if density >= 1 or tensor.numel() == 0:
+        return tensor
+    probabilities = della_keep_probabilities(tensor, density, epsilon)
+    mask = torch.bernoulli(probabilities, generator=generator).to(tensor.dtype)
+    if rescale_norm == "density":
+        return tensor * mask / probabilities
+    return rescale_masked(tensor, mask, rescale_norm, density)
+
+
 def sign_election(deltas: torch.Tensor, method: SignMethod = "sum") -> torch.Tensor:
     """TIES sign election. ``deltas`` (n, *s), already weighted → bool mask (n, *s).
 

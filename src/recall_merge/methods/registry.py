@@ -14,18 +14,22 @@ from recall_merge.methods.classic import (
     BreadcrumbsTies,
     DareLinear,
     DareTies,
+    Della,
+    DellaLinear,
     Linear,
     MagMax,
     TaskArithmetic,
     Ties,
 )
+from recall_merge.methods.slerp import Multislerp, Slerp
 from recall_merge.methods.svd import IsoC, IsoCts, TsvMerge
 from recall_merge.recall.method import RecallMethod
 
 METHODS: dict[str, type[MergeMethod]] = {
     method.name: method
     for method in (RecallMethod, Linear, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs,
-                   BreadcrumbsTies, MagMax, TsvMerge, IsoC, IsoCts)
+                   BreadcrumbsTies, MagMax, TsvMerge, IsoC, IsoCts,
+                   Della, DellaLinear, Slerp, Multislerp)
 }
 
 
