@@ -3,14 +3,16 @@
 Classification and multiple choice: every choice is scored by its summed log-likelihood as the
 assistant's reply to the prompt (the tokenizer's chat template when it has one), in length-sorted
 batches; the prediction is the arg-max. Generation: greedy decoding, then exact match and token F1
-(SQuAD normalisation), BLEU (sacrebleu, divided by 100 so every score lies in [0, 1]) and ROUGE-L
-(LCS F-measure over whitespace tokens). The task's ``metric`` picks the score that enters R.
+(SQuAD normalisation), BLEU and chrF (sacrebleu, divided by 100 so every score lies in [0, 1];
+chrF is the mean sentence chrF) and ROUGE-L (LCS F-measure over whitespace tokens). The task's
+``metric`` picks the score that enters R.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -61,9 +63,20 @@ def encode(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
         tokenizer(render_answer(tokenizer, prompt, answer), add_special_tokens=False)["input_ids"]
         if answer else []
     )
-    answer_ids = answer_ids[: max_length - 1]
-    room = max_length - len(answer_ids)
-    return Encoded(prompt_ids[-room:], answer_ids)
+    bos = leading_bos(tokenizer)
+    answer_ids = answer_ids[: max_length - 1 - len(bos)]
+    room = max_length - len(answer_ids) - len(bos)
+    return Encoded(bos + prompt_ids[len(prompt_ids) - room:] if room > 0 else bos, answer_ids)
+
+
+def leading_bos(tokenizer) -> list[int]:
+    """``[bos]`` for a plain-prompt tokenizer (no chat template) that starts every text with its
+    BOS token when asked to (Gemma's base model needs it: without it, it answers noise); ``[]``
+    otherwise, since a chat template writes its own start. Kept when a long prompt is cut."""
+    if getattr(tokenizer, "chat_template", None) or tokenizer.bos_token_id is None:
+        return []
+    starts = tokenizer("", add_special_tokens=True)["input_ids"]
+    return [tokenizer.bos_token_id] if starts[:1] == [tokenizer.bos_token_id] else []
 
 
 def pad_id(tokenizer) -> int:
@@ -297,15 +310,36 @@ def sentence_bleu(prediction: str, references: Sequence[str]) -> float:
     return sacrebleu.sentence_bleu(prediction, list(references)).score / 100.0
 
 
+@functools.lru_cache(maxsize=1)
+def _chrf_metric():
+    try:
+        from sacrebleu.metrics import CHRF
+    except ImportError:
+        raise RecallError("chrF needs the sacrebleu package", "pip install sacrebleu") from None
+    return CHRF()
+
+
+def sentence_chrf(prediction: str, references: Sequence[str]) -> float:
+    """sacrebleu's sentence chrF (its defaults: character 6-grams, beta 2, no word n-grams)
+    against the best of the references, divided by 100 so it lies in [0, 1]."""
+    metric = _chrf_metric()
+    return max(metric.sentence_score(prediction, [reference]).score
+               for reference in references) / 100.0
+
+
 def generation_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                      with_bleu: bool) -> dict[str, float]:
+                      with_bleu: bool, with_chrf: bool = False) -> dict[str, float]:
     """Mean exact match, token F1 and ROUGE-L (each the best over an item's references, as in
-    SQuAD); corpus BLEU when asked."""
+    SQuAD); corpus BLEU when asked; mean sentence chrF when asked (so that it is the mean of
+    the per-item scores its intervals are of)."""
     count = max(len(references), 1)
     scores = {name: sum(item_scores(metric, predictions, references)) / count
               for name, metric in GENERATION_METRICS.items()}
     if with_bleu:
         scores["bleu"] = corpus_bleu(predictions, references)
+    if with_chrf:
+        scores["chrf"] = sum(sentence_chrf(prediction, refs) for prediction, refs
+                             in zip(predictions, references, strict=True)) / count
     return scores
 
 
@@ -317,7 +351,7 @@ def item_metric(task: Task) -> str:
     for corpus BLEU, whose per-item stand-in is sentence BLEU."""
     if task.kind in ("classification", "multiple_choice"):
         return "accuracy"
-    metric = task.metric if task.metric in (*GENERATION_METRICS, "bleu") else "exact_match"
+    metric = task.metric if task.metric in (*GENERATION_METRICS, "bleu", "chrf") else "exact_match"
     return "sentence_bleu" if metric == "bleu" else metric
 
 
@@ -347,9 +381,12 @@ def score_task(model, tokenizer, task: Task, examples: Sequence[Example], batch_
         predictions = generate(model, tokenizer, [ex.prompt for ex in examples], batch_size,
                                max_new_tokens, max_length)
         references = [gold_answers(ex) for ex in examples]
-        scores = generation_scores(predictions, references, with_bleu=task.metric == "bleu")
+        scores = generation_scores(predictions, references, with_bleu=task.metric == "bleu",
+                                   with_chrf=task.metric == "chrf")
         if per_item == "sentence_bleu":
             items = [sentence_bleu(p, refs) for p, refs in zip(predictions, references, strict=True)]
+        elif per_item == "chrf":
+            items = [sentence_chrf(p, refs) for p, refs in zip(predictions, references, strict=True)]
         else:
             items = item_scores(GENERATION_METRICS[per_item], predictions, references)
             if per_item == "exact_match":  # 0/1: kept as integers, compactly
