@@ -57,6 +57,8 @@ EXPECTED = {
     "geo:continent": (247, [98, 25, 124]),
     "geo:city_country": (5769, [4038, 577, 1154]),
     "geo:city_continent": (5769, [4038, 577, 1154]),
+    "geo:facts_qa": (6013, [4209, 601, 1203]),
+    "geo:country_mc": (6013, [4213, 600, 1200]),
     "lemma:en": (50000, [35000, 5000, 10000]),
     "lemma:fr": (50000, [35000, 5000, 10000]),
     "lemma:de": (50000, [35000, 5000, 10000]),
@@ -71,6 +73,7 @@ EXPECTED = {
     "afinn:sentiment": (3350, [2346, 334, 670]),
     "afinn:sentiment_da": (3525, [2469, 352, 704]),
     "wordnet:noun_category": (29208, [25696, 1168, 2344]),
+    "wordnet:definition_mc": (7276, [5096, 728, 1452]),
     "fortunes:topic": (3265, [2797, 153, 315]),
 }
 # whole sources too small for a 300-item test split (docs/data.md says so): their test size
@@ -120,10 +123,11 @@ def test_real_task(spec: str):
     assert first.meta["package"] == _task(spec).data.pip and first.meta["licence"]
 
     golds = [example.target for example in first.test]
-    if first.kind == "classification":
+    if first.kind in ("classification", "multiple_choice"):
         assert all(example.choices and example.target in example.choices
                    for example in first.test)
-        assert first.meta["labels"] == sorted({ex.target for ex in first.train + first.test})
+        if first.kind == "classification":
+            assert first.meta["labels"] == sorted({ex.target for ex in first.train + first.test})
         assert score_predictions(first.test, golds, first.kind) == {"accuracy": 1.0}
         wrong = [next(c for c in ex.choices if c != ex.target) for ex in first.test]
         assert score_predictions(first.test, wrong, first.kind) == {"accuracy": 0.0}

@@ -57,25 +57,38 @@ def continent_items(folder: Path) -> list[Item]:
     return items
 
 
-def unambiguous_cities(folder: Path, min_population: int = MIN_CITY_POPULATION
-                       ) -> list[tuple[str, str, dict]]:
-    """(geonameid, city name, country record) for the cities the module docstring keeps."""
+def cities(folder: Path) -> list[dict]:
+    """Every city record of cities15000.json that names itself and its country."""
+    return [city for city in _read_json(folder / "cities15000.json").values()
+            if isinstance(city, dict) and city.get("name") and city.get("countrycode")]
+
+
+def kept_cities(folder: Path, min_population: int = MIN_CITY_POPULATION
+                ) -> list[tuple[dict, dict]]:
+    """(city record, country record) for the cities the module docstring keeps, by GeoNames
+    id."""
     known = countries(folder)
-    cities = [city for city in _read_json(folder / "cities15000.json").values()
-              if isinstance(city, dict) and city.get("name") and city.get("countrycode")]
+    records = cities(folder)
     nations: dict[str, set[str]] = defaultdict(set)
-    for city in cities:
+    for city in records:
         nations[city["name"]].add(city["countrycode"])
     kept: dict[str, dict] = {}
-    for city in sorted(cities, key=lambda c: (-int(c.get("population") or 0), c["geonameid"])):
+    for city in sorted(records, key=lambda c: (-int(c.get("population") or 0), c["geonameid"])):
         name, code = city["name"], city["countrycode"]
         if (int(city.get("population") or 0) < min_population or len(nations[name]) > 1
                 or code not in known or name in kept
                 or name.casefold() == known[code]["name"].casefold()):
             continue
         kept[name] = city
-    return [(str(city["geonameid"]), name, known[city["countrycode"]])
-            for name, city in sorted(kept.items(), key=lambda pair: pair[1]["geonameid"])]
+    return [(city, known[city["countrycode"]])
+            for city in sorted(kept.values(), key=lambda city: city["geonameid"])]
+
+
+def unambiguous_cities(folder: Path, min_population: int = MIN_CITY_POPULATION
+                       ) -> list[tuple[str, str, dict]]:
+    """(geonameid, city name, country record) for the cities the module docstring keeps."""
+    return [(str(city["geonameid"]), city["name"], country)
+            for city, country in kept_cities(folder, min_population)]
 
 
 def city_country_items(folder: Path) -> list[Item]:

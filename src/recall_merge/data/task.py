@@ -8,7 +8,7 @@ from typing import Literal
 from recall_merge.errors import RecallError
 
 TaskKind = Literal["classification", "multiple_choice", "generation"]
-Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rougeL"]
+Metric = Literal["accuracy", "exact_match", "f1", "bleu", "rougeL", "chrf"]
 
 
 @dataclass(frozen=True)
