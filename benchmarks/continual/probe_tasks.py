@@ -32,7 +32,7 @@ PACKAGED = ["rt:sentiment", "geo:capital", "geo:continent", "geo:city_country",
             "geo:city_continent", "lemma:en", "lemma:fr", "lemma:de", "lemma:es", "names:gender",
             "cldr:country", "cldr:language", "emoji:name", "emoji:name_fr", "emoji:name_de",
             "emoji:name_es", "afinn:sentiment", "afinn:sentiment_da", "wordnet:noun_category",
-            "fortunes:topic"]
+            "fortunes:topic", "geo:facts_qa", "geo:country_mc", "wordnet:definition_mc"]
 
 
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
