@@ -125,7 +125,32 @@ OFFLINE_SEQUENCES: dict[str, dict] = {
                   "afinn:sentiment_da"],
         "zero_shot": {},
     },
+    "task_incremental": {
+        "role": "held-out",
+        "description": "task-incremental: news topic (5 labels), noun category (8), city continent "
+                       "(6), fortune topic (9), verb past tense (generation)",
+        "tasks": ["bbc", "wordnet:noun_category", "geo:city_continent", "fortunes:topic",
+                  "lexicon:past_tense"],
+        "zero_shot": {},
+    },
+    "paper_shaped": {
+        "role": "held-out",
+        "description": "paper-shaped: movie-review sentiment, language-name translation (en → "
+                       "fr/de/es, chrF), extractive QA over real GeoNames facts (token F1), "
+                       "geography multiple choice, WordNet definition multiple choice",
+        # the QA passages are ~150 tokens: longer sequences than the shared 96 / 160
+        "training": {**SENTIMENT_TRAINING, "max_length": 224},
+        "max_train": 480,
+        "evaluation": {"max_length": 320},
+        "tasks": ["rt:sentiment", {"source": "cldr", "name": "language", "metric": "chrf"},
+                  "geo:facts_qa", "geo:country_mc", "wordnet:definition_mc"],
+        "zero_shot": {},
+    },
 }
+# The paper-shaped sequence once more on Gemma 3 270M (a base model: plain prompts)
+OFFLINE_SEQUENCES["paper_shaped_gemma"] = {
+    **OFFLINE_SEQUENCES["paper_shaped"], "model": "gemma3-270m",
+    "description": OFFLINE_SEQUENCES["paper_shaped"]["description"] + " (Gemma 3 270M)"}
 SEQUENCES.update(OFFLINE_SEQUENCES)
 
 
