@@ -66,9 +66,15 @@ class MergeConfig(_Strict):
                             "as the number of models grows (above 0, at most 1PB)")
     allow_pickle: bool = Field(False, description="read .bin/.pt checkpoints (torch.load weights_only=True)")
     trust_remote_code: bool = False
-    device: str = Field("cpu", description="torch device of RECALL's representation pass: cpu, cuda, "
-                        "cuda:N or mps, checked against this machine when the config is loaded. The "
-                        "classic and SVD methods always stream on the CPU and ignore it")
+    device: str = Field("cpu", description="torch device of RECALL's representation pass and of its "
+                        "per-tensor merge arithmetic (tensors moved there one row block at a time, "
+                        "the results back to the CPU for writing): cpu, cuda, cuda:N, mps, or auto "
+                        "(cuda when a CUDA GPU is usable, else cpu), checked against this machine "
+                        "when the config is loaded. The other methods always merge on the CPU")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="precision of RECALL's representation pass and merge arithmetic; "
+        "the output keeps `dtype`. bfloat16 halves the memory traffic (meant for GPUs) and moves "
+        "merged weights by about one bfloat16 rounding step (2^-8 relative); RECALL only")
 
     @field_validator("method")
     @classmethod
@@ -100,6 +106,18 @@ class MergeConfig(_Strict):
     @classmethod
     def _usable_device(cls, value: str) -> str:
         return check_device(value)
+
+    @field_validator("compute_dtype")
+    @classmethod
+    def _compute_dtype_for_recall(cls, value: str, info: Any) -> str:
+        # The other methods' tensor functions (SVD, top-k ranks) are written and checked in
+        # float32 only: refused rather than silently run in another precision.
+        method = info.data.get("method", "recall")
+        if value != "float32" and method != "recall":
+            raise ConfigValueError(f"compute_dtype {value} is only supported by method recall, not "
+                                   f"{_short(method, 60)}",
+                                   "remove compute_dtype (float32 is the default), or use method: recall")
+        return value
 
     def method_parameters(self) -> BaseModel:
         model = parameters_model(self.method)
@@ -152,12 +170,16 @@ def check_device(text: Any, key: str = "device") -> str:
     (a ConfigError, raisable inside pydantic validators) naming the problem and the fix.
 
     Accepted: ``cpu``, ``cuda``/``cuda:N`` when CUDA is available and N < the number of GPUs,
-    ``mps`` when the Metal backend is available. Everything else torch may name (xla, meta, ...)
-    runs no merge here. Shared by the merge and continual configs.
+    ``mps`` when the Metal backend is available, and ``auto``: ``cuda`` where CUDA is usable, else
+    ``cpu`` (returned resolved, so reports name the device that ran). Everything else torch may
+    name (xla, meta, ...) runs no merge here. Shared by the merge and continual configs.
     """
-    fix = "use device: cpu (or cuda / cuda:N on a machine with NVIDIA GPUs, mps on Apple silicon)"
+    fix = ("use device: cpu (or cuda / cuda:N on a machine with NVIDIA GPUs, mps on Apple silicon, "
+           "auto for cuda where available)")
     if not isinstance(text, str):
         raise ConfigValueError(f"{key} {excerpt(text, 60)} is not a device name", fix)
+    if text.strip().lower() == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(text.strip().lower())
     except Exception:  # torch raises RuntimeError for unknown names, others for odd input

@@ -105,8 +105,22 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     return MergeResult(output=output, report=report)
 
 
+def compute_placement(method, config: MergeConfig) -> tuple[torch.device, torch.dtype]:
+    """Where and in what precision the per-tensor arithmetic runs: ``config.device`` and
+    ``config.compute_dtype`` for a method whose tensor function keeps every tensor it makes on its
+    inputs' device (``compute_on_device``, RECALL); the CPU in float32 for the others."""
+    if getattr(method, "compute_on_device", False):
+        return torch.device(config.device), DTYPES[config.compute_dtype]
+    return torch.device("cpu"), torch.float32
+
+
+def _to_compute(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(device=device, dtype=dtype)
+
+
 def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, quiet: bool) -> list[str]:
     out_dtype = DTYPES[config.dtype]
+    device, compute_dtype = compute_placement(method, config)
     plan = []
     for name in pool.tensor_names:
         info = pool.base.tensors[name]
@@ -144,8 +158,12 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                 else:
                     base32 = base_tensor.to(torch.float32)
                     _check_finite(name, pool, base32, experts)
-                    merged = method.merge_tensor(name, pool.position(name), base32, experts)
-                    merged = merged.to(out_dtype)
+                    # one row block at a time on the compute device; the result comes back to
+                    # the CPU (in the output dtype) for the writer thread
+                    merged = method.merge_tensor(
+                        name, pool.position(name), _to_compute(base32, device, compute_dtype),
+                        [_to_compute(tensor, device, compute_dtype) for tensor in experts])
+                    merged = merged.to(device="cpu", dtype=out_dtype)
                     _check_output_finite(name, merged, config)
                 if pending_write is not None:
                     pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
@@ -291,6 +309,10 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
         "versions": versions(),
         "output_files": files,
     }
+    device, compute_dtype = compute_placement(method, config)
+    report["compute"] = {"device": config.device, "compute_dtype": config.compute_dtype,
+                         "merge_arithmetic": {"device": str(device),
+                                              "dtype": str(compute_dtype).removeprefix("torch.")}}
     report.update(method.report())
     # Everything above is a pure function of config and inputs (bit-identical run to run); what
     # varies between runs (timings, memory) is kept apart under "run".

@@ -158,6 +158,9 @@ class RecallMethod(MergeMethod):
     summary = "RECALL: per-layer weights from the models' hidden-state similarity on typical samples of the newest task (Wang et al. 2025)"
     parameters_model = RecallParameters
     needs_samples = True
+    # Every tensor merge_tensor makes lives on its inputs' device in their dtype, so the engine
+    # may run it on `device` in `compute_dtype` (engine.compute_placement).
+    compute_on_device = True
 
     def is_elementwise(self) -> bool:
         return self.parameters.variant != "ties"  # TIES ranks magnitudes over the whole tensor
@@ -191,7 +194,8 @@ class RecallMethod(MergeMethod):
         texts = read_samples(self.config.samples, min_count=params.num_typical)
         common = dict(max_length=params.max_length, batch_size=params.batch_size,
                       use_chat_template=True, trust_remote_code=self.config.trust_remote_code,
-                      device=self.config.device, quiet=quiet, truncation_side=params.truncation_side)
+                      device=self.config.device, quiet=quiet, truncation_side=params.truncation_side,
+                      compute_dtype=getattr(torch, self.config.compute_dtype))
 
         started = time.perf_counter()
         newest_states = states_for_all_models(pool, texts, model_indices=[newest], **common)[newest]
@@ -296,7 +300,7 @@ class RecallMethod(MergeMethod):
             return merged
         # Task-vector forms: mass over the experts is preserved (uniform α = task arithmetic).
         expert_alpha = alpha[1:] / alpha[1:].sum()
-        weights = (expert_alpha * len(experts)).to(torch.float32)
+        weights = (expert_alpha * len(experts)).to(device=base.device, dtype=base.dtype)
         scale = params.scale * self.strength_for(position)
         deltas = ops.task_vectors(base, experts)
         if params.variant == "ties":

@@ -76,10 +76,11 @@ def representation_tokenizer(folder: Path, trust_remote_code: bool = False, *, f
     return tokenizer if tokenizer is not None else load_tokenizer(folder, trust_remote_code)
 
 
-def load_model(folder: Path, trust_remote_code: bool = False, device: str = "cpu"):
+def load_model(folder: Path, trust_remote_code: bool = False, device: str = "cpu",
+               dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
                                                  trust_remote_code=trust_remote_code)
     _check_finite_parameters(model, folder)
     return model.to(device).eval()
@@ -181,8 +182,10 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
                           quiet: bool = True, model_indices: list[int] | None = None,
                           backend: str = "streamed", truncation_side: str = "right",
                           activation_budget: int = DEFAULT_ACTIVATION_BUDGET,
-                          resident_budget: int = DEFAULT_RESIDENT_BUDGET) -> dict[int, torch.Tensor]:
-    """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each.
+                          resident_budget: int = DEFAULT_RESIDENT_BUDGET,
+                          compute_dtype: torch.dtype = torch.float32) -> dict[int, torch.Tensor]:
+    """Pooled states of models M_k (k = 0 base, 1..N experts) on ``texts``, (L+1, n, d) each,
+    float32; the forward runs on ``device`` in ``compute_dtype`` (weights cast to it as read).
 
     ``backend``: "streamed" (default) runs transformers' own decoder one block's weights at a time
     (streamed.py), so memory holds one block, not one model; "fast" the pure-torch Llama-family
@@ -198,7 +201,7 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
     states: dict[int, torch.Tensor] = {}
 
     if backend == "streamed":
-        decoder = _streamed_decoder(pool, torch.device(device), trust_remote_code)
+        decoder = _streamed_decoder(pool, torch.device(device), trust_remote_code, compute_dtype)
         if decoder is not None:
             wave = decoder.wave_size(max_length, batch_size, activation_budget)
             for k in indices:
@@ -227,7 +230,7 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
 
     spec = fast_decoder_spec(pool, max_length) if backend != "transformers" else None
     if spec is not None:
-        for k, decoder in _fast_decoders(pool, spec, indices, torch.device(device)):
+        for k, decoder in _fast_decoders(pool, spec, indices, torch.device(device), compute_dtype):
             states[k] = run(decoder, k)
             del decoder  # before the next expert's weights are read: one expert in memory at a time
         return states
@@ -240,7 +243,7 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
     def pass_order(k: int) -> int:
         return 0 if k == 0 else (1 if pool.experts[k - 1].is_lora else 2)
 
-    model = load_model(pool.base.folder, trust_remote_code, device)
+    model = load_model(pool.base.folder, trust_remote_code, device, compute_dtype)
     for k in sorted(indices, key=pass_order):
         if k == 0:
             states[k] = run(model, k)
@@ -252,18 +255,18 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
         elif _copy_weights_into(model, expert.checkpoint):
             states[k] = run(model, k)
         else:  # the checkpoint's names differ from the module's: build the model on its own
-            other = load_model(expert.folder, trust_remote_code, device)
+            other = load_model(expert.folder, trust_remote_code, device, compute_dtype)
             states[k] = run(other, k)
             del other
     del model
     return states
 
 
-def _streamed_decoder(pool: ModelPool, device: torch.device,
-                      trust_remote_code: bool) -> StreamedDecoder | None:
+def _streamed_decoder(pool: ModelPool, device: torch.device, trust_remote_code: bool,
+                      dtype: torch.dtype = torch.float32) -> StreamedDecoder | None:
     try:
         return StreamedDecoder(pool.base.folder, set(pool.base.tensors), device=device,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, dtype=dtype)
     except (UnsupportedForStreaming, ValueError, KeyError, OSError):
         return None  # an architecture transformers cannot build from config alone: next backend
 
@@ -324,18 +327,19 @@ def _model_tensor_names(spec: DecoderSpec, checkpoint: Checkpoint) -> list[str]:
     return names
 
 
-def _read_weights(checkpoint: Checkpoint, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    """The named tensors as float32 on ``device``; float32 ones on the CPU are views of the
+def _read_weights(checkpoint: Checkpoint, names: list[str], device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The named tensors in ``dtype`` on ``device``; ones already so on the CPU are views of the
     memory-mapped file (nothing copied), all are checked for NaN/Inf."""
     weights: dict[str, torch.Tensor] = {}
     for name, tensor in checkpoint.get_mapped(names).items():
         check_finite(tensor, name, checkpoint.folder)
-        weights[name] = tensor.to(device=device, dtype=torch.float32)
+        weights[name] = tensor.to(device=device, dtype=dtype)
     return weights
 
 
-def _fast_decoders(pool: ModelPool, spec: DecoderSpec, indices: list[int],
-                   device: torch.device) -> Iterator[tuple[int, FastDecoder]]:
+def _fast_decoders(pool: ModelPool, spec: DecoderSpec, indices: list[int], device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, FastDecoder]]:
     """(k, decoder) for each requested model: the base and LoRA experts first (they share the base
     weights, read once), then each full expert from its own file (the base weights freed by then).
     The order of passes does not change any result."""
@@ -343,7 +347,7 @@ def _fast_decoders(pool: ModelPool, spec: DecoderSpec, indices: list[int],
     on_base = [k for k in indices if k == 0 or pool.experts[k - 1].is_lora]
     full = [k for k in indices if k not in on_base]
     if on_base:
-        base_weights = _read_weights(pool.base, names, device)
+        base_weights = _read_weights(pool.base, names, device, dtype)
         for k in sorted(on_base):
             if k == 0:
                 yield k, FastDecoder(spec, base_weights, device)
@@ -354,11 +358,11 @@ def _fast_decoders(pool: ModelPool, spec: DecoderSpec, indices: list[int],
                 if name in weights:
                     weight = adapter.apply(name, base_weights[name])
                     check_finite(weight, name, f"adapter {adapter.folder}")
-                    weights[name] = weight.to(device=device, dtype=torch.float32)
+                    weights[name] = weight.to(device=device, dtype=dtype)
             yield k, FastDecoder(spec, weights, device)
             del weights
         del base_weights
     for k in sorted(full):
         checkpoint = pool.experts[k - 1].checkpoint
-        yield k, FastDecoder(spec, _read_weights(checkpoint, _model_tensor_names(spec, checkpoint), device),
-                             device)
+        yield k, FastDecoder(spec, _read_weights(checkpoint, _model_tensor_names(spec, checkpoint),
+                                                 device, dtype), device)

@@ -42,7 +42,7 @@ class StreamedDecoder:
     model's tensors at a time."""
 
     def __init__(self, folder: Path, tensor_names: set[str], *, device: torch.device,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> None:
         import transformers
         from accelerate import init_empty_weights
 
@@ -51,7 +51,7 @@ class StreamedDecoder:
         # config, not from the checkpoint. Parameters are empty until a hook loads them.
         with init_empty_weights(include_buffers=False):
             skeleton = transformers.AutoModelForCausalLM.from_config(
-                config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+                config, dtype=dtype, trust_remote_code=trust_remote_code)
         skeleton.eval()
         decoder = getattr(skeleton, "model", None)
         layers = getattr(decoder, "layers", None)
@@ -59,6 +59,7 @@ class StreamedDecoder:
             raise UnsupportedForStreaming(f"{type(skeleton).__name__} has no model.layers / embed_tokens")
         self.config = config
         self.device = device
+        self.dtype = dtype  # of the weights and the forward (compute_dtype); pooled states are float32
         _move_buffers(decoder, device)  # parameters stay empty until a block runs
         self.decoder = decoder
         self.layers = layers
@@ -96,7 +97,7 @@ class StreamedDecoder:
         for local, _ in module.named_parameters():
             tensor = self._read(prefix + local)
             check_finite(tensor, prefix + local, self._source)
-            weights[local] = tensor.to(device=self.device, dtype=torch.float32)
+            weights[local] = tensor.to(device=self.device, dtype=self.dtype)
         module.load_state_dict(weights, strict=True, assign=True)
 
     @staticmethod
