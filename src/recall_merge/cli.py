@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
                                "matrix R and AP/BWT/FWT. Durable: rerun the same command to resume.")
     continual.add_argument("config", type=Path, help="YAML config (see examples/continual_tiny.yaml)")
     continual.add_argument("--quiet", action="store_true", help="no progress output")
+    continual.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                           help="run the experts, then the strategies, as Ray tasks (pip install "
+                           "recall-merge[ray]); alone: a local Ray of this machine's cores, or the "
+                           "cluster in $RAY_ADDRESS; ADDRESS: a running cluster (auto, HOST:6379). "
+                           "Same results as without it (docs/scale.md)")
+    continual.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+                           help="CPUs each Ray task asks for (default 1)")
     return parser
 
 
@@ -184,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "continual":
         from recall_merge.continual.runner import main as continual_main
 
-        return int(continual_main(args.config, quiet=args.quiet) or 0)
+        return int(continual_main(args.config, quiet=args.quiet, ray_address=args.ray,
+                                  cpus_per_task=args.cpus_per_task) or 0)
     raise AssertionError(args.command)
 
 

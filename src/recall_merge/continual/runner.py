@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,24 @@ from recall_merge.io.atomic import write_json
 __all__ = ["ContinualRun", "ModelState", "load_any_task", "main", "print_summary",
            "refuse_removed_weights", "remove_model_weights", "run_continual", "slug"]
 
+# One strategy's entry in results.json and the per-item scores of its cells (None if it failed).
+StrategyOutcome = tuple[dict[str, Any], intervals.CellItems | None]
+# Runs the strategies of a prepared run (base scored) and gives their outcomes in the same order:
+# one after another here, as Ray tasks in continual/distributed.py.
+Dispatch = Callable[["ContinualRun", list[Strategy], list[float | None]], list[StrategyOutcome]]
+
 
 class ContinualRun:
-    """One run folder. ``run()`` builds every missing stage and writes the results."""
+    """One run folder. ``run()`` builds every missing stage and writes the results.
 
-    def __init__(self, config: ContinualConfig, quiet: bool = False) -> None:
+    ``sweep``: remove what killed runs left (marked temporaries of processes that are gone) when
+    the run is prepared. Off in Ray tasks: there a live temporary of another node's process looks
+    like a dead one's, so only the driver sweeps, before any task starts."""
+
+    def __init__(self, config: ContinualConfig, quiet: bool = False, *, sweep: bool = True) -> None:
         self.config = config
         self.quiet = quiet
+        self.sweep = sweep
         self.root = config.run_dir
         self.store = RunStore(self.root, self.log)
 
@@ -100,8 +112,9 @@ class ContinualRun:
         self.root.mkdir(parents=True, exist_ok=True)
         check_run_folders(self.config)
         check_task_data(self.config, records)
-        discard_temporaries(self.root)
-        discard_temporaries(self.config.expert_cache)
+        if self.sweep:
+            discard_temporaries(self.root)
+            discard_temporaries(self.config.expert_cache)
         self.base = self.base_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(self.base)
 
@@ -117,7 +130,9 @@ class ContinualRun:
 
     # --- the run ---------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self, dispatch: Dispatch | None = None) -> dict[str, Any]:
+        """Build what is missing and write the results; ``dispatch`` runs the strategies elsewhere
+        (default: one after another in this process). Either way the results are the same."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per stage drowns the log
@@ -127,22 +142,14 @@ class ContinualRun:
         reference = intervals.reference_strategy(self.config, strategies)  # refused before work
         self.prepare(strategies)
         base_scores = self.evaluate(ModelState(self.base), self.base_eval_path())
+        outcomes = (dispatch(self, strategies, base_scores) if dispatch is not None
+                    else [self.run_strategy(strategy, base_scores) for strategy in strategies])
         methods: dict[str, Any] = {}
         items: dict[str, intervals.CellItems] = {}  # per strategy, the per-item scores of its cells
-        for strategy in strategies:
-            self.log(f"strategy {strategy.name}")
-            try:
-                states = learner(strategy).models(self, strategy)
-                rows = [self.evaluate(state, self.eval_path(state), self.needed_columns(step))
-                        for step, state in enumerate(states, 1)]
-            except RecallError as exc:  # one broken strategy must not end the whole run
-                self.log(f"strategy {strategy.name} failed: {exc}")
-                methods[strategy.name] = {"error": str(exc), **describe(strategy)}
-                continue
-            if self.config.keep_weights == "final":
-                remove_intermediate_weights(self.root / "strategies" / slug(strategy.name))
-            methods[strategy.name] = {**metrics.summarise([base_scores] + rows), **describe(strategy)}
-            items[strategy.name] = intervals.cell_items(self.tasks, [self.eval_path(s) for s in states])
+        for strategy, (entry, cells) in zip(strategies, outcomes, strict=True):
+            methods[strategy.name] = entry
+            if cells is not None:
+                items[strategy.name] = cells
         results = build_results(self.config, self.tasks,
                                 [len(self.eval_examples(t)) for t in self.tasks], methods, items, reference)
         write_results(self.root, results)
@@ -150,6 +157,22 @@ class ContinualRun:
         # per task; null where a cell was not scored), so runs can be pooled later (the benchmark)
         write_json(self.root / "items.json", {"tasks": [t.name for t in self.tasks], "items": items})
         return results
+
+    def run_strategy(self, strategy: Strategy, base_scores: list[float | None]) -> StrategyOutcome:
+        """One strategy's models (durable stages), its scores, results entry and per-item cells.
+        A RecallError ends this strategy only: its entry then holds the error."""
+        self.log(f"strategy {strategy.name}")
+        try:
+            states = learner(strategy).models(self, strategy)
+            rows = [self.evaluate(state, self.eval_path(state), self.needed_columns(step))
+                    for step, state in enumerate(states, 1)]
+        except RecallError as exc:  # one broken strategy must not end the whole run
+            self.log(f"strategy {strategy.name} failed: {exc}")
+            return {"error": str(exc), **describe(strategy)}, None
+        if self.config.keep_weights == "final":
+            remove_intermediate_weights(self.root / "strategies" / slug(strategy.name))
+        return ({**metrics.summarise([base_scores] + rows), **describe(strategy)},
+                intervals.cell_items(self.tasks, [self.eval_path(s) for s in states]))
 
     def eval_examples(self, task: Task) -> list[Example]:
         return eval_examples(task, self.config)
@@ -232,17 +255,28 @@ def _silence_progress_bars() -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
-def run_continual(config: ContinualConfig | str | Path | dict, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) a continual experiment; returns the content of results.json."""
+def run_continual(config: ContinualConfig | str | Path | dict, quiet: bool = False,
+                  ray_address: str | None = None, cpus_per_task: float = 1.0) -> dict[str, Any]:
+    """Run (or resume) a continual experiment; returns the content of results.json. With
+    ``ray_address`` ("" for a local Ray, or the cluster's address) the experts and strategies
+    run as Ray tasks of ``cpus_per_task`` CPUs each (continual/distributed.py), with the same
+    results."""
     if not isinstance(config, ContinualConfig):
         config = load_continual_config(config)
-    return ContinualRun(config, quiet=quiet).run()
+    dispatch = None
+    if ray_address is not None:
+        from recall_merge.continual.distributed import ray_dispatch
+
+        dispatch = ray_dispatch(ray_address, cpus_per_task)
+    return ContinualRun(config, quiet=quiet).run(dispatch)
 
 
-def main(config_path: str | Path, quiet: bool = False) -> int:
-    """Entry point of ``recall continual CONFIG.yaml``: run, print the summary, return 0."""
+def main(config_path: str | Path, quiet: bool = False, ray_address: str | None = None,
+         cpus_per_task: float = 1.0) -> int:
+    """Entry point of ``recall continual CONFIG.yaml [--ray [ADDRESS]]``: run, print the summary,
+    return 0."""
     config = load_continual_config(config_path)
-    results = run_continual(config, quiet=quiet)
+    results = run_continual(config, quiet=quiet, ray_address=ray_address, cpus_per_task=cpus_per_task)
     print_summary(results)
     print(f"results: {config.run_dir / 'results.json'}")
     from recall_merge.reports.html import write_report

@@ -100,12 +100,18 @@ def expert_from_base(run: ContinualRun, strategy: Strategy, step: int) -> ModelS
     (and, with ``expert_cache``, by runs of other orders: there it is kept by task name, and its
     ``training.json`` carries the key of the task it was trained on)."""
     task = run.tasks[step - 1]
-    relative: str | Path = f"experts/{training_key(strategy)}/step{step}"
-    if run.config.expert_cache is not None:
-        relative = run.config.expert_cache / training_key(strategy) / slug(task.name)
-    folder = train_stage(run, relative, strategy, task.train, ModelState(run.base),
-                         continue_adapter=False, record={"task_key": run.task_keys[step - 1]})
+    folder = train_stage(run, expert_relative(run, strategy, step), strategy, task.train,
+                         ModelState(run.base), continue_adapter=False,
+                         record={"task_key": run.task_keys[step - 1]})
     return state_of(run, folder, strategy)
+
+
+def expert_relative(run: ContinualRun, strategy: Strategy, step: int) -> str | Path:
+    """Where task ``step``'s expert from the base lives: in the run folder by step, or (absolute)
+    in the expert cache by task name."""
+    if run.config.expert_cache is not None:
+        return run.config.expert_cache / training_key(strategy) / slug(run.tasks[step - 1].name)
+    return f"experts/{training_key(strategy)}/step{step}"
 
 
 def samples_file(run: ContinualRun, step: int) -> Path:

@@ -36,6 +36,11 @@ class Learner:
         return {"kind": strategy.kind, "uses_old_data": strategy.uses_old_data,
                 "training": strategy.training.mode, "top_k_blocks": strategy.training.top_k_blocks}
 
+    def base_expert_steps(self, strategy: Strategy, num_tasks: int) -> list[int]:
+        """The steps whose expert fine-tuned from the base (``stages.expert_from_base``) ``models``
+        uses: independent stages that a scale-out builds first, in parallel (continual/distributed.py)."""
+        return []
+
 
 @dataclass
 class Fit:
@@ -119,6 +124,9 @@ class ExpertAlone(Learner):
     def models(self, run: ContinualRun, strategy: Strategy) -> list[ModelState]:
         return [stages.expert_from_base(run, strategy, step) for step in range(1, len(run.tasks) + 1)]
 
+    def base_expert_steps(self, strategy: Strategy, num_tasks: int) -> list[int]:
+        return list(range(1, num_tasks + 1))
+
 
 class Merge(Learner):
     """After every step, merge the experts (or the previous merge and the new expert)."""
@@ -148,6 +156,9 @@ class Merge(Learner):
             folder = stages.merge_stage(run, f"strategies/{name}/step{step}", strategy, models, step)
             merged.append(ModelState(folder))
         return merged
+
+    def base_expert_steps(self, strategy: Strategy, num_tasks: int) -> list[int]:
+        return list(range(1, num_tasks + 1)) if strategy.finetune_from == "base" else [1]
 
     def describe(self, strategy: Strategy) -> dict[str, Any]:
         return {**super().describe(strategy), "method": strategy.method,
