@@ -321,6 +321,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
     runs = {tuple(r["order"]): r for r in previous.get("runs", [])
             if r["max_test"] == args.max_test and r["seed"] == args.seed}
     all_orders = orders(len(spec["tasks"]))
+    ray_seconds = {} if args.generalisation or getattr(args, "ray", None) is None else ray_cells(args)
     for index in args.orders:
         order = all_orders[index]
         run = runs.setdefault(tuple(order), {
@@ -339,7 +340,9 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 continue
             started = time.perf_counter()
             results = run_continual(config, quiet=args.quiet)
-            seconds = time.perf_counter() - started
+            # under --ray the cell ran in its Ray task (its wall time there, the shared experts
+            # excluded); here its stages are all on disk and only the results are rebuilt
+            seconds = ray_seconds.get((index, name), time.perf_counter() - started)
             print(f"\n== {args.sequence} order {order} {name} ({seconds:.0f} s)")
             print_summary(results)
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
@@ -358,6 +361,22 @@ def run_sequence(args: argparse.Namespace) -> Path:
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
             out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
     return out
+
+
+def ray_cells(args: argparse.Namespace) -> dict[tuple[int, str], float]:
+    """--ray: every (order, strategy) cell at --seed as a Ray task (the experts fine-tuned from the
+    base first, one task each; recall_merge.continual.distributed.run_cells); (order index,
+    strategy) -> the cell's wall seconds in its task."""
+    from recall_merge.continual.distributed import run_cells
+
+    cells = [(index, name) for index in args.orders for name in args.strategies]
+    configs = []
+    for index, name in cells:
+        config = continual_config(args.sequence, orders(len(SEQUENCES[args.sequence]["tasks"]))[index],
+                                  [name], args.max_test, args.cells, args.seed)
+        configs.append({**config, "run_dir": str(Path(config["run_dir"]) / name)})
+    outcomes = run_cells(configs, address=args.ray, cpus_per_task=args.cpus_per_task, quiet=args.quiet)
+    return {cell: round(seconds, 1) for cell, (_, seconds) in zip(cells, outcomes, strict=True)}
 
 
 LEGEND = {
@@ -788,6 +807,10 @@ def main() -> None:
     parser.add_argument("--cells", choices=["full", "summary"], default="summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run the cells as Ray tasks (docs/scale.md): alone a local Ray, or a "
+                             "running cluster's address")
+    parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per Ray task")
     parser.add_argument("--generalisation", action="store_true",
                         help="only complete the generalisation scores of final models on disk")
     parser.add_argument("--keep-weights", action="store_true",
