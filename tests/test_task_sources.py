@@ -258,6 +258,24 @@ def test_balanced_split_interleaves_labels():
     assert len(full["train"]) + len(full["dev"]) + len(full["test"]) == 400
 
 
+def test_a_train_prefix_of_a_balanced_split_keeps_the_label_proportions():
+    """Synthetic, 3:2 in the pool: dev and test take equal numbers per label, so the larger label
+    loses a smaller share of its items; a train prefix (the n_train cap) must still mix the labels
+    as the whole train split does, not start with a run of the larger label."""
+    items = _items(4000, weights=(3, 2))
+    sizes = SplitSizes(dev_fraction=0.1, test_fraction=0.3)
+    train = split_items(items, 0, sizes, balance=True)["train"]
+    whole = Counter(ex.target for _, ex in train)
+    share = whole["a"] / len(train)
+    for size in (50, 200, 800):
+        prefix = Counter(ex.target for _, ex in train[:size])
+        # binomial sd at size 50 is ~0.07: a run of one label (share 1.0) is far outside this
+        assert abs(prefix["a"] / size - share) < 0.2, (size, prefix, share)
+    capped = split_items(items, 0, SplitSizes(n_train=200, dev_fraction=0.1, test_fraction=0.3),
+                         balance=True)["train"]
+    assert capped == train[:200]
+
+
 def test_balanced_split_leaves_the_rare_label_in_training():
     """Synthetic: with a rare label, dev + test never take more than half of it."""
     items = _items(100, weights=(19, 1))  # 5 items of label b
