@@ -21,14 +21,17 @@ from recall_merge.methods.classic import (
     TaskArithmetic,
     Ties,
 )
+from recall_merge.methods.knots import Knots
 from recall_merge.methods.slerp import Multislerp, Slerp
 from recall_merge.methods.svd import IsoC, IsoCts, TsvMerge
+from recall_merge.methods.wudi import Wudi
 from recall_merge.recall.method import RecallMethod
 
 METHODS: dict[str, type[MergeMethod]] = {
     method.name: method
     for method in (RecallMethod, Linear, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs,
                    BreadcrumbsTies, MagMax, TsvMerge, IsoC, IsoCts,
+                   Knots, Wudi,
                    Della, DellaLinear, Slerp, Multislerp)
 }
 
