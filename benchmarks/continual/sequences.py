@@ -257,4 +257,16 @@ STRATEGIES: dict[str, dict] = {
     "ties": {"kind": "merge", "method": "ties", "parameters": TIES},
     "ties_0.5": {"kind": "merge", "method": "ties", "parameters": TIES_DEV},
     "magmax": {"kind": "merge", "method": "magmax", "parameters": MAGMAX},
+    # The 2024-2025 methods (issue "The strongest data-free and continual merges"), at the defaults
+    # of their papers / official code until the development sequence's sweep tunes them with the
+    # same budget as every other method. DELLA's density is mergekit's example value (its schema
+    # has no paper default: density 1 would drop nothing).
+    "tsv_m": {"kind": "merge", "method": "tsv_m", "parameters": {"alpha": 1.0}},
+    "iso_c": {"kind": "merge", "method": "iso_c", "parameters": {"alpha": 1.0}},
+    "iso_cts": {"kind": "merge", "method": "iso_cts", "parameters": {"alpha": 1.0}},
+    "knots": {"kind": "merge", "method": "knots", "parameters": {}},
+    "della": {"kind": "merge", "method": "della",
+              "parameters": {"density": 0.5, "epsilon": 0.15, "lambda": 1.0}},
+    # ~45 min per merge of SmolLM2-135M on 2 cores (docs/methods.md): one order only
+    "wudi": {"kind": "merge", "method": "wudi", "parameters": {}},
 }
