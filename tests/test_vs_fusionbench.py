@@ -28,6 +28,7 @@ import contextlib
 import sys
 import types
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -55,8 +56,13 @@ def _wheel() -> Path:
     return wheel
 
 
-def _load_from_wheel(relative: str) -> types.ModuleType:
-    """One FusionBench source file as a module, its fusion_bench imports stubbed (see above)."""
+def _load_from_wheel(relative: str, more_stubs: Mapping[str, Mapping[str, Any]] | None = None,
+                     package: str | None = None) -> types.ModuleType:
+    """One FusionBench source file as a module, its fusion_bench imports stubbed (see above).
+
+    ``more_stubs``: further stand-in modules, name → attributes (added to the ones above, or
+    added to), for files that import more; ``package``: the file's package, so that its relative
+    imports (``from .utils import …``) find the stand-in named ``package + ".utils"``."""
     with zipfile.ZipFile(_wheel()) as archive:
         source = archive.read(relative).decode("utf-8")
     root = types.ModuleType("fusion_bench")
@@ -67,8 +73,11 @@ def _load_from_wheel(relative: str) -> types.ModuleType:
     root.utils = utils  # type: ignore[attr-defined]
     utils.type = type_module  # type: ignore[attr-defined]
     stubs = {"fusion_bench": root, "fusion_bench.utils": utils, "fusion_bench.utils.type": type_module}
+    for name, attributes in (more_stubs or {}).items():
+        stubs.setdefault(name, types.ModuleType(name)).__dict__.update(attributes)
     module = types.ModuleType(f"fusionbench_reference_{Path(relative).stem}")
     module.__file__ = f"{_wheel()}/{relative}"
+    module.__package__ = package
     with patch.dict(sys.modules, stubs):
         exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - pinned wheel's source
     return module

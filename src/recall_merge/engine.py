@@ -27,13 +27,15 @@ from recall_merge.io import atomic
 from recall_merge.io.pool import ModelPool, is_code_file
 from recall_merge.io.reader import check_finite
 from recall_merge.io.writer import StreamingShardWriter
+from recall_merge.methods.base import MERGE_STATE_NAME
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
 from recall_merge.reports.model_card import model_card
 
 REPORT_NAME = "recall_report.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-_SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", REPORT_NAME}
+_SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", REPORT_NAME,
+               MERGE_STATE_NAME}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -88,6 +90,9 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         timings["total_s"] = time.perf_counter() - started
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
         (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
+        state = method.state()
+        if state is not None:
+            (temp / MERGE_STATE_NAME).write_text(json.dumps(state, indent=2, allow_nan=False))
         (temp / "README.md").write_text(model_card(report), encoding="utf-8")
         if emit_mergekit is not None:
             import yaml

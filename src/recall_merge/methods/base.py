@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from recall_merge.config import MergeConfig
     from recall_merge.io.pool import ModelPool
 
+# The file a continual method (OPCM) writes beside the merged weights: what its next step needs
+# and the weights do not hold. The engine writes it from MergeMethod.state() and never copies one
+# from the base folder.
+MERGE_STATE_NAME = "merge_state.json"
+
+
 class StrictParameters(BaseModel):
     """Base of every method's parameter schema: unknown keys are refused (with the closest name),
     and so is NaN or ±inf in any float, at any depth of a list."""
@@ -76,3 +82,8 @@ class MergeMethod(ABC):
     def report(self) -> dict[str, Any]:
         """What the method applied, for ``recall_report.json``."""
         return {}
+
+    def state(self) -> dict[str, Any] | None:
+        """What the method's next continual step reads back (written as ``MERGE_STATE_NAME`` in
+        the output folder, after the streaming merge), or None when it needs nothing."""
+        return None

@@ -21,7 +21,9 @@ from recall_merge.methods.classic import (
     TaskArithmetic,
     Ties,
 )
+from recall_merge.methods.dop import Dop
 from recall_merge.methods.knots import Knots
+from recall_merge.methods.opcm import Opcm
 from recall_merge.methods.slerp import Multislerp, Slerp
 from recall_merge.methods.svd import IsoC, IsoCts, TsvMerge
 from recall_merge.methods.wudi import Wudi
@@ -32,7 +34,8 @@ METHODS: dict[str, type[MergeMethod]] = {
     for method in (RecallMethod, Linear, TaskArithmetic, Ties, DareLinear, DareTies, Breadcrumbs,
                    BreadcrumbsTies, MagMax, TsvMerge, IsoC, IsoCts,
                    Knots, Wudi,
-                   Della, DellaLinear, Slerp, Multislerp)
+                   Della, DellaLinear, Slerp, Multislerp,
+                   Opcm, Dop)
 }
 
 
