@@ -444,3 +444,25 @@ def test_continual_run_with_opcm_and_dop(tiny_models, tmp_path):
     assert state["tasks_merged"] == 2
     assert _max_difference(_weights(strategies / "merge_opcm_previous_base" / "step2"),
                            _weights(strategies / "merge_opcm_experts_base" / "step2")) <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["opcm", "dop"])
+def test_lora_experts_leave_the_untouched_matrices_alone(method, tiny_models, tiny_loras, tmp_path):
+    # LoRA task vectors are of low rank and zero outside their targets (q_proj, v_proj): the
+    # degenerate cases FusionBench's code turns into NaN (DOP) or an arbitrary basis (OPCM)
+    base = tiny_models["base"]
+    options = {"num_steps": 10} if method == "dop" else {}
+    first = _merge(method, base, [tiny_loras["l1"]], tmp_path / "step1", **options)
+    second = _merge(method, base, [first, tiny_loras["l2"]], tmp_path / "step2", **options)
+    merged, original = _weights(second), _weights(base)
+    assert all(torch.isfinite(tensor).all() for tensor in merged.values())
+    untouched = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(merged[untouched], original[untouched])
+    touched = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[touched], original[touched])
+    report = json.loads((second / "recall_report.json").read_text())
+    record = report["layers"][0]["tensors"][touched]
+    if method == "opcm":
+        assert record["previous_rank"] == [4]  # the rank-4 adapter's update, not min(m, n)
+    else:
+        assert record["steps"][0]["ranks"] == [3, 3]  # the share reaches ε at the 4th value
