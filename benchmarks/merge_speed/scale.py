@@ -3,6 +3,8 @@
     python benchmarks/merge_speed/scale.py --shape llama2-7b --case lora     # base + 3 LoRA experts
     python benchmarks/merge_speed/scale.py --shape llama2-7b --case full     # base + 2 full experts
     python benchmarks/merge_speed/scale.py --shape tinyllama-1.1b --case full --shape ...  (curve)
+    python benchmarks/merge_speed/scale.py --shape tinyllama-1.1b --case lora --device cuda \
+        --compare-device cpu --results OUT.json                          # benchmarks/gpu_check.sh
 
 Checkpoints (synthetic, seeded) are written into the cache (``$RECALL_MERGE_CACHE/scale_inputs``),
 bfloat16 safetensors in hub-sized shards (≤ 5 GB), with the shape's real ``config.json`` and a tiny
@@ -10,7 +12,14 @@ BPE tokenizer (its ids fit every vocabulary). Full experts are the base plus see
 experts have rank-16 adapters on every linear layer of every block. Each merge runs in its own
 process; wall time and peak RSS come from ``wait4``, the stages from ``recall_report.json``, the
 disk floor from reading every input once and writing one model's worth of bytes. Results append
-to ``benchmarks/results/merge_scale.json``.
+to ``benchmarks/results/merge_scale.json`` (or ``--results``).
+
+``--device`` / ``--compute-dtype`` set the merge's ``device`` and ``compute_dtype`` (one merge per
+compute dtype given). ``--compare-device D`` merges once more on D in float32 and compares every
+output tensor with it: the largest |difference| per tensor must stay within
+``TOLERANCE[compute dtype]`` of the tensor's largest |weight| (the output is bfloat16, so a weight
+whose float32 value moved by ~1e-6 may round one bfloat16 step the other way), and RECALL's
+weights within ``ALPHA_TOLERANCE``; the command exits 1 when they do not.
 """
 
 from __future__ import annotations
@@ -31,6 +40,13 @@ sys.path.insert(0, str(HERE))
 from run import FLOOR_SCRIPT, drop_caches, measure  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "merge_scale.json"
+# Largest |difference| from the float32 reference merge, as a share of a tensor's largest |weight|:
+# one bfloat16 rounding step (2^-7) for float32 arithmetic, ~six (2^-6 after the bf16 inputs and
+# sums) for bfloat16 arithmetic (tests/test_compute_placement.py measures 0.0084 on tiny models).
+TOLERANCE = {"float32": 2.0**-7, "bfloat16": 2.0**-6}
+# RECALL's weights α: float32 forwards on two devices agree to ~1e-6; a bfloat16 forward moves the
+# hidden states, hence α, more (5e-4 on SmolLM2-135M's shape, 30 blocks, on the CPU)
+ALPHA_TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}
 
 # The configs of the published models (hidden sizes, depths, heads, vocabularies).
 SHAPES: dict[str, dict] = {
@@ -147,6 +163,42 @@ def write_lora(folder: Path, config: dict, seed: int, rank: int = 16) -> Path:
     return folder
 
 
+def merge_with(work: Path, base: Path, experts: list[Path], samples: Path, args: argparse.Namespace,
+               device: str, compute_dtype: str, output: Path) -> dict:
+    """One RECALL merge in its own process (page cache dropped first): wall time and peak RSS."""
+    merge_config = {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
+                    "samples": str(samples), "output": str(output), "seed": 0, "dtype": "bfloat16",
+                    "device": device, "compute_dtype": compute_dtype,
+                    "parameters": {"num_typical": args.typical, "max_length": args.tokens}}
+    config_path = work / f"{output.name}.yaml"
+    config_path.write_text(json.dumps(merge_config))
+    drop_caches()
+    return measure([sys.executable, "-m", "recall_merge.cli", "merge", str(config_path), "--quiet"],
+                   env={"HF_HUB_OFFLINE": "1"})
+
+
+def compare_outputs(folder: Path, reference: Path) -> dict:
+    """Every tensor of two merge outputs, one at a time: the largest |difference| and its share
+    of the tensor's largest |weight|, and the largest difference of RECALL's weights α."""
+    from safetensors import safe_open
+
+    worst = {"max_abs_diff": 0.0, "max_share_of_tensor_max": 0.0, "tensor": None}
+    for shard in sorted(reference.glob("*.safetensors")):
+        with safe_open(shard, "pt") as ours_ref, safe_open(folder / shard.name, "pt") as ours:
+            for name in ours_ref.keys():
+                expected = ours_ref.get_tensor(name).float()
+                got = ours.get_tensor(name).float()
+                difference = float((got - expected).abs().max()) if expected.numel() else 0.0
+                share = difference / max(float(expected.abs().max()), 1e-30) if expected.numel() else 0.0
+                if share > worst["max_share_of_tensor_max"]:
+                    worst.update(max_share_of_tensor_max=share, tensor=name)
+                worst["max_abs_diff"] = max(worst["max_abs_diff"], difference)
+    alphas = [json.loads((path / "recall_report.json").read_text())["layers"] for path in (folder, reference)]
+    worst["max_alpha_diff"] = max(abs(a - b) for ours, theirs in zip(*alphas, strict=True)
+                                  for a, b in zip(ours["alpha"], theirs["alpha"], strict=True))
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), action="append", required=True)
@@ -154,7 +206,14 @@ def main() -> None:
     parser.add_argument("--typical", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--keep-inputs", action="store_true", help="keep the generated checkpoints")
+    parser.add_argument("--device", default="cpu", help="the merge's device (cpu, cuda, cuda:N, auto)")
+    parser.add_argument("--compute-dtype", choices=sorted(TOLERANCE), action="append",
+                        help="the merge's compute_dtype; given twice, one merge each (default float32)")
+    parser.add_argument("--compare-device", help="also merge on this device in float32 and compare")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON to append to ({RESULTS})")
     args = parser.parse_args()
+    compute_dtypes = args.compute_dtype or ["float32"]
+    failures = []
 
     from recall_merge.io.cache import cache_dir
     from recall_merge.provenance import versions
@@ -170,7 +229,7 @@ def main() -> None:
     sentence = "the team won the final match and parliament passed the budget bill "
     samples = write_samples(root / "samples.jsonl",
                             [f"{k}: " + sentence * 6 for k in range(args.typical)])
-    document = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    document = json.loads(args.results.read_text()) if args.results.exists() else {"runs": []}
     for shape in args.shape:
         config = SHAPES[shape]
         for case in args.case:
@@ -185,42 +244,60 @@ def main() -> None:
             work = root / shape / f"work_{case}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            merge_config = {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
-                            "samples": str(samples), "output": str(work / "merged"), "seed": 0,
-                            "dtype": "bfloat16", "parameters": {"num_typical": args.typical,
-                                                                "max_length": args.tokens}}
-            (work / "merge.yaml").write_text(json.dumps(merge_config))
             drop_caches()
             floor = measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.bin"), str(base),
                              *[str(e) for e in experts if case == "full"]])
             floor.update(json.loads(floor.pop("stdout").strip().splitlines()[-1]))
             (work / "floor.bin").unlink()
-            drop_caches()
-            merged = measure([sys.executable, "-m", "recall_merge.cli", "merge", str(work / "merge.yaml"),
-                              "--quiet"], env={"HF_HUB_OFFLINE": "1"})
-            report = json.loads((work / "merged" / "recall_report.json").read_text())
-            timings = report["run"]["timings"]
-            model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-            record = {
-                "shape": shape, "case": case, "experts": len(experts),
-                "parameters": sum(math.prod(s) for _, s, _ in tensor_plan(config)),
-                "model_bf16_gb": model_bytes / 1e9, "inputs_made_s": made_s,
-                "disk_floor_s": floor["total_s"], "wall_s": merged["wall_s"],
-                "peak_rss_mb": merged["peak_rss_mb"],
-                "peak_rss_after_planning_mb": report["run"]["peak_rss_mb"]["after_planning"],
-                "plan_s": timings.get("plan_s"), "merge_s": timings.get("merge_s"),
-                "merge_stage_over_floor": timings.get("merge_s", 0) / floor["total_s"],
-                "planning_timings": {k: v for k, v in timings.items() if k not in ("plan_s", "merge_s")},
-                "typical": args.typical, "tokens": args.tokens,
-                "load_average": os.getloadavg(), "versions": versions(), "seed": 0,
-                "command": "python benchmarks/merge_speed/scale.py " + " ".join(sys.argv[1:]),
-            }
-            print(json.dumps(record), flush=True)
-            document["runs"].append(record)
-            RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+            reference = None
+            if args.compare_device:
+                reference = work / "reference"
+                compared = merge_with(work, base, experts, samples, args, args.compare_device,
+                                      "float32", reference)
+            for compute_dtype in compute_dtypes:
+                output = work / f"merged_{compute_dtype}"
+                merged = merge_with(work, base, experts, samples, args, args.device, compute_dtype,
+                                    output)
+                report = json.loads((output / "recall_report.json").read_text())
+                timings = report["run"]["timings"]
+                model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
+                record = {
+                    "shape": shape, "case": case, "experts": len(experts),
+                    "parameters": sum(math.prod(s) for _, s, _ in tensor_plan(config)),
+                    "model_bf16_gb": model_bytes / 1e9, "inputs_made_s": made_s,
+                    "disk_floor_s": floor["total_s"], "wall_s": merged["wall_s"],
+                    "peak_rss_mb": merged["peak_rss_mb"],
+                    "peak_rss_after_planning_mb": report["run"]["peak_rss_mb"]["after_planning"],
+                    "plan_s": timings.get("plan_s"), "merge_s": timings.get("merge_s"),
+                    "merge_stage_over_floor": timings.get("merge_s", 0) / floor["total_s"],
+                    "planning_timings": {k: v for k, v in timings.items()
+                                         if k not in ("plan_s", "merge_s")},
+                    "device": report["config"]["device"], "compute_dtype": compute_dtype,
+                    "compute": report.get("compute"),
+                    "typical": args.typical, "tokens": args.tokens,
+                    "load_average": os.getloadavg(), "versions": versions(), "seed": 0,
+                    "command": "python benchmarks/merge_speed/scale.py " + " ".join(sys.argv[1:]),
+                }
+                if reference is not None:
+                    difference = compare_outputs(output, reference)
+                    within = (difference["max_share_of_tensor_max"] <= TOLERANCE[compute_dtype]
+                              and difference["max_alpha_diff"] <= ALPHA_TOLERANCE[compute_dtype])
+                    record["comparison"] = {
+                        "reference_device": args.compare_device, "reference_compute_dtype": "float32",
+                        "reference_wall_s": compared["wall_s"], **difference,
+                        "tolerance_share": TOLERANCE[compute_dtype],
+                        "alpha_tolerance": ALPHA_TOLERANCE[compute_dtype], "within_tolerance": within}
+                    if not within:
+                        failures.append(f"{shape} {case} {compute_dtype}: {difference}")
+                print(json.dumps(record), flush=True)
+                document["runs"].append(record)
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                args.results.write_text(json.dumps(document, indent=2) + "\n")
             shutil.rmtree(work, ignore_errors=True)
         if not args.keep_inputs:
             shutil.rmtree(root / shape, ignore_errors=True)
+    if failures:
+        sys.exit("outside the tolerance: " + "; ".join(failures))
 
 
 if __name__ == "__main__":
