@@ -24,6 +24,7 @@ import yaml
 
 from recall_merge.config import load_config
 from recall_merge.continual.config import expand_strategies, load_continual_config
+from recall_merge.continual.strategies import merge_methods
 from recall_merge.demo import demo_config
 from recall_merge.methods.registry import available_methods, parameters_model
 
@@ -207,11 +208,13 @@ def _entry_name(entry: str | dict) -> str:
 def test_continual_tiny_lists_strategies_that_all_expand():
     entries = yaml.safe_load((EXAMPLES / "continual_tiny.yaml").read_text())["strategies"]
     config = load_continual_config(EXAMPLES / "continual_tiny.yaml")
-    strategies = expand_strategies(config, merge_methods=available_methods())
+    strategies = expand_strategies(config, merge_methods=merge_methods())
     names = [s.name for s in strategies]
-    # merge:all becomes one strategy per registered method, every other entry exactly one
-    assert len(strategies) == len(entries) - 1 + len(available_methods())
-    assert {f"merge:{m}:experts:base" for m in available_methods()} <= set(names)
+    # merge:all becomes one strategy per registered method that merges any number of experts
+    # (not slerp: exactly one), every other entry exactly one
+    assert "slerp" in available_methods() and "slerp" not in merge_methods()
+    assert len(strategies) == len(entries) - 1 + len(merge_methods())
+    assert {f"merge:{m}:experts:base" for m in merge_methods()} <= set(names)
     assert set(TINY_RUN) <= {_entry_name(e) for e in entries}, "TINY_RUN names a strategy the file dropped"
 
 

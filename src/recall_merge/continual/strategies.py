@@ -182,7 +182,9 @@ def describe(strategy: Strategy) -> dict[str, Any]:
 
 
 def merge_methods() -> list[str]:
-    """What ``merge:all`` means: every method the engine registers."""
-    from recall_merge.methods.registry import available_methods
+    """What ``merge:all`` means: every method the engine registers that merges any number of
+    experts (slerp takes exactly one, so a continual run's second step could not use it)."""
+    from recall_merge.methods.registry import METHODS, available_methods
 
-    return available_methods()
+    return [name for name in available_methods()
+            if getattr(METHODS[name], "max_experts", None) is None]
