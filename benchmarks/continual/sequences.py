@@ -269,4 +269,8 @@ STRATEGIES: dict[str, dict] = {
               "parameters": {"density": 0.5, "epsilon": 0.15, "lambda": 1.0}},
     # ~45 min per merge of SmolLM2-135M on 2 cores (docs/methods.md): one order only
     "wudi": {"kind": "merge", "method": "wudi", "parameters": {}},
+    # the continual merges: each step merges the previous merge and the newest expert only
+    "opcm": {"kind": "merge", "method": "opcm", "parameters": {}, "library": "previous"},
+    # ~1.7 h per step on SmolLM2-135M on 2 cores (docs/methods.md): one order only
+    "dop": {"kind": "merge", "method": "dop", "parameters": {}, "library": "previous"},
 }
