@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path, help="a merge output folder or a continual run folder")
     report.add_argument("--output", type=Path, help="HTML path (default: RUN_DIR/report.html)")
 
+    extract = sub.add_parser("extract-lora", help="a LoRA adapter approximating a merged or fine-tuned model",
+                             description="Per linear layer, the truncated SVD of (W_model - W_base) as a "
+                             "PEFT LoRA adapter on BASE, as mergekit-extract-lora does (embeddings and "
+                             "norms stored whole in modules_to_save); recall_report.json gives each "
+                             "module's relative error. Models may be folders, packaged names or hub ids.")
+    extract.add_argument("model", help="the merged or fine-tuned full model (folder, packaged name, org/name)")
+    extract.add_argument("--base", required=True, help="the base model it was made from")
+    extract.add_argument("--rank", type=int, required=True, help="largest LoRA rank per module")
+    extract.add_argument("--output", type=Path, required=True, help="adapter folder, written atomically")
+    extract.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+
     continual = sub.add_parser("continual", help="run a continual-learning sequence from a YAML config",
                                description="Learn tasks one after another with each strategy (merges, "
                                "sequential fine-tuning, replay, EWC, LwF, joint); writes the accuracy "
@@ -187,6 +199,15 @@ def _run(args: argparse.Namespace) -> int:
         from recall_merge.reports.html import write_report
 
         print(write_report(args.run_dir, args.output))
+        return 0
+    if args.command == "extract-lora":
+        from recall_merge.io.lora_out import extract_lora
+
+        report = extract_lora(args.model, args.base, args.rank, args.output, overwrite=args.overwrite,
+                              quiet=args.quiet)
+        print(json.dumps({"output": str(args.output), "rank": report["rank"],
+                          "modules": len(report["modules"]),
+                          "max_relative_error": report["max_relative_error"]}))
         return 0
     if args.command == "continual":
         from recall_merge.continual.runner import main as continual_main

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, StrictInt, ValidationError, ValidationInfo, field_validator
 
 from recall_merge.errors import (
     MAX_QUOTED_CHARS,
@@ -29,12 +29,13 @@ from recall_merge.errors import (
     RecallError,
     excerpt,
 )
+from recall_merge.io import hub
 from recall_merge.io.packaged import is_packaged_name
 from recall_merge.methods.base import StrictParameters as _Strict
 from recall_merge.methods.registry import available_methods, parameters_model
 from recall_merge.recall.samples import MAX_LINE_BYTES, MAX_SAMPLES
 
-ModelRef = str  # a folder path, or a packaged model name such as "smollm2"
+ModelRef = str  # a folder path, a packaged model name such as "smollm2", or a hub id org/name[@rev]
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds (K-means) are 32-bit unsigned
 MAX_SIZE_BYTES = 10**15  # 1 PB: a larger shard or block size is a typo, not a plan
@@ -46,11 +47,53 @@ _PATHS_NOTE = ("paths in a config file are relative to the file's folder; paths 
                "line are relative to the current directory")
 
 
+_REFS_NOTE = ("a folder, a packaged name (smollm2), or a Hugging Face hub id org/name (pinned as "
+              "org/name@revision or {id: org/name, revision: REV}); an existing local path always wins")
+MAX_LORA_RANK = 65536
+
+
+class LoraOutputOptions(_Strict):
+    """How a merge of LoRA experts is written as one LoRA adapter (``output_format: lora``).
+    Neither option: exact (every non-zero direction of the merged delta is kept); both: the
+    smaller of the two ranks."""
+
+    rank: StrictInt | None = Field(None, ge=1, le=MAX_LORA_RANK, description="largest rank per module, "
+                                   f"a whole number from 1 to {MAX_LORA_RANK}")
+    energy: float | None = Field(None, gt=0, le=1, description="keep the fewest singular directions "
+                                 "whose squared singular values reach this fraction of the merged "
+                                 "delta's squared Frobenius norm, in (0, 1]")
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank_in_range(cls, value: Any) -> Any:
+        fix = f"give lora_output.rank as a whole number from 1 to {MAX_LORA_RANK} (e.g. 16)"
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigValueError(f"rank {excerpt(value, 60)} of lora_output is not a whole number", fix)
+        if not 1 <= value <= MAX_LORA_RANK:
+            raise ConfigValueError(f"rank {excerpt(value, 60)} of lora_output is out of range", fix)
+        return value
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _energy_in_range(cls, value: Any) -> Any:
+        fix = ("give lora_output.energy as a fraction in (0, 1], e.g. 0.99: the share of the merged "
+               "delta's squared Frobenius norm that each module keeps")
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigValueError(f"energy {excerpt(value, 60)} of lora_output is not a number", fix)
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ConfigValueError(f"energy {excerpt(value, 60)} of lora_output is outside (0, 1]", fix)
+        return value
+
+
 class MergeConfig(_Strict):
     method: str = "recall"
-    base: ModelRef = Field(description="base model M_0: a folder or a packaged name. " + _PATHS_NOTE)
-    models: list[ModelRef] = Field(min_length=1, description="experts M_1..M_N in order, newest last. "
-                                   + _PATHS_NOTE)
+    base: ModelRef = Field(description="base model M_0: " + _REFS_NOTE + ". " + _PATHS_NOTE)
+    models: list[ModelRef] = Field(min_length=1, description="experts M_1..M_N in order, newest last, "
+                                   "each " + _REFS_NOTE + ". " + _PATHS_NOTE)
     samples: Path | None = Field(None, description="the newest task's inputs (.jsonl with a \"text\" "
                                  f"field, or .txt one per line; a regular file of at most {MAX_SAMPLES:,} "
                                  f"samples and {MAX_LINE_BYTES:,} bytes per line); RECALL only. "
@@ -75,6 +118,29 @@ class MergeConfig(_Strict):
         "float32", description="precision of RECALL's representation pass and merge arithmetic; "
         "the output keeps `dtype`. bfloat16 halves the memory traffic (meant for GPUs) and moves "
         "merged weights by about one bfloat16 rounding step (2^-8 relative); RECALL only")
+    output_format: Literal["full", "lora"] = Field(
+        "full", description="full: a Hugging Face model folder; lora: one PEFT LoRA adapter on the "
+        "base (every model in `models` must be a LoRA adapter of it)")
+    lora_output: LoraOutputOptions | None = Field(
+        None, description="with output_format: lora, {rank: R} and/or {energy: E}; neither keeps the "
+        "merge exact")
+
+    @field_validator("base", "models", mode="before")
+    @classmethod
+    def _hub_mappings(cls, value: Any) -> Any:
+        # {id: org/name, revision: REV} is written org/name@REV from here on: one spelling to
+        # resolve, report and rebuild from
+        if isinstance(value, list):
+            return [hub.normalise_ref(item) for item in value]
+        return hub.normalise_ref(value)
+
+    @field_validator("lora_output")
+    @classmethod
+    def _lora_options_need_lora_output(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("output_format", "full") != "lora":
+            raise ConfigValueError("lora_output is set, but output_format is 'full'",
+                                   "add `output_format: lora`, or remove lora_output")
+        return value
 
     @field_validator("method")
     @classmethod
@@ -472,11 +538,12 @@ def _absolute_override(key: str, value: Any, cwd: Path) -> Any:
         return value
     if key == "models" and isinstance(value, list | tuple):
         return [_absolute_override("base", item, cwd) for item in value]
+    value = hub.normalise_ref(value) if key in ("base", "models") else value
     if not isinstance(value, str | os.PathLike):
         return value  # pydantic reports the wrong type
     text = str(value)
     check_path_text(text, key)
-    if key in ("base", "models") and is_packaged_name(text):
+    if key in ("base", "models") and (is_packaged_name(text) or hub.is_hub_ref(text, cwd)):
         return text
     return text if Path(text).is_absolute() else str(cwd / text)
 
@@ -501,6 +568,11 @@ def _resolve_paths(config: MergeConfig, base_dir: Path) -> MergeConfig:
         check_path_text(ref, key)  # first: is_packaged_name's exists() raises on a too-long path
         if is_packaged_name(ref) or Path(ref).is_absolute():
             return ref
+        if hub.is_hub_ref(ref, base_dir):
+            # fetched (or found in the cache) now, so that a missing model is refused before the
+            # merge reads anything; the merge then opens this very snapshot
+            hub.resolve(ref, trust_remote_code=config.trust_remote_code, key=key)
+            return ref.strip()
         return str(_resolve(base_dir / ref, key))
 
     update: dict[str, Any] = {

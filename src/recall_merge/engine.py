@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig, check_output_path, load_config
 from recall_merge.errors import OutputError, os_problem
-from recall_merge.io import atomic
+from recall_merge.io import atomic, hub, lora_out
 from recall_merge.io.pool import ModelPool, is_code_file
 from recall_merge.io.reader import check_finite
 from recall_merge.io.writer import StreamingShardWriter
@@ -63,7 +63,11 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
 
     pool = ModelPool.open(config.base, config.models, allow_pickle=config.allow_pickle,
                           trust_remote_code=config.trust_remote_code)
-    _check_free_space(output, pool, config)
+    as_lora = config.output_format == "lora"
+    if as_lora:
+        lora_out.check_lora_output_inputs(pool, config, emit_mergekit)
+    else:  # an adapter is a small fraction of the model: the full output's estimate does not apply
+        _check_free_space(output, pool, config)
     method_cls = get_method(config.method)
     method = method_cls(config.method_parameters(), config, pool.num_layers)
     timings["open_s"] = time.perf_counter() - started
@@ -84,11 +88,22 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     temp = atomic.temporary_folder_for(output)
     try:
         stage = time.perf_counter()
-        files = _stream_merge(pool, method, config, temp, quiet)
+        lora_report = None
+        if as_lora:
+            base_hub = hub.snapshot_record(config.base)
+            files, lora_report = lora_out.write_merge_as_lora(
+                pool, method, config, temp, DTYPES[config.dtype], quiet=quiet,
+                base_name=base_hub["id"] if base_hub else None,
+                base_revision=base_hub["commit"] if base_hub else None)
+        else:
+            files = _stream_merge(pool, method, config, temp, quiet)
         timings["merge_s"] = time.perf_counter() - stage
-        _copy_support_files(pool.base.folder, temp, config)
+        if not as_lora:  # an adapter folder holds no config.json: PEFT reads the base's
+            _copy_support_files(pool.base.folder, temp, config)
         timings["total_s"] = time.perf_counter() - started
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
+        if lora_report is not None:
+            report["lora_output"] = lora_report
         (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
         state = method.state()
         if state is not None:
@@ -307,6 +322,9 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
         "method": config.method,
         "models": [str(folder) for folder in pool.folders()],
         "model_kinds": ["base"] + ["lora" if e.is_lora else "full" for e in pool.experts],
+        # per model: {id, revision asked for, commit} when it came from the Hugging Face hub
+        "hub": [hub.snapshot_record(ref) for ref in [config.base, *config.models]],
+        "output_format": config.output_format,
         "num_layers": pool.num_layers,
         "seed": config.seed,
         "config": json.loads(config.model_dump_json()),

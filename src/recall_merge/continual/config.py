@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recall_merge.config import MAX_SEED, check_device, explain, read_yaml_mapping
 from recall_merge.errors import ConfigError, excerpt
+from recall_merge.io import hub
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
 Library = Literal["experts", "previous"]
@@ -75,7 +76,8 @@ class StrategyConfig(_Strict):
 
 
 class ContinualConfig(_Strict):
-    model: str = Field(description="HF folder, packaged name (smollm2) or 'tiny-random' (synthetic)")
+    model: str = Field(description="HF folder, packaged name (smollm2), hub id org/name[@revision] "
+                       "(an existing local path wins) or 'tiny-random' (synthetic)")
     tasks: list[str | dict[str, Any]] = Field(
         min_length=1, description="task specs in learning order (strings or registry dicts)")
     task_options: dict[str, Any] = Field(
@@ -107,6 +109,11 @@ class ContinualConfig(_Strict):
         "results.json (paired bootstrap interval of the AP difference, Holm-adjusted p-values, a "
         "better/worse/tie verdict); default: the first RECALL merge, else the first strategy")
     run_dir: Path
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _hub_mapping(cls, value: Any) -> Any:
+        return hub.normalise_ref(value)  # {id: org/name, revision: REV} → org/name@REV
 
     @field_validator("device")
     @classmethod
@@ -267,6 +274,10 @@ def load_continual_config(source: str | Path | dict[str, Any]) -> ContinualConfi
     model_path = base_dir / config.model
     if config.model != TINY_RANDOM and not Path(config.model).is_absolute() and model_path.exists():
         update["model"] = str(model_path.resolve())
+    elif config.model != TINY_RANDOM and hub.is_hub_ref(config.model, base_dir):
+        # fetched or found in the hub cache now (refused with a fix if missing); the run then uses
+        # that snapshot's folder like any local one
+        update["model"] = str(hub.resolve(config.model, key="model").folder)
     tasks = [_resolve_local(spec, base_dir) for spec in config.tasks]
     if tasks != config.tasks:
         update["tasks"] = tasks

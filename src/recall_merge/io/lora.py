@@ -263,6 +263,20 @@ class LoraAdapter:
         # bit) depends on the number of rows, and a row block must give the whole tensor's bytes
         return ((lora_b.double() @ lora_a.double()) * scale).to(torch.float32)
 
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The low-rank form of :meth:`delta`: (B', A') in float32 with ΔW = B'·A' in the base
+        weight's orientation (the scale folded into B', a fan_in_fan_out adapter turned around),
+        or None when the adapter does not adapt this tensor with LoRA."""
+        if name not in self.modules:
+            return None
+        a_key, b_key = self.modules[name]
+        lora_a = self._get(a_key).to(torch.float32)
+        lora_b = self._get(b_key).to(torch.float32)
+        scale = self._scale(name, lora_a.shape[0])
+        if self.fan_in_fan_out:  # ΔW = (B·A)ᵀ = Aᵀ·Bᵀ
+            return lora_a.T.contiguous() * scale, lora_b.T.contiguous()
+        return lora_b * scale, lora_a
+
     def replacement(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
         """A full tensor the adapter trained directly (PEFT modules_to_save), else None."""
         key = self.replacements.get(name)

@@ -16,6 +16,8 @@ import torch
 from recall_merge.errors import CheckpointError
 from recall_merge.io.lora import LoraAdapter, is_lora_folder
 from recall_merge.io.reader import (
+    TOKENIZER_JSON_FILES,
+    TOKENIZER_OTHER_FILES,
     Checkpoint,
     check_regular_file,
     check_same_dtype_class,
@@ -30,12 +32,23 @@ _SHAPE_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "
                "num_attention_heads", "num_key_value_heads")
 
 
-def resolve_ref(ref: str | Path) -> Path:
-    """A packaged model name ('smollm2') becomes its cached folder; anything else is a path."""
+def resolve_ref(ref: str | Path, *, trust_remote_code: bool = False) -> Path:
+    """A packaged model name ('smollm2') becomes its cached folder, a hub id (``org/name[@rev]``
+    that is no local path) its snapshot in the Hugging Face cache; anything else is a path."""
+    from recall_merge.io import hub
     from recall_merge.io.packaged import is_packaged_name, resolve_model_ref
 
     text = str(ref)
-    return resolve_model_ref(text) if is_packaged_name(text) else Path(text)
+    if is_packaged_name(text):
+        return resolve_model_ref(text)
+    if isinstance(ref, str):
+        # what the config load resolved wins: the merge opens the very snapshot it checked
+        snapshot = hub.resolved_snapshot(text)
+        if snapshot is not None and not Path(text).exists():
+            return snapshot.folder
+        if hub.is_hub_ref(text):
+            return hub.resolve(text, trust_remote_code=trust_remote_code).folder
+    return Path(text)
 
 
 @dataclass
@@ -63,7 +76,7 @@ class ModelPool:
     @classmethod
     def open(cls, base_ref: str | Path, expert_refs: list[str | Path], *,
              allow_pickle: bool = False, trust_remote_code: bool = False) -> ModelPool:
-        base_folder = resolve_ref(base_ref)
+        base_folder = resolve_ref(base_ref, trust_remote_code=trust_remote_code)
         if base_folder.exists() and is_lora_folder(base_folder):
             raise CheckpointError(f"base {base_folder} is a LoRA adapter, not a full model",
                                   "set `base` to the full model the adapters were trained on")
@@ -73,7 +86,7 @@ class ModelPool:
         check_support_files(base.folder)
         experts: list[Expert] = []
         for ref in expert_refs:
-            folder = resolve_ref(ref)
+            folder = resolve_ref(ref, trust_remote_code=trust_remote_code)
             if not folder.exists():
                 raise CheckpointError(f"model folder {str(folder)!r} does not exist", "check the path in `models`")
             if is_lora_folder(folder):
@@ -125,10 +138,6 @@ def tensor_position(name: str, num_layers: int) -> TensorPosition:
 # Files of a model folder that hold code (Python sources and bytecode, native libraries, scripts).
 CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyw", ".pyx", ".pyd", ".so", ".dylib", ".dll",
                            ".sh", ".bash"})
-TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
-                        "added_tokens.json", "chat_template.json", "vocab.json")
-TOKENIZER_OTHER_FILES = ("merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
-                         "sentencepiece.bpe.model", "chat_template.jinja")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                        "mask_token")
 

@@ -21,6 +21,13 @@ import torch
 
 from recall_merge.errors import CheckpointError, excerpt
 
+# A model folder's tokenizer files (checked by the pool, copied into merge outputs, fetched from
+# the hub with the weights).
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                        "added_tokens.json", "chat_template.json", "vocab.json")
+TOKENIZER_OTHER_FILES = ("merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+                         "sentencepiece.bpe.model", "chat_template.jinja")
+
 SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),
     "BF16": (torch.bfloat16, 2), "I64": (torch.int64, 8), "I32": (torch.int32, 4),
