@@ -131,7 +131,8 @@ def test_the_cycle_check_sees_a_deferred_import():
 
 # Import names that differ from their distribution's name, and what the standard library has.
 _DISTRIBUTION = {"sklearn": "scikit-learn", "yaml": "pyyaml", "gguf": "gguf", "peft": "peft",
-                 "safetensors": "safetensors", "pydantic": "pydantic", "sacrebleu": "sacrebleu"}
+                 "safetensors": "safetensors", "pydantic": "pydantic", "sacrebleu": "sacrebleu",
+                 "lm_eval": "lm-eval"}
 
 
 def _declared() -> set[str]:

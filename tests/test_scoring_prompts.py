@@ -36,3 +36,12 @@ def test_no_bos_where_the_tokenizer_adds_none_or_a_chat_template_writes_the_star
     templated = PlainTokenizer()
     templated.chat_template = "{{ messages }}"
     assert leading_bos(templated) == []
+
+
+def test_a_prompt_shorter_than_the_room_is_kept_whole():
+    # between half the room and the room: a negative slice start once dropped its first tokens
+    tokenizer = PlainTokenizer(adds_bos=False)
+    prompt = " ".join("w" * (k % 5 + 1) for k in range(30))
+    whole = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+    for max_length in (len(whole) + 3, 2 * len(whole) - 1, 2 * len(whole) + 5):
+        assert encode(tokenizer, prompt, "positive", max_length).prompt_ids == whole

@@ -103,6 +103,24 @@ def _parser() -> argparse.ArgumentParser:
                            "Same results as without it (docs/scale.md)")
     continual.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
                            help="CPUs each Ray task asks for (default 1)")
+
+    evaluate = sub.add_parser("eval", help="score a model with lm-evaluation-harness (optional extra)",
+                              description="Score MODEL with lm-eval's hf backend (pip install "
+                              "'recall-merge[eval]'). Our task specs (rt:sentiment, lexicon:past_tense, "
+                              "...; docs/data.md) run offline as local lm-eval tasks in our prompt "
+                              "format; other names are lm-eval's own tasks (their data comes from the "
+                              "Hugging Face hub). Prints the results JSON (docs/evaluation.md).")
+    evaluate.add_argument("model", help="model folder or packaged name (smollm2)")
+    evaluate.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                          help="our task specs and/or lm-eval task names")
+    evaluate.add_argument("--limit", type=int, help="score only the first N test items of each task")
+    evaluate.add_argument("--output", type=Path, help="also write the results JSON, with per-item "
+                          "scores, to this file")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    evaluate.add_argument("--seed", type=int, default=0, help="split seed of our tasks; lm-eval's seeds")
+    evaluate.add_argument("--max-length", type=int, default=256, help="tokens per scored sequence")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="generation tasks")
     return parser
 
 
@@ -214,6 +232,14 @@ def _run(args: argparse.Namespace) -> int:
 
         return int(continual_main(args.config, quiet=args.quiet, ray_address=args.ray,
                                   cpus_per_task=args.cpus_per_task) or 0)
+    if args.command == "eval":
+        from recall_merge.lm_eval_backend import run_eval, summary
+
+        report = run_eval(args.model, args.tasks, limit=args.limit, output=args.output,
+                          batch_size=args.batch_size, device=args.device, seed=args.seed,
+                          max_length=args.max_length, max_new_tokens=args.max_new_tokens)
+        print(json.dumps(summary(report), indent=2))
+        return 0
     raise AssertionError(args.command)
 
 

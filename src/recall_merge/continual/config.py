@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recall_merge.config import MAX_SEED, check_device, explain, read_yaml_mapping
-from recall_merge.errors import ConfigError, excerpt
+from recall_merge.errors import ConfigError, ConfigValueError, excerpt
 from recall_merge.io import hub
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
@@ -53,6 +53,20 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(256, ge=8)
     max_new_tokens: int = Field(32, ge=1)
+    backend: Literal["builtin", "lm_eval"] = Field(
+        "builtin", description="who scores the R cells: our scorer (continual/scoring.py), or "
+        "lm-evaluation-harness in the same prompt format (pip install 'recall-merge[eval]'; "
+        "docs/evaluation.md)")
+
+    @field_validator("backend")
+    @classmethod
+    def _installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "lm_eval" and importlib.util.find_spec("lm_eval") is None:
+            raise ConfigValueError("evaluation.backend lm_eval needs lm-eval, which is not installed",
+                                   "pip install 'recall-merge[eval]', or drop evaluation.backend")
+        return value
 
 
 class StrategyConfig(_Strict):

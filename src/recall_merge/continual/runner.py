@@ -26,6 +26,7 @@ metrics in :mod:`~.intervals`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -201,12 +202,17 @@ class ContinualRun:
             started = time.perf_counter()
             model = load_causal_lm(state.folder, state.adapter, device=self.config.device)
             ev = self.config.evaluation
+            scorer = score_task
+            if ev.backend == "lm_eval":  # same prompts, same result keys (docs/evaluation.md)
+                from recall_merge import lm_eval_backend
+
+                scorer = functools.partial(lm_eval_backend.score_task, seed=self.config.seed)
             for task in missing:
                 examples = self.eval_examples(task)
                 self.log(f"scoring {self.label(state)} on task {task.name} "
                          f"({len(examples)} items)...")
-                stored[task.name] = score_task(model, self.tokenizer, task, examples,
-                                               ev.batch_size, ev.max_length, ev.max_new_tokens)
+                stored[task.name] = scorer(model, self.tokenizer, task, examples,
+                                           ev.batch_size, ev.max_length, ev.max_new_tokens)
             write_json(path, stored)
             self.store.finished(f"{path.name}: {', '.join(t.name for t in missing)}", started)
         return [stored[t.name]["score"] if t.name in wanted_names else None for t in self.tasks]

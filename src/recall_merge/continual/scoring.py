@@ -66,7 +66,10 @@ def encode(tokenizer, prompt: str, answer: str, max_length: int) -> Encoded:
     bos = leading_bos(tokenizer)
     answer_ids = answer_ids[: max_length - 1 - len(bos)]
     room = max_length - len(answer_ids) - len(bos)
-    return Encoded(bos + prompt_ids[len(prompt_ids) - room:] if room > 0 else bos, answer_ids)
+    # max(…, 0): a prompt shorter than the room is kept whole (a negative start would count
+    # from the end and drop its first tokens)
+    return Encoded(bos + prompt_ids[max(len(prompt_ids) - room, 0):] if room > 0 else bos,
+                   answer_ids)
 
 
 def leading_bos(tokenizer) -> list[int]:

@@ -141,6 +141,8 @@ def comparable_config(config: ContinualConfig) -> dict[str, Any]:
     """The config without what may change between runs of one folder (path, progress bars)."""
     data = config.model_dump(mode="json", exclude=set(_UNCOMPARED))
     data["training"].pop("progress", None)
+    if data["evaluation"].get("backend") == "builtin":  # added later: absent at its default
+        data["evaluation"].pop("backend")
     for entry in data["strategies"]:
         if isinstance(entry, dict):
             entry.get("training", {}).pop("progress", None)
