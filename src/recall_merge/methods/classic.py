@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from recall_merge.errors import ConfigError, ConfigValueError, excerpt
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
-from recall_merge.methods.lines import LinesParameters, LinesScaling
+from recall_merge.methods.lines import LinesParameters, LinesScaling, check_scale_range
 
 if TYPE_CHECKING:
     from recall_merge.config import MergeConfig
@@ -314,14 +314,7 @@ class _TaskVectorMethod(LinesScaling, _ClassicMethod):
                 "remove parameters.lambda and give the scale as parameters.lines.alpha (the "
                 "shallowest block) and parameters.lines.beta (added across depth)",
             )
-        for key in ("alpha", "beta"):
-            value = getattr(self.lines, key)
-            if isinstance(value, float | int) and abs(value) > MAX_WEIGHT:
-                raise ConfigError(
-                    f"parameters.lines.{key} is {value:g}, outside [-1000, 1000]",
-                    "give LiNeS scales between -1000 and 1000, as for lambda (beyond that a "
-                    "merge is noise or overflow)",
-                )
+        check_scale_range(self.lines, MAX_WEIGHT)
 
     def plan(self, pool: ModelPool, *, quiet: bool = False) -> None:
         # Only `alpha: auto` reads anything: the merged task vector before scaling, per tensor.

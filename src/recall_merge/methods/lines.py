@@ -37,6 +37,21 @@ class LinesParameters(StrictParameters):
     beta: float = Field(..., description="added to alpha across depth: the last block gets alpha + beta")
 
 
+def check_scale_range(lines: LinesParameters, limit: float) -> None:
+    """|alpha| and |beta| at most ``limit``, as for a method's single scale (beyond that a merge
+    is noise or overflow)."""
+    from recall_merge.errors import ConfigError
+
+    for key in ("alpha", "beta"):
+        value = getattr(lines, key)
+        if isinstance(value, float | int) and abs(value) > limit:
+            raise ConfigError(
+                f"parameters.lines.{key} is {value:g}, outside [-{limit:g}, {limit:g}]",
+                f"give LiNeS scales between -{limit:g} and {limit:g}, as for lambda (beyond that a "
+                "merge is noise or overflow)",
+            )
+
+
 MergedDelta = Callable[[str, TensorPosition, torch.Tensor, list[torch.Tensor]], torch.Tensor]
 
 

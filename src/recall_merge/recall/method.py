@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from recall_merge.errors import ConfigError, ConfigValueError, RecallSampleWarning
 from recall_merge.methods import ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
+from recall_merge.methods.lines import LinesParameters, LinesScaling, check_scale_range
 from recall_merge.recall.representations import (
     distinct_inputs,
     representation_tokenizer,
@@ -124,6 +125,10 @@ class RecallParameters(StrictParameters):
         "(clipped at 0) between the experts' representation shifts h_k − h_0 at layer j, so N identical "
         "shifts are averaged (λ = 1/N) and orthogonal ones summed (λ = 1); no λ to tune. Both for the "
         "task_vector and ties variants, times `scale`")
+    lines: LinesParameters | None = Field(
+        None, description="task_vector and ties variants: LiNeS depth ramp {alpha, beta} in place "
+        "of `scale`: block l of L gets alpha + beta*l/(L-1) (times `strength`), tensors outside the "
+        "blocks alpha; alpha: auto is the paper's multi-task rule (one extra pass over the tensors)")
     max_length: int = Field(256, ge=8, description="tokens per sample for the representation pass")
     truncation_side: Literal["right", "left"] = Field(
         "right", description="which end of a sample longer than max_length is cut in the "
@@ -153,7 +158,7 @@ class RecallParameters(StrictParameters):
         return value
 
 
-class RecallMethod(MergeMethod):
+class RecallMethod(LinesScaling, MergeMethod):
     name = "recall"
     summary = "RECALL: per-layer weights from the models' hidden-state similarity on typical samples of the newest task (Wang et al. 2025)"
     parameters_model = RecallParameters
@@ -180,6 +185,20 @@ class RecallMethod(MergeMethod):
                 f"{num_layers} blocks: hidden states 0 (embeddings) to {num_layers} (last block)",
                 f"use a cluster_layer from {-states} to {num_layers} (-1, the default, is the last block)")
         check_samples_file(config.samples)  # a folder, a device or a pipe: refused before any weight
+        self.lines = parameters.lines
+        if self.lines is not None:
+            if parameters.variant == "paper":
+                raise ConfigError(
+                    "parameters.lines is set, but variant paper averages whole weights (α sum to 1): "
+                    "there is no task-vector scale for LiNeS to ramp",
+                    "use variant: task_vector (or ties) with lines, or remove parameters.lines")
+            if "scale" in parameters.model_fields_set:
+                raise ConfigError(
+                    "parameters.scale and parameters.lines are both set; LiNeS replaces the single "
+                    "scale with one scale per block",
+                    "remove parameters.scale and give the scale as parameters.lines.alpha (the "
+                    "shallowest block) and parameters.lines.beta (added across depth)")
+            check_scale_range(self.lines, 1e3)
         self.alpha_per_layer: torch.Tensor | None = None  # (num_layers, N + 1), float64
         self.strength_per_layer: torch.Tensor | None = None  # (num_layers,), task-vector variants
         self.layer_reports: list[dict[str, Any]] = []
@@ -227,6 +246,12 @@ class RecallMethod(MergeMethod):
         started = time.perf_counter()
         self.alpha_per_layer = self._weights_from_states(others, newest)
         self.timings["similarity_s"] = time.perf_counter() - started
+        if self.lines is not None:  # alpha: auto reads the unscaled merged task vector once
+            started = time.perf_counter()
+            self.resolve_lines_alpha(
+                pool, lambda name, position, base, experts:
+                self._task_vector_merge(position, base, experts, scale=1.0) - base, quiet)
+            self.timings["lines_alpha_s"] = time.perf_counter() - started
 
     def _weights_from_states(self, states: dict[int, torch.Tensor], newest: int) -> torch.Tensor:
         params: RecallParameters = self.parameters
@@ -298,10 +323,17 @@ class RecallMethod(MergeMethod):
                 if weight != 0.0:
                     merged.add_(tensor, alpha=weight)
             return merged
-        # Task-vector forms: mass over the experts is preserved (uniform α = task arithmetic).
+        scale = self.task_vector_scale(position, params.scale) * self.strength_for(position)
+        return self._task_vector_merge(position, base, experts, scale)
+
+    def _task_vector_merge(self, position: TensorPosition, base: torch.Tensor,
+                           experts: list[torch.Tensor], scale: float) -> torch.Tensor:
+        """The task-vector forms: θ_base + scale · Σ_k N·ᾱ_k τ_k (TIES-trimmed for ties); the mass
+        over the experts is preserved, so uniform α is task arithmetic at λ = scale."""
+        params: RecallParameters = self.parameters
+        alpha = self.alpha_for(position)
         expert_alpha = alpha[1:] / alpha[1:].sum()
         weights = (expert_alpha * len(experts)).to(device=base.device, dtype=base.dtype)
-        scale = params.scale * self.strength_for(position)
         deltas = ops.task_vectors(base, experts)
         if params.variant == "ties":
             deltas = torch.stack([ops.magnitude_sparsify(delta, params.density) for delta in deltas])
@@ -318,5 +350,6 @@ class RecallMethod(MergeMethod):
             "typical_samples": self.typical,
             "distinct_typical_samples": self.distinct_typical,
             "variant": params.variant,
+            "lines": self.lines_report(),
             "planning_timings": self.timings,
         }
