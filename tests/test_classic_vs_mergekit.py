@@ -47,13 +47,15 @@ def deep_models(tmp_path_factory) -> dict[str, Path]:
     return models
 
 
-def run_mergekit(config: dict[str, Any], out: Path, seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Run mergekit in-process (what ``mergekit-yaml`` does), offline, on CPU."""
+def run_mergekit(config: dict[str, Any], out: Path, seed: int | None = None,
+                 copy_tokenizer: bool = False) -> dict[str, torch.Tensor]:
+    """Run mergekit in-process (what ``mergekit-yaml`` does), offline, on CPU. ``copy_tokenizer``:
+    write the output's tokenizer as mergekit-yaml does by default (needed for chat_template)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    options = MergeOptions(lazy_unpickle=False, copy_tokenizer=False, quiet=True, write_model_card=False,
+    options = MergeOptions(lazy_unpickle=False, copy_tokenizer=copy_tokenizer, quiet=True, write_model_card=False,
                            random_seed=seed, lora_merge_cache=str(out.parent / "lora_cache"))
     run_merge(MergeConfiguration.model_validate(copy.deepcopy(config)), str(out), options)
     return read_tensors(out)
@@ -282,7 +284,9 @@ def test_recall_merge_round_trips_through_mergekit(tiny_models, tmp_path) -> Non
 
 # ------------------------------------------------------------------------------ config conversion
 def test_from_mergekit_conversion() -> None:
-    raw = {"merge_method": "ties", "base_model": "/b", "dtype": "bfloat16",
+    # out_dtype only: computed in float32, a whole-model merge (dtype: bfloat16 computes in bfloat16,
+    # per tensor: tests/test_mergekit_yaml_rest.py)
+    raw = {"merge_method": "ties", "base_model": "/b", "out_dtype": "bfloat16",
            "parameters": {"density": 0.5, "lambda": 0.9, "normalize": False},
            "models": [{"model": "/b"}, {"model": "/x", "parameters": {"weight": [0.0, 1.0]}},
                       {"model": "/y", "parameters": {"weight": 0.5, "density": 0.2}}]}
@@ -304,8 +308,7 @@ def test_from_mergekit_linear_without_base_uses_first_model() -> None:
     [({"merge_method": "nuslerp", "base_model": "/b", "models": [{"model": "/x"}]}, "nuslerp"),
      ({"merge_method": "ties", "slices": []}, "slices"),
      ({"merge_method": "ties", "models": [{"model": "/x"}]}, "base_model"),
-     ({"merge_method": "ties", "base_model": "/b",
-       "models": [{"model": "/x", "parameters": {"weight": [{"filter": "mlp", "value": 1.0}]}}]}, "filter"),
+     ({"merge_method": "ties", "modules": {}}, "modules"),
      ({"merge_method": "ties", "base_model": "/b", "models": [{"model": "/x", "parameters": {"epsilon": 0.1}}]},
       "epsilon"),
      ({"merge_method": "linear", "base_model": "/b", "models": [{"model": "/x", "parameters": {"weight": 1}}]},

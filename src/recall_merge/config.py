@@ -124,6 +124,10 @@ class MergeConfig(_Strict):
     lora_output: LoraOutputOptions | None = Field(
         None, description="with output_format: lora, {rank: R} and/or {energy: E}; neither keeps the "
         "merge exact")
+    mergekit: dict[str, Any] | None = Field(
+        None, description="written by the mergekit reader (interop/mergekit.py) for a mergekit config "
+        "merged per output tensor: its slices, parameters with filters, tokenizer_source, chat_template "
+        "and dtype, with models as indices into [base, *models]; write a mergekit YAML rather than this")
 
     @field_validator("base", "models", mode="before")
     @classmethod
@@ -579,6 +583,11 @@ def _resolve_paths(config: MergeConfig, base_dir: Path) -> MergeConfig:
         "base": resolve(config.base, "base"),
         "models": [resolve(m, f"models[{k}]") for k, m in enumerate(config.models)],
     }
+    tokenizer_source = (config.mergekit or {}).get("tokenizer_source")
+    if isinstance(tokenizer_source, dict) and isinstance(tokenizer_source.get("path"), str):
+        # a mergekit tokenizer_source that is none of the merged models
+        update["mergekit"] = {**config.mergekit,
+                              "tokenizer_source": {"path": resolve(tokenizer_source["path"], "tokenizer_source")}}
     if config.output.is_absolute():
         check_path_text(config.output, "output")
     else:

@@ -55,6 +55,12 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     """
     if not isinstance(config, MergeConfig):
         config = load_config(config)
+    if config.mergekit is not None:
+        # A mergekit config with slices, filters, a tokenizer or a float16/bfloat16 dtype: merged
+        # per output tensor as mergekit plans it (output tensors that are not the base's tensors).
+        from recall_merge.interop.mergekit_plan import merge_planned
+
+        return merge_planned(config, overwrite=overwrite, quiet=quiet, emit_mergekit=emit_mergekit)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     output = Path(config.output)

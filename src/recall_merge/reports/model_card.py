@@ -82,7 +82,7 @@ def _reproducible(config: dict[str, Any], sources: list[dict[str, str] | None] |
                   ) -> dict[str, Any]:
     """The config that rebuilds the merge; models from the hub pinned to the commit used."""
     keys = ("method", "base", "models", "samples", "output", "seed", "dtype", "parameters",
-            "output_format", "lora_output")
+            "output_format", "lora_output", "mergekit")
     kept = {key: config[key] for key in keys
             if config.get(key) is not None and not (key == "output_format" and config[key] == "full")}
     sources = sources or []
