@@ -17,6 +17,8 @@ import torch
 
 from recall_merge.io.reader import TORCH_TO_SAFETENSORS
 
+REPORT_NAME = "recall_report.json"  # what every merge output carries beside its weights
+
 INDEX_NAME = "model.safetensors.index.json"
 
 

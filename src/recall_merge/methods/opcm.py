@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from recall_merge.errors import CheckpointError, ConfigError, excerpt
 from recall_merge.io.reader import check_finite, read_json_object
+from recall_merge.io.writer import REPORT_NAME
 from recall_merge.methods.base import MERGE_STATE_NAME, StrictParameters, TensorPosition
 from recall_merge.methods.chain import ChainMerge, ChainParameters, model_folder
 
@@ -151,8 +152,6 @@ def read_state(folder: Path) -> OpcmState | None:
 
 def is_opcm_output(folder: Path) -> bool:
     """Whether ``folder`` is the output of a ``recall merge`` with method opcm (its report says so)."""
-    from recall_merge.engine import REPORT_NAME
-
     report = folder / REPORT_NAME
     if not report.is_file():
         return False
