@@ -42,7 +42,7 @@ def runs(tiny_models, tmp_path_factory, local_ray) -> dict[str, Path]:
     serial = load_continual_config(tiny_config(tiny_models["base"], root / "serial", STRATEGIES))
     ContinualRun(serial, quiet=True).run()
     on_ray = load_continual_config(tiny_config(tiny_models["base"], root / "ray", STRATEGIES))
-    run_continual(on_ray, quiet=True, ray_address="")
+    run_continual(on_ray, quiet=True, dispatch=distributed.ray_dispatch(""))
     return {"serial": root / "serial", "ray": root / "ray"}
 
 

@@ -230,8 +230,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "continual":
         from recall_merge.continual.runner import main as continual_main
 
-        return int(continual_main(args.config, quiet=args.quiet, ray_address=args.ray,
-                                  cpus_per_task=args.cpus_per_task) or 0)
+        dispatch = None
+        if args.ray is not None:  # experts and strategies as Ray tasks (docs/scale.md)
+            from recall_merge.continual.distributed import ray_dispatch
+
+            dispatch = ray_dispatch(args.ray, args.cpus_per_task)
+        return int(continual_main(args.config, quiet=args.quiet, dispatch=dispatch) or 0)
     if args.command == "eval":
         from recall_merge.lm_eval_backend import run_eval, summary
 

@@ -262,27 +262,19 @@ def _silence_progress_bars() -> None:
 
 
 def run_continual(config: ContinualConfig | str | Path | dict, quiet: bool = False,
-                  ray_address: str | None = None, cpus_per_task: float = 1.0) -> dict[str, Any]:
-    """Run (or resume) a continual experiment; returns the content of results.json. With
-    ``ray_address`` ("" for a local Ray, or the cluster's address) the experts and strategies
-    run as Ray tasks of ``cpus_per_task`` CPUs each (continual/distributed.py), with the same
-    results."""
+                  dispatch: Dispatch | None = None) -> dict[str, Any]:
+    """Run (or resume) a continual experiment; returns the content of results.json. ``dispatch``
+    runs the strategies elsewhere, e.g. ``continual.distributed.ray_dispatch(address)`` as Ray
+    tasks, with the same results."""
     if not isinstance(config, ContinualConfig):
         config = load_continual_config(config)
-    dispatch = None
-    if ray_address is not None:
-        from recall_merge.continual.distributed import ray_dispatch
-
-        dispatch = ray_dispatch(ray_address, cpus_per_task)
     return ContinualRun(config, quiet=quiet).run(dispatch)
 
 
-def main(config_path: str | Path, quiet: bool = False, ray_address: str | None = None,
-         cpus_per_task: float = 1.0) -> int:
-    """Entry point of ``recall continual CONFIG.yaml [--ray [ADDRESS]]``: run, print the summary,
-    return 0."""
+def main(config_path: str | Path, quiet: bool = False, dispatch: Dispatch | None = None) -> int:
+    """Entry point of ``recall continual CONFIG.yaml``: run, print the summary, return 0."""
     config = load_continual_config(config_path)
-    results = run_continual(config, quiet=quiet, ray_address=ray_address, cpus_per_task=cpus_per_task)
+    results = run_continual(config, quiet=quiet, dispatch=dispatch)
     print_summary(results)
     print(f"results: {config.run_dir / 'results.json'}")
     from recall_merge.reports.html import write_report
