@@ -29,11 +29,13 @@ TASKS = ["synthetic:alpha", "synthetic-gen:gamma"]
 STRATEGIES = ["expert", "merge:recall", "merge:ties", "sequential"]
 
 
+SEED = 3  # every cell's continual seed (splits, training, merges); the tiny base is seed 0
+
 def cell_config(base: Path, root: Path, order: list[int], strategy: str) -> dict:
     label = "-".join(map(str, order))
     return {
         "model": str(base), "tasks": [TASKS[i] for i in order], "max_train": 16, "max_dev": 4,
-        "max_test": 8, "seed": 3, "run_dir": str(root / f"order_{label}" / strategy.replace(":", "_")),
+        "max_test": 8, "seed": SEED, "run_dir": str(root / f"order_{label}" / strategy.replace(":", "_")),
         "expert_cache": str(root / "experts"), "strategies": [strategy],
         "training": {"mode": "full", "epochs": 2, "batch_size": 8, "learning_rate": 0.003,
                      "max_length": 48, "progress": False},
@@ -151,6 +153,7 @@ def main() -> None:
         "speedup": serial_total / ray_total, "speedup_vs_one_thread": one_total / ray_total,
         "results_equal": serial_results == ray_results == one_results,
         "projection": projection([1, 2, 4, 8, 16, 32]),
+        "seed": SEED,
         "versions": versions(),
         "command": "python benchmarks/continual/ray_grid.py " + " ".join(sys.argv[1:]),
     }

@@ -9,40 +9,35 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from recall_merge.config import MergeConfig, check_output_path, load_config
-from recall_merge.errors import OutputError, os_problem
+from recall_merge.config import MergeConfig, load_config
+from recall_merge.errors import OutputError
 from recall_merge.io import atomic, hub, lora_out
-from recall_merge.io.pool import ModelPool, is_code_file
+from recall_merge.io.output import (
+    MergeResult,
+    check_output,
+    check_output_finite,
+    copy_support_files,
+    output_os_error,
+    peak_rss_mb,
+)
+from recall_merge.io.pool import ModelPool
 from recall_merge.io.reader import check_finite
-from recall_merge.io.writer import StreamingShardWriter
+from recall_merge.io.writer import REPORT_NAME, StreamingShardWriter
 from recall_merge.methods.base import MERGE_STATE_NAME
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
 from recall_merge.reports.model_card import model_card
 
-REPORT_NAME = "recall_report.json"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-_SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", REPORT_NAME,
-               MERGE_STATE_NAME}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class MergeResult:
-    output: Path
-    report: dict[str, Any]
 
 
 def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, quiet: bool = False,
@@ -64,7 +59,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     timings: dict[str, float] = {}
     started = time.perf_counter()
     output = Path(config.output)
-    _check_output(output, config, overwrite)
+    check_output(output, config, overwrite)
     torch.manual_seed(config.seed)
 
     pool = ModelPool.open(config.base, config.models, allow_pickle=config.allow_pickle,
@@ -87,7 +82,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
     stage = time.perf_counter()
     method.plan(pool, quiet=quiet)
     timings["plan_s"] = time.perf_counter() - stage
-    rss_after_plan = _peak_rss_mb()
+    rss_after_plan = peak_rss_mb()
     if emit_mergekit is not None and not early:
         mergekit_document = _mergekit_document(method, config, pool)
 
@@ -105,7 +100,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
             files = _stream_merge(pool, method, config, temp, quiet)
         timings["merge_s"] = time.perf_counter() - stage
         if not as_lora:  # an adapter folder holds no config.json: PEFT reads the base's
-            _copy_support_files(pool.base.folder, temp, config)
+            copy_support_files(pool.base.folder, temp, config)
         timings["total_s"] = time.perf_counter() - started
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
         if lora_report is not None:
@@ -124,7 +119,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         atomic.replace_folder(temp, output)
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
-        raise _output_os_error(exc, output) from None
+        raise output_os_error(exc, output) from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -190,7 +185,7 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                         name, pool.position(name), _to_compute(base32, device, compute_dtype),
                         [_to_compute(tensor, device, compute_dtype) for tensor in experts])
                     merged = merged.to(device="cpu", dtype=out_dtype)
-                    _check_output_finite(name, merged, config)
+                    check_output_finite(name, merged, config)
                 if pending_write is not None:
                     pending_write.result()  # surfaces write errors (e.g. a full disk) promptly
                 pending_write = write_pool.submit(writer.write_part, name, merged, last)
@@ -229,60 +224,6 @@ def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[
         check_finite(tensor, name, folder)
 
 
-def _check_output_finite(name: str, merged: torch.Tensor, config: MergeConfig) -> None:
-    """A model with NaN/Inf weights must never be written with exit 0. Checked after the cast, so
-    a float16/bfloat16 overflow is caught too; the temporary folder is then removed."""
-    if bool(torch.isfinite(merged).all()):
-        return
-    bad = int((~torch.isfinite(merged)).sum())
-    raise OutputError(
-        f"the merged tensor {name} has {bad} non-finite value(s) (NaN/Inf) in {config.dtype}; "
-        "nothing was written at the output path",
-        "check the method's parameters (weights, lambda, scale) for extreme values"
-        + (", or merge in float32 (dtype: float32)" if config.dtype != "float32" else ""))
-
-
-def _output_os_error(exc: OSError, output: Path) -> Exception:
-    """The operating system refused a write: say which and what to do (nothing was left behind)."""
-    known = os_problem(exc)
-    if known is None:
-        return exc
-    problem, fix = known
-    return OutputError(f"writing the merge next to {output} failed: {problem}; nothing was "
-                       "written at the output path", fix)
-
-
-def _check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
-    """Refuse an output that would overlap an input or replace a folder this tool did not write.
-
-    ``--overwrite`` swaps the new output in and deletes the old folder, so an output that holds an
-    input (``output: proj`` with the models under ``proj/``) or is not a previous merge would lose
-    the user's files.
-    """
-    check_output_path(output)
-    resolved = output.resolve()
-    inputs = [config.base, *config.models] + ([config.samples] if config.samples else [])
-    for ref in inputs:
-        if not Path(ref).exists():
-            continue  # a packaged model name such as "smollm2"
-        source = Path(ref).resolve()
-        if resolved == source or source in resolved.parents:
-            raise OutputError(f"output {output} lies inside input {ref}",
-                              "choose an output folder outside every input folder")
-        if resolved in source.parents:
-            raise OutputError(f"output {output} contains input {ref}: replacing it would delete that input",
-                              "choose an output folder that holds none of the inputs")
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
-    if output.exists() and not overwrite:
-        raise OutputError(f"output folder {output} already exists",
-                          "choose a new output path, or pass --overwrite (merge(..., overwrite=True))")
-    if output.exists() and any(output.iterdir()) and not (output / REPORT_NAME).is_file():
-        raise OutputError(f"output folder {output} is not empty and holds no {REPORT_NAME}: it is not "
-                          "an earlier recall-merge output, and --overwrite would delete it",
-                          "choose a new output path; --overwrite only replaces an earlier merge's folder")
-
-
 def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> None:
     """Refuse early when the output cannot fit, rather than fail after gigabytes were written."""
     itemsize = torch.empty((), dtype=DTYPES[config.dtype]).element_size()
@@ -296,30 +237,6 @@ def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> Non
     if free < needed * 1.05:
         raise OutputError(f"not enough free disk space for the output: {needed / 1e6:.1f} MB needed, "
                           f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
-
-
-def _copy_support_files(source: Path, target: Path, config: MergeConfig) -> None:
-    """Tokenizer, generation config and the like from the base; never its weights, its model card
-    (the merge writes its own) or, unless remote code is trusted, Python files."""
-    for path in sorted(source.iterdir()):
-        if (not path.is_file() or path.name in _SKIP_FILES or path.name.endswith(_WEIGHT_SUFFIXES)
-                or path.name.lower() == "readme.md"
-                or (is_code_file(path) and not config.trust_remote_code)):
-            continue
-        if path.name == "config.json":
-            model_config = json.loads(path.read_text())
-            model_config["torch_dtype"] = config.dtype
-            if "dtype" in model_config:
-                model_config["dtype"] = config.dtype
-            (target / path.name).write_text(json.dumps(model_config, indent=2))
-        else:
-            shutil.copy2(path, target / path.name)
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
 def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str],
@@ -347,7 +264,7 @@ def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str]
     # varies between runs (timings, memory) is kept apart under "run".
     report["run"] = {
         "timings": {**timings, **report.pop("planning_timings", {})},
-        "peak_rss_mb": {"after_planning": rss_after_plan, "total": _peak_rss_mb()},
+        "peak_rss_mb": {"after_planning": rss_after_plan, "total": peak_rss_mb()},
     }
     return report
 

@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +53,14 @@ from recall_merge.interop.mergekit import (
 )
 from recall_merge.io import atomic
 from recall_merge.io.lora import LoraAdapter, is_lora_folder
+from recall_merge.io.output import (
+    MergeResult,
+    check_output,
+    check_output_finite,
+    copy_support_files,
+    output_os_error,
+    peak_rss_mb,
+)
 from recall_merge.io.pool import (
     _BLOCK_PATTERN,
     _check_remote_code,
@@ -73,14 +81,11 @@ from recall_merge.io.tokenizer_merge import (
     resolve_chat_template,
     save_tokenizer,
 )
-from recall_merge.io.writer import StreamingShardWriter
+from recall_merge.io.writer import REPORT_NAME, StreamingShardWriter
 from recall_merge.methods.base import MergeMethod, TensorPosition
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
 from recall_merge.reports.model_card import model_card
-
-if TYPE_CHECKING:
-    from recall_merge.engine import MergeResult
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PRE_KINDS = ("embedding", "other")  # planned before the blocks, from the first slice
@@ -485,12 +490,10 @@ def merge_planned(config: MergeConfig, *, overwrite: bool = False, quiet: bool =
                   emit_mergekit: Path | None = None) -> MergeResult:
     """:func:`recall_merge.engine.merge` for a config with a ``mergekit`` plan: the same checks,
     temporary folder, report, model card and atomic rename around :func:`stream_plan`."""
-    from recall_merge import engine
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     output = Path(config.output)
-    engine._check_output(output, config, overwrite)
+    check_output(output, config, overwrite)
     if config.output_format != "full":
         raise ConfigError("output_format: lora is not available for a mergekit config merged per tensor "
                           "(slices, filters, tokenizer or a float16/bfloat16 dtype)",
@@ -507,7 +510,7 @@ def merge_planned(config: MergeConfig, *, overwrite: bool = False, quiet: bool =
         _write_support_files(plan, config, temp)
         timings["total_s"] = time.perf_counter() - started
         report = _report(plan, config, files, timings)
-        (temp / engine.REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
+        (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
         (temp / "README.md").write_text(model_card(report), encoding="utf-8")
         if emit_mergekit is not None:
             import yaml
@@ -518,11 +521,11 @@ def merge_planned(config: MergeConfig, *, overwrite: bool = False, quiet: bool =
         atomic.replace_folder(temp, output)
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
-        raise engine._output_os_error(exc, output) from None
+        raise output_os_error(exc, output) from None
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return engine.MergeResult(output=output, report=report)
+    return MergeResult(output=output, report=report)
 
 
 def _check_free_space(output: Path, plan: MergekitPlan) -> None:
@@ -561,8 +564,6 @@ def _blocks(plan: MergekitPlan, tensor: PlannedTensor, block_bytes: int) -> list
 
 def stream_plan(plan: MergekitPlan, config: MergeConfig, folder: Path, quiet: bool) -> list[str]:
     """Merge and write every planned tensor, one at a time (row blocks where elementwise)."""
-    from recall_merge.engine import _check_output_finite
-
     def out_dtype(tensor: PlannedTensor) -> torch.dtype:
         return plan.out_dtype if tensor.stored_dtype.is_floating_point else tensor.stored_dtype
 
@@ -581,7 +582,7 @@ def stream_plan(plan: MergekitPlan, config: MergeConfig, folder: Path, quiet: bo
                 merged = _merge_one(plan, tensor, rows, compute)
                 if tensor.stored_dtype.is_floating_point:
                     merged = merged.to(plan.out_dtype)
-                    _check_output_finite(name, merged, config)
+                    check_output_finite(name, merged, config)
                 writer.write_part(name, merged.contiguous(), rows is None or rows[1] == tensor.shape[0])
                 del merged
         return writer.finish()
@@ -613,10 +614,8 @@ def _write_support_files(plan: MergekitPlan, config: MergeConfig, folder: Path) 
     """The base's support files as the engine copies them, config.json with the output's number of
     blocks and vocabulary, and the merged tokenizer when the config asks for one (in place of the
     base's tokenizer files)."""
-    from recall_merge.engine import _copy_support_files
-
     source = plan.models[0].folder
-    _copy_support_files(source, folder, config)
+    copy_support_files(source, folder, config)
     config_path = folder / "config.json"
     if config_path.is_file():
         model_config = json.loads(config_path.read_text())
@@ -641,7 +640,6 @@ def _write_support_files(plan: MergekitPlan, config: MergeConfig, folder: Path) 
 
 
 def _report(plan: MergekitPlan, config: MergeConfig, files: list[str], timings: dict[str, float]) -> dict[str, Any]:
-    from recall_merge.engine import _peak_rss_mb
     from recall_merge.io import hub
 
     extras = config.mergekit
@@ -672,7 +670,7 @@ def _report(plan: MergekitPlan, config: MergeConfig, files: list[str], timings: 
             # each distinct resolved setting and the output tensors merged with it
             "merges": list(plan.merge_settings.values()),
         },
-        "run": {"timings": timings, "peak_rss_mb": {"total": _peak_rss_mb()}},
+        "run": {"timings": timings, "peak_rss_mb": {"total": peak_rss_mb()}},
     }
     return report
 

@@ -1,0 +1,113 @@
+"""What every merge output shares, whichever path wrote it (the engine, or a mergekit plan merged
+per tensor): the checks on the output path, the finite check after the cast, the support files
+copied from the base, the result type and the peak-memory reading of the report."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from recall_merge.errors import OutputError, os_problem
+from recall_merge.io.pool import is_code_file
+from recall_merge.io.writer import REPORT_NAME
+from recall_merge.methods.base import MERGE_STATE_NAME
+
+if TYPE_CHECKING:
+    from recall_merge.config import MergeConfig
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+SKIP_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", REPORT_NAME,
+              MERGE_STATE_NAME}
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    report: dict[str, Any]
+
+
+def check_output_finite(name: str, merged: torch.Tensor, config: MergeConfig) -> None:
+    """A model with NaN/Inf weights must never be written with exit 0. Checked after the cast, so
+    a float16/bfloat16 overflow is caught too; the temporary folder is then removed."""
+    if bool(torch.isfinite(merged).all()):
+        return
+    bad = int((~torch.isfinite(merged)).sum())
+    raise OutputError(
+        f"the merged tensor {name} has {bad} non-finite value(s) (NaN/Inf) in {config.dtype}; "
+        "nothing was written at the output path",
+        "check the method's parameters (weights, lambda, scale) for extreme values"
+        + (", or merge in float32 (dtype: float32)" if config.dtype != "float32" else ""))
+
+
+def output_os_error(exc: OSError, output: Path) -> Exception:
+    """The operating system refused a write: say which and what to do (nothing was left behind)."""
+    known = os_problem(exc)
+    if known is None:
+        return exc
+    problem, fix = known
+    return OutputError(f"writing the merge next to {output} failed: {problem}; nothing was "
+                       "written at the output path", fix)
+
+
+def check_output(output: Path, config: MergeConfig, overwrite: bool) -> None:
+    """Refuse an output that would overlap an input or replace a folder this tool did not write.
+
+    ``--overwrite`` swaps the new output in and deletes the old folder, so an output that holds an
+    input (``output: proj`` with the models under ``proj/``) or is not a previous merge would lose
+    the user's files.
+    """
+    from recall_merge.config import check_output_path
+
+    check_output_path(output)
+    resolved = output.resolve()
+    inputs = [config.base, *config.models] + ([config.samples] if config.samples else [])
+    for ref in inputs:
+        if not Path(ref).exists():
+            continue  # a packaged model name such as "smollm2"
+        source = Path(ref).resolve()
+        if resolved == source or source in resolved.parents:
+            raise OutputError(f"output {output} lies inside input {ref}",
+                              "choose an output folder outside every input folder")
+        if resolved in source.parents:
+            raise OutputError(f"output {output} contains input {ref}: replacing it would delete that input",
+                              "choose an output folder that holds none of the inputs")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output path {output} is a file", "choose a folder path for the output")
+    if output.exists() and not overwrite:
+        raise OutputError(f"output folder {output} already exists",
+                          "choose a new output path, or pass --overwrite (merge(..., overwrite=True))")
+    if output.exists() and any(output.iterdir()) and not (output / REPORT_NAME).is_file():
+        raise OutputError(f"output folder {output} is not empty and holds no {REPORT_NAME}: it is not "
+                          "an earlier recall-merge output, and --overwrite would delete it",
+                          "choose a new output path; --overwrite only replaces an earlier merge's folder")
+
+
+def copy_support_files(source: Path, target: Path, config: MergeConfig) -> None:
+    """Tokenizer, generation config and the like from the base; never its weights, its model card
+    (the merge writes its own) or, unless remote code is trusted, Python files."""
+    for path in sorted(source.iterdir()):
+        if (not path.is_file() or path.name in SKIP_FILES or path.name.endswith(WEIGHT_SUFFIXES)
+                or path.name.lower() == "readme.md"
+                or (is_code_file(path) and not config.trust_remote_code)):
+            continue
+        if path.name == "config.json":
+            model_config = json.loads(path.read_text())
+            model_config["torch_dtype"] = config.dtype
+            if "dtype" in model_config:
+                model_config["dtype"] = config.dtype
+            (target / path.name).write_text(json.dumps(model_config, indent=2))
+        else:
+            shutil.copy2(path, target / path.name)
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
