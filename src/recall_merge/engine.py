@@ -26,13 +26,13 @@ from recall_merge.io.output import (
     check_output,
     check_output_finite,
     copy_support_files,
-    output_os_error,
     peak_rss_mb,
+    publish,
+    removed_on_failure,
 )
 from recall_merge.io.pool import ModelPool
 from recall_merge.io.reader import check_finite
-from recall_merge.io.writer import REPORT_NAME, StreamingShardWriter
-from recall_merge.methods.base import MERGE_STATE_NAME
+from recall_merge.io.writer import StreamingShardWriter
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
 from recall_merge.reports.model_card import model_card
@@ -87,7 +87,7 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         mergekit_document = _mergekit_document(method, config, pool)
 
     temp = atomic.temporary_folder_for(output)
-    try:
+    with removed_on_failure(temp, output):
         stage = time.perf_counter()
         lora_report = None
         if as_lora:
@@ -105,24 +105,8 @@ def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, q
         report = _build_report(config, method, pool, files, timings, rss_after_plan)
         if lora_report is not None:
             report["lora_output"] = lora_report
-        (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
-        state = method.state()
-        if state is not None:
-            (temp / MERGE_STATE_NAME).write_text(json.dumps(state, indent=2, allow_nan=False))
-        (temp / "README.md").write_text(model_card(report), encoding="utf-8")
-        if emit_mergekit is not None:
-            import yaml
-
-            atomic.write_text(Path(emit_mergekit), yaml.safe_dump(mergekit_document, sort_keys=False))
-        if output.exists() and not overwrite:
-            raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
-        atomic.replace_folder(temp, output)
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise output_os_error(exc, output) from None
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        publish(temp, output, report, model_card(report), overwrite=overwrite, state=method.state(),
+                emit_mergekit=emit_mergekit, mergekit_document=mergekit_document)
     return MergeResult(output=output, report=report)
 
 

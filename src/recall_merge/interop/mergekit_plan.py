@@ -58,8 +58,9 @@ from recall_merge.io.output import (
     check_output,
     check_output_finite,
     copy_support_files,
-    output_os_error,
     peak_rss_mb,
+    publish,
+    removed_on_failure,
 )
 from recall_merge.io.pool import (
     _BLOCK_PATTERN,
@@ -81,7 +82,7 @@ from recall_merge.io.tokenizer_merge import (
     resolve_chat_template,
     save_tokenizer,
 )
-from recall_merge.io.writer import REPORT_NAME, StreamingShardWriter
+from recall_merge.io.writer import StreamingShardWriter
 from recall_merge.methods.base import MergeMethod, TensorPosition
 from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
@@ -503,28 +504,16 @@ def merge_planned(config: MergeConfig, *, overwrite: bool = False, quiet: bool =
     _check_free_space(output, plan)
     timings["plan_s"] = time.perf_counter() - started
     temp = atomic.temporary_folder_for(output)
-    try:
+    with removed_on_failure(temp, output):
         stage = time.perf_counter()
         files = stream_plan(plan, config, temp, quiet)
         timings["merge_s"] = time.perf_counter() - stage
         _write_support_files(plan, config, temp)
         timings["total_s"] = time.perf_counter() - started
         report = _report(plan, config, files, timings)
-        (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
-        (temp / "README.md").write_text(model_card(report), encoding="utf-8")
-        if emit_mergekit is not None:
-            import yaml
-
-            atomic.write_text(Path(emit_mergekit), yaml.safe_dump(to_mergekit_document(config), sort_keys=False))
-        if output.exists() and not overwrite:
-            raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
-        atomic.replace_folder(temp, output)
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise output_os_error(exc, output) from None
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        publish(temp, output, report, model_card(report), overwrite=overwrite,
+                emit_mergekit=emit_mergekit,
+                mergekit_document=to_mergekit_document(config) if emit_mergekit else None)
     return MergeResult(output=output, report=report)
 
 

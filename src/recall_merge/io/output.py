@@ -4,10 +4,12 @@ copied from the base, the result type and the peak-memory reading of the report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from recall_merge.errors import OutputError, os_problem
+from recall_merge.io import atomic
 from recall_merge.io.pool import is_code_file
 from recall_merge.io.writer import REPORT_NAME
 from recall_merge.methods.base import MERGE_STATE_NAME
@@ -111,3 +114,36 @@ def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+@contextlib.contextmanager
+def removed_on_failure(temp: Path, output: Path) -> Iterator[None]:
+    """Whatever fails inside, the temporary folder goes and nothing stays at the output path; an
+    operating-system refusal becomes an OutputError that says which and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise output_os_error(exc, output) from None
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def publish(temp: Path, output: Path, report: dict[str, Any], card: str, *, overwrite: bool,
+            state: dict[str, Any] | None = None, emit_mergekit: Path | None = None,
+            mergekit_document: dict[str, Any] | None = None) -> None:
+    """Finish a merge: the report (and a method's state for the next step), the model card and an
+    asked-for mergekit YAML, then the complete folder renamed into place (call it inside
+    :func:`removed_on_failure`)."""
+    (temp / REPORT_NAME).write_text(json.dumps(report, indent=2, allow_nan=False))
+    if state is not None:
+        (temp / MERGE_STATE_NAME).write_text(json.dumps(state, indent=2, allow_nan=False))
+    (temp / "README.md").write_text(card, encoding="utf-8")
+    if emit_mergekit is not None:
+        import yaml
+
+        atomic.write_text(Path(emit_mergekit), yaml.safe_dump(mergekit_document, sort_keys=False))
+    if output.exists() and not overwrite:
+        raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
+    atomic.replace_folder(temp, output)

@@ -131,24 +131,14 @@ def materialise_gemma3(force: bool = False, quiet: bool = False) -> Path:
     if not force and _is_complete(target):
         return target
     gemma3_chunks()  # a missing package is named before anything is written
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent / f"{GEMMA3_FOLDER}.lock"):
-        if not force and _is_complete(target):
-            return target
-        started = time.perf_counter()
-        if not quiet:
-            print(f"recall-merge: building {target} from the Gemma 3 270M GGUF (once, ~1.5 min)")
-        staging = atomic.temporary_folder_for(target)
-        try:
-            gguf_path = join_gemma3_gguf(staging / GEMMA3_GGUF)
-            _convert_gguf(gguf_path, staging, architecture="gemma3")
-            gguf_path.unlink()
-            atomic.replace_folder(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if not quiet:
-            print(f"recall-merge: done in {time.perf_counter() - started:.1f} s")
-    return target
+
+    def build(staging: Path) -> None:
+        gguf_path = join_gemma3_gguf(staging / GEMMA3_GGUF)
+        _convert_gguf(gguf_path, staging, architecture="gemma3")
+        gguf_path.unlink()
+
+    return _build_once(target, build, force, None if quiet else
+                       f"building {target} from the Gemma 3 270M GGUF (once, ~1.5 min)")
 
 
 def smollm2_folder() -> Path:
@@ -167,20 +157,28 @@ def materialise_smollm2(force: bool = False, quiet: bool = False) -> Path:
     if not force and _is_complete(target):
         return target
     gguf_path = smollm2_gguf_path()
+    return _build_once(target, lambda staging: _convert_gguf(gguf_path, staging), force,
+                       None if quiet else f"converting {gguf_path.name} into {target} (once, ~1 min)")
+
+
+def _build_once(target: Path, build, force: bool, message: str | None) -> Path:
+    """Run ``build(staging)`` into a marked temporary sibling of ``target`` and rename it into
+    place, under an exclusive lock beside it: concurrent callers neither see a half-built folder
+    nor build twice (a caller that waited finds the folder complete and returns it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(target.parent / f"{SMOLLM2_FOLDER}.lock"):
+    with file_lock(target.parent / f"{target.name}.lock"):
         if not force and _is_complete(target):
             return target  # another process built it while we waited
         started = time.perf_counter()
-        if not quiet:
-            print(f"recall-merge: converting {gguf_path.name} into {target} (once, ~1 min)")
+        if message:
+            print(f"recall-merge: {message}")
         staging = atomic.temporary_folder_for(target)
         try:
-            _convert_gguf(gguf_path, staging)
+            build(staging)
             atomic.replace_folder(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if not quiet:
+        if message:
             print(f"recall-merge: done in {time.perf_counter() - started:.1f} s")
     return target
 
