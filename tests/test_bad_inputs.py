@@ -397,10 +397,10 @@ def test_output_that_exists_is_refused_and_untouched(tiny_models, tmp_path, caps
 
 
 def test_full_disk_is_refused_before_writing(tiny_models, tmp_path, monkeypatch):
-    import recall_merge.engine as engine
+    import recall_merge.io.output as output
 
     real = shutil.disk_usage
-    monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(OutputError, match="not enough free disk space"):
         merge(_base_config(tiny_models, tmp_path), quiet=True)
     assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from recall_merge.testing import make_tiny_llama
+from recall_merge.testing import make_expert_family
 
 mergekit = pytest.importorskip("mergekit")
 from recall_merge import merge  # noqa: E402
@@ -38,13 +38,7 @@ NUM_LAYERS = 4  # four blocks, so gradients are read between their end points
 @pytest.fixture(scope="module")
 def deep_models(tmp_path_factory) -> dict[str, Path]:
     """Base + 3 experts (base + seeded noise) with 4 blocks."""
-    root = tmp_path_factory.mktemp("deep")
-    base = make_tiny_llama(root / "base", seed=0, num_layers=NUM_LAYERS, hidden=32)
-    models = {"root": root, "base": base}
-    for k in (1, 2, 3):
-        models[f"e{k}"] = make_tiny_llama(root / f"e{k}", seed=100 + k, num_layers=NUM_LAYERS, hidden=32,
-                                          tokenizer_from=base, perturb_from=base)
-    return models
+    return make_expert_family(tmp_path_factory.mktemp("deep"), 3, NUM_LAYERS)
 
 
 def run_mergekit(config: dict[str, Any], out: Path, seed: int | None = None,

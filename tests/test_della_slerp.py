@@ -46,7 +46,7 @@ from recall_merge.methods.base import TensorPosition  # noqa: E402
 from recall_merge.methods.classic import dare_seed  # noqa: E402
 from recall_merge.methods.registry import available_methods, get_method  # noqa: E402
 from recall_merge.methods.slerp import multislerp, slerp  # noqa: E402
-from recall_merge.testing import make_tiny_llama  # noqa: E402
+from recall_merge.testing import make_expert_family  # noqa: E402
 
 NEW_METHODS = ("della", "della_linear", "slerp", "multislerp")
 FEW = settings(max_examples=25, deadline=None)
@@ -56,13 +56,7 @@ FEW = settings(max_examples=25, deadline=None)
 @pytest.fixture(scope="module")
 def deep_models(tmp_path_factory) -> dict[str, Path]:
     """Base + 3 experts (base + seeded noise) with 4 blocks, as test_classic_vs_mergekit's."""
-    root = tmp_path_factory.mktemp("deep")
-    base = make_tiny_llama(root / "base", seed=0, num_layers=NUM_LAYERS, hidden=32)
-    models = {"root": root, "base": base}
-    for k in (1, 2, 3):
-        models[f"e{k}"] = make_tiny_llama(root / f"e{k}", seed=100 + k, num_layers=NUM_LAYERS, hidden=32,
-                                          tokenizer_from=base, perturb_from=base)
-    return models
+    return make_expert_family(tmp_path_factory.mktemp("deep"), 3, NUM_LAYERS)
 
 
 def seeded_della(monkeypatch, models: dict[str, Path], experts: list[str], seed: int) -> None:

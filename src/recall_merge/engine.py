@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig, load_config
-from recall_merge.errors import OutputError
 from recall_merge.io import atomic, hub, lora_out
 from recall_merge.io.output import (
     MergeResult,
+    check_free_space,
     check_output,
     check_output_finite,
     copy_support_files,
@@ -214,13 +213,7 @@ def _check_free_space(output: Path, pool: ModelPool, config: MergeConfig) -> Non
     needed = sum(
         (info.nbytes // info.dtype.itemsize) * (itemsize if info.dtype.is_floating_point else info.dtype.itemsize)
         for info in pool.base.tensors.values())
-    existing = output.parent
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < needed * 1.05:
-        raise OutputError(f"not enough free disk space for the output: {needed / 1e6:.1f} MB needed, "
-                          f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
+    check_free_space(output, needed)
 
 
 def _build_report(config: MergeConfig, method, pool: ModelPool, files: list[str],

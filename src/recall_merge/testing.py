@@ -116,3 +116,15 @@ def write_samples(path: Path, texts: list[str] | None = None) -> Path:
         for text in texts:
             handle.write(json.dumps({"text": text}) + "\n")
     return path
+
+
+def make_expert_family(root: Path, count: int, num_layers: int, hidden: int = 32,
+                       seed: int = 100) -> dict[str, Path]:
+    """A tiny base (seed 0) and ``count`` experts e1..eN, each the base plus seeded noise (seeds
+    ``seed + k``), sharing its tokenizer: ``{"root", "base", "e1", ...}`` (SYNTHETIC weights)."""
+    base = make_tiny_llama(root / "base", seed=0, num_layers=num_layers, hidden=hidden)
+    models = {"root": root, "base": base}
+    for k in range(1, count + 1):
+        models[f"e{k}"] = make_tiny_llama(root / f"e{k}", seed=seed + k, num_layers=num_layers,
+                                          hidden=hidden, tokenizer_from=base, perturb_from=base)
+    return models

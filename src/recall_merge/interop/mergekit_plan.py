@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig
-from recall_merge.errors import CheckpointError, ConfigError, OutputError, excerpt
+from recall_merge.errors import CheckpointError, ConfigError, excerpt
 from recall_merge.interop.mergekit import (
     PASSTHROUGH,
     SPECS,
@@ -55,6 +54,7 @@ from recall_merge.io import atomic
 from recall_merge.io.lora import LoraAdapter, is_lora_folder
 from recall_merge.io.output import (
     MergeResult,
+    check_free_space,
     check_output,
     check_output_finite,
     copy_support_files,
@@ -522,13 +522,7 @@ def _check_free_space(output: Path, plan: MergekitPlan) -> None:
     for tensor in plan.tensors:
         dtype = plan.out_dtype if tensor.stored_dtype.is_floating_point else tensor.stored_dtype
         needed += math.prod(tensor.shape) * torch.empty((), dtype=dtype).element_size()
-    existing = output.parent
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < needed * 1.05:
-        raise OutputError(f"not enough free disk space for the output: {needed / 1e6:.1f} MB needed, "
-                          f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
+    check_free_space(output, needed)
 
 
 def _read(plan: MergekitPlan, item: _Input, rows: tuple[int, int] | None) -> torch.Tensor:

@@ -147,3 +147,15 @@ def publish(temp: Path, output: Path, report: dict[str, Any], card: str, *, over
     if output.exists() and not overwrite:
         raise OutputError(f"output folder {output} appeared during the merge", "choose another path")
     atomic.replace_folder(temp, output)
+
+
+def check_free_space(output: Path, needed: int) -> None:
+    """Refuse early when ``needed`` bytes cannot fit beside the output, rather than fail after
+    gigabytes were written (5 % slack for shard headers and the report)."""
+    existing = output.parent
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed * 1.05:
+        raise OutputError(f"not enough free disk space for the output: {needed / 1e6:.1f} MB needed, "
+                          f"{free / 1e6:.1f} MB free at {existing}", "free space or choose another output folder")
