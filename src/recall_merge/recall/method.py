@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -79,6 +79,16 @@ def redundancy_strength(shifts: torch.Tensor, *, eps: float = 1e-8) -> float:
     return count / total
 
 
+class NewestShareRamp(StrictParameters):
+    """M_N's share across depth: ``start`` at the first block, ``end`` at the last, linear between."""
+
+    start: float = Field(..., gt=0, lt=1)
+    end: float = Field(..., gt=0, lt=1)
+
+    def at(self, layer: int, num_layers: int) -> float:
+        return self.start + (self.end - self.start) * (layer / (num_layers - 1) if num_layers > 1 else 0.0)
+
+
 class RecallParameters(StrictParameters):
     """Options of RECALL (docs/recall.md: each default, and which the paper states or we chose)."""
 
@@ -116,9 +126,10 @@ class RecallParameters(StrictParameters):
         "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
     standardize: bool = Field(False, description="z-score M_N's similarity row per layer before the "
                               "softmax, so τ is scale-free")
-    newest_share: float | None = Field(
-        None, gt=0, lt=1, description="fixed share of the weight for M_N; the other models split the rest "
-        "by softmax of their similarity to M_N (removes M_N's self-similarity bias)")
+    newest_share: Annotated[float, Field(gt=0, lt=1)] | NewestShareRamp | None = Field(
+        None, description="a share of the weight for M_N, fixed or a depth ramp {start, end} "
+        "(block 0 gets start, the last block end, linear between); the other models split the rest by "
+        "softmax of their similarity to M_N (removes M_N's self-similarity bias)")
     strength: Literal["none", "agreement", "redundancy"] = Field(
         "none", description="agreement: per-layer task-vector strength λ_j ∝ mean similarity among the "
         "experts at layer j (mean 1 over layers). redundancy: λ_j = N / Σ_ik C_j[i, k], C_j the cosine "
@@ -269,7 +280,7 @@ class RecallMethod(LinesScaling, MergeMethod):
                                                   params.bandwidth)
             alphas[layer, included] = weights_from_row(similarity[newest, included], params.temperature,
                                                        standardize=params.standardize,
-                                                       newest_share=params.newest_share)
+                                                       newest_share=self._newest_share(layer))
             agreement[layer] = mean_expert_agreement(similarity)
             self.layer_reports.append({
                 "index": layer,
@@ -289,6 +300,10 @@ class RecallMethod(LinesScaling, MergeMethod):
             entry["alpha"] = alphas[layer].tolist()
             entry["strength"] = float(self.strength_per_layer[layer])
         return alphas
+
+    def _newest_share(self, layer: int) -> float | None:
+        share = self.parameters.newest_share
+        return share.at(layer, self.num_layers) if isinstance(share, NewestShareRamp) else share
 
     # ------------------------------------------------------------------------------ merging
     def alpha_for(self, position: TensorPosition) -> torch.Tensor:
