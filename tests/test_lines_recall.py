@@ -92,3 +92,23 @@ def test_recall_lines_refusals(parameters, words, monkeypatch):
         _method(parameters)
     message = error.value.problem + " " + error.value.fix
     assert all(word in message for word in words), message
+
+
+@pytest.mark.parametrize("variant", ["tsv_m", "iso_c"])
+def test_recall_svd_variant_with_uniform_weights_is_that_method(variant, ramp_models, tmp_path):
+    """RECALL's tsv_m / iso_c variants put RECALL's per-layer weights N·ᾱ_k on the task vectors
+    inside TSV-M / Iso-C. A huge temperature makes α uniform (to ~1e-9), so the merge must equal
+    the plain method at α = scale; a tiny one moves it away."""
+    recall = _tensors(_merge(ramp_models, tmp_path / "recall",
+                             {"variant": variant, "scale": 0.7, "temperature": 1e9}).output)
+    plain = _tensors(merge({"method": variant, "base": str(ramp_models["base"]),
+                            "models": [str(ramp_models["e1"]), str(ramp_models["e2"])],
+                            "output": str(tmp_path / "plain"), "seed": 3,
+                            "parameters": {"alpha": 0.7}}, quiet=True).output)
+    assert recall.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(recall[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    skewed = _tensors(_merge(ramp_models, tmp_path / "skewed",
+                             {"variant": variant, "scale": 0.7, "temperature": 1e-3}).output)
+    deep = "model.layers.2.mlp.down_proj.weight"
+    assert not torch.allclose(skewed[deep], plain[deep], rtol=1e-4, atol=1e-6)

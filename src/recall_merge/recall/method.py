@@ -92,11 +92,13 @@ class NewestShareRamp(StrictParameters):
 class RecallParameters(StrictParameters):
     """Options of RECALL (docs/recall.md: each default, and which the paper states or we chose)."""
 
-    variant: Literal["paper", "task_vector", "ties"] = Field(
+    variant: Literal["paper", "task_vector", "ties", "tsv_m", "iso_c"] = Field(
         "paper",
         description="paper: θ_j = Σ_k α_j^(k) θ_j^(k) over M_0..M_N. task_vector: α renormalised over "
         "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
-        "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean).",
+        "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean). "
+        "tsv_m / iso_c: TSV-M or Iso-C of the weighted task vectors N·ᾱ_j^(k) τ_j^(k) (uniform α: "
+        "exactly those methods at α = scale).",
     )
     num_typical: int = Field(20, ge=1, le=MAX_SAMPLES,
                              description="number of clusters m = number of typical samples (1 to "
@@ -179,7 +181,8 @@ class RecallMethod(LinesScaling, MergeMethod):
     compute_on_device = True
 
     def is_elementwise(self) -> bool:
-        return self.parameters.variant != "ties"  # TIES ranks magnitudes over the whole tensor
+        # TIES ranks magnitudes over the whole tensor; TSV-M and Iso-C take a whole matrix's SVD
+        return self.parameters.variant in ("paper", "task_vector")
 
     def __init__(self, parameters, config, num_layers: int) -> None:
         super().__init__(parameters, config, num_layers)
@@ -350,11 +353,29 @@ class RecallMethod(LinesScaling, MergeMethod):
         expert_alpha = alpha[1:] / alpha[1:].sum()
         weights = (expert_alpha * len(experts)).to(device=base.device, dtype=base.dtype)
         deltas = ops.task_vectors(base, experts)
+        if params.variant in ("tsv_m", "iso_c"):
+            return base + scale * self._svd_merge(deltas * weights.view(-1, *[1] * base.dim()))
         if params.variant == "ties":
             deltas = torch.stack([ops.magnitude_sparsify(delta, params.density) for delta in deltas])
             return ops.combine_task_vectors(base, deltas, weights, consensus="sum", normalize=True,
                                             scale=scale)
         return ops.combine_task_vectors(base, deltas, weights, consensus=None, normalize=False, scale=scale)
+
+    def _svd_merge(self, weighted: torch.Tensor) -> torch.Tensor:
+        """TSV-M or Iso-C (methods/svd_ops.py) of the weighted task vectors w_k·τ_k of one tensor:
+        with uniform RECALL weights exactly the tsv_m / iso_c method at α = scale. A matrix gets
+        the SVD merge; any other tensor, or a matrix of rank below the number of experts under
+        TSV-M, the mean of the weighted task vectors (as those methods do)."""
+        from recall_merge.methods import svd_ops
+
+        if weighted.dim() != 3:
+            return svd_ops.mean_task_vector(list(weighted))
+        if self.parameters.variant == "iso_c":
+            return svd_ops.isotropic_merge(svd_ops.sum_task_vectors(list(weighted))).delta
+        keep = svd_ops.tsv_kept_rank(min(weighted.shape[1:]), weighted.shape[0])
+        if keep == 0:
+            return svd_ops.mean_task_vector(list(weighted))
+        return svd_ops.tsv_merge(list(weighted), keep)
 
     def report(self) -> dict[str, Any]:
         params: RecallParameters = self.parameters
