@@ -61,7 +61,10 @@ def test_doc_tables_are_the_generated_ones(bench, tmp_path):
                                       if (run.RESULTS / f"continual_{s}.json").exists()],
                 *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)],
                 *(["continual-seeds"] if any(run.other_seed_results(s) for s in sequences.SEQUENCES)
-                  else [])}
+                  else []),
+                *(["offline-probes"] if (run.RESULTS / "task_probe.json").exists() else []),
+                *[f"{s}-intervals" for s in sequences.OFFLINE_SEQUENCES
+                  if run.load_items(s)["runs"]]}
     assert set(done["benchmarks"]) == expected
     assert done["readme"] == ["headline"]
     for key, path in documents.items():

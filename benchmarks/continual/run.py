@@ -776,10 +776,38 @@ def intervals_table(sequence: str) -> str:
                                                  f"{sequence}", walls, LEGEND)
 
 
+OFFLINE_PROBE_MIN_ITEMS = 200  # the offline benchmark's probes (older probes used 24-40 items)
+
+
+def offline_probes_table() -> str:
+    """Learnability of the offline tasks (probe_tasks.py, >= 200 test items): base and own-expert
+    score at the probe's budget, the majority label's rate, and how many labels the expert
+    predicts (one label means it learned the prior, not the task)."""
+    records = json.loads((RESULTS / "task_probe.json").read_text())["records"]
+    rows = [r for r in records if r["num_test"] >= OFFLINE_PROBE_MIN_ITEMS]
+    lines = ["| task | kind, metric | test items | budget | base | own expert | gain | majority "
+             "label | labels predicted | seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        expert = r.get("expert")
+        predicted = r.get("expert_predictions") or r.get("base_predictions") or {}
+        budget = ("base only" if r["steps"] == 0
+                  else f"{r['steps']} steps of 8, lr {r['learning_rate']:g}")
+        majority = r.get("majority_class_rate")
+        scored = ["", ""] if expert is None else [f"{expert:.3f}", f"{expert - r['base']:+.3f}"]
+        lines.append(
+            f"| `{r['task']}` | {r['kind']}, {r['metric']} | {r['num_test']} | {budget} | "
+            f"{r['base']:.3f} | {scored[0]} | {scored[1]} | "
+            f"{'' if majority is None else f'{majority:.3f}'} | "
+            f"{len(predicted) if predicted else ''} | {r['seed']} |")
+    return "\n".join(lines)
+
+
 def doc_tables() -> dict[str, dict]:
     """file -> {table name -> function that builds it}, for every table whose results exist."""
     held_out = [sequence for sequence in SEQUENCES if held_out_seeds(sequence)]
     bodies = {}
+    if (RESULTS / "task_probe.json").exists():
+        bodies["offline-probes"] = offline_probes_table
     if (RESULTS / "continual_sweep.json").exists():
         bodies["sweep"] = sweep_table
     if (RESULTS / "continual_seeds.json").exists():
