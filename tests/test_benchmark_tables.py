@@ -243,6 +243,46 @@ def test_speed_table_is_the_generated_one(tmp_path):
         assert float(cells[4]) == pytest.approx(case["ratios"]["our_linear_wall_over_mergekit"], abs=5e-3)
 
 
+def test_methods_speed_table_is_the_generated_one(tmp_path):
+    """The methods table of docs/speed.md equals what ``merge_speed/run.py --docs`` writes from
+    merge_speed_methods.json; every measured row has a line with its ratio to task arithmetic of
+    the same case, every run recorded its load and that the background job it paused was stopped
+    (``T``) from start to end, and a full-model projection adds up its measured parts."""
+    speed = _load("merge_speed_benchmark_run", REPO / "benchmarks" / "merge_speed" / "run.py")
+    document = json.loads(speed.METHODS_RESULTS.read_text())
+    page = REPO / "docs" / "speed.md"
+    copy = tmp_path / "speed.md"
+    copy.write_text(page.read_text(encoding="utf-8"), encoding="utf-8")
+    speed.update_docs(copy, json.loads(speed.RESULTS.read_text()), document)
+    assert copy.read_text(encoding="utf-8") == page.read_text(encoding="utf-8"), (
+        "docs/speed.md's methods table is stale: run `python benchmarks/merge_speed/run.py --docs`")
+    for run in document["runs"]:
+        assert run["paused_pids"], "a methods run without the background job paused"
+        for moment in ("at_start", "at_end"):
+            assert len(run[moment]["loadavg"]) == 3
+            assert set(run[moment]["paused_pids_state"].values()) == {"T"}
+    lines = speed.methods_table(document).splitlines()[2:]
+    measured = [(case, row) for case in document["cases"] for row in case["rows"]]
+    assert len(lines) == len(measured)
+    for line, (case, row) in zip(lines, measured, strict=True):
+        assert 0 <= case["run"] < len(document["runs"])
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        assert cells[1] == f"`{row}`"
+        reference = case["rows"][speed.REFERENCE_METHOD]["wall_s"]
+        assert float(cells[6]) == pytest.approx(case["rows"][row]["wall_s"] / reference, abs=5e-3)
+    cut = next(case for case in document["cases"] if case["blocks"] and "wudi" in case["rows"])
+    full = next(case for case in document["cases"]
+                if case["blocks"] is None and case["num_models"] == cut["num_models"])
+    rows = cut["rows"]
+    expected = (full["rows"]["task_arithmetic"]["merge_stage_s"]
+                + cut["full_blocks"] / cut["blocks"]
+                * (rows["wudi_no_embed"]["merge_stage_s"] - rows["task_arithmetic"]["merge_stage_s"])
+                + rows["wudi"]["merge_stage_s"] - rows["wudi_no_embed"]["merge_stage_s"])
+    assert speed.projection(document, cut, "wudi", "merge_stage_s") == pytest.approx(expected)
+    # nothing to project for a whole-model case
+    assert speed.projection(document, full, "task_arithmetic", "merge_stage_s") is None
+
+
 def test_chosen_sweep_point_has_the_chosen_recall_settings(bench):
     """The variants table's "chosen default" row reads the sweep point named in sequences.py; that
     point must have been scored with exactly the settings the continual runs use as RECALL."""

@@ -48,6 +48,37 @@ def make_big_checkpoint(root: Path, name: str, seed: int, template: Path | None 
     return folder
 
 
+def truncate(folder: Path, source: Path, blocks: int) -> Path:
+    """``source`` cut to its first ``blocks`` blocks (every tensor outside the blocks kept), for
+    methods too slow to measure on the whole model: their cost per block is projected from it."""
+    import json
+    import re
+
+    if folder.exists():
+        return folder
+    config = json.loads((source / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    if not 0 < blocks <= layers:
+        raise SystemExit(f"--blocks must be in 1..{layers} for {source}")
+    block = re.compile(r"^model\.layers\.(\d+)\.")
+    kept = {name: t for name, t in load_state(source).items()
+            if not (match := block.match(name)) or int(match.group(1)) < blocks}
+    temporary = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    save_file(kept, temporary / "model.safetensors", metadata={"format": "pt"})
+    for extra in source.iterdir():
+        if extra.suffix != ".safetensors" and extra.name != "config.json":
+            shutil.copy(extra, temporary / extra.name)
+    # per-layer lists (layer_types in some configs) are cut with the blocks
+    config = {key: value[:blocks] if isinstance(value, list) and len(value) == layers else value
+              for key, value in config.items()}
+    config["num_hidden_layers"] = blocks
+    (temporary / "config.json").write_text(json.dumps(config, indent=2))
+    temporary.rename(folder)
+    return folder
+
+
 def load_state(folder: Path) -> dict[str, torch.Tensor]:
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
@@ -59,6 +90,8 @@ if __name__ == "__main__":
     kind, root = sys.argv[1], Path(sys.argv[2])
     if kind == "experts":
         make_experts(Path(sys.argv[3]), root, int(sys.argv[4]))
+    elif kind == "truncate":
+        truncate(root, Path(sys.argv[3]), int(sys.argv[4]))
     else:
         base = make_big_checkpoint(root, "big_base", 0)
         make_big_checkpoint(root, "big_expert", 1, template=base)
