@@ -264,10 +264,10 @@ STRATEGIES: dict[str, dict] = {
     "knots": {"kind": "merge", "method": "knots", "parameters": {}},
     "della": {"kind": "merge", "method": "della",
               "parameters": {"density": 0.5, "epsilon": 0.15, "lambda": 1.0}},
-    # ~45 min per merge of SmolLM2-135M on 2 cores (docs/methods.md): one order only
+    # ~7 min per merge of SmolLM2-135M on 2 idle cores (projected, docs/speed.md)
     "wudi": {"kind": "merge", "method": "wudi", "parameters": {}},
     # the continual merges: each step merges the previous merge and the newest expert only
     "opcm": {"kind": "merge", "method": "opcm", "parameters": {}, "library": "previous"},
-    # ~1.7 h per step on SmolLM2-135M on 2 cores (docs/methods.md): one order only
+    # ~17 min per step on SmolLM2-135M on 2 idle cores (projected, docs/speed.md)
     "dop": {"kind": "merge", "method": "dop", "parameters": {}, "library": "previous"},
 }
