@@ -114,11 +114,13 @@ def main() -> None:
         if args.kind:
             record["requested_kind"] = args.kind
         print(json.dumps(record), flush=True)
+        # a rerun replaces the record of the same settings; another test-set size is another
+        # record (the 40-item probes of the historical benchmark stay beside the 300-item ones)
         data["records"] = [r for r in data["records"]
                            if (r["task"], r["steps"], r["seed"], r.get("learning_rate"),
-                               r.get("requested_kind"))
+                               r.get("requested_kind"), r["num_test"])
                            != (spec, record["steps"], args.seed, record["learning_rate"],
-                               args.kind)]
+                               args.kind, record["num_test"])]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
                     "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only] [--kind K]")
