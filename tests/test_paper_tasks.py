@@ -24,7 +24,8 @@ from recall_merge.data.registry import load_task
 from recall_merge.data.task import DataError, Example, Task
 from recall_merge.errors import ConfigError
 
-PAPER_TASKS = ("geo:facts_qa", "geo:country_mc", "wordnet:definition_mc")
+PAPER_TASKS = ("geo:facts_qa", "geo:country_mc", "wordnet:definition_mc", "geo:country_choice",
+               "wordnet:definition_choice")
 
 
 def _folder(spec: str) -> Path:
@@ -273,6 +274,31 @@ def test_lettered_items_balance_and_refuse_repeated_options():
         lettered_items([Question("x", "Which?", "Item", "same", ("Same", "b", "c"))], "toy")
     with pytest.raises(DataError, match="distinct distractors"):
         lettered_items([Question("x", "Which?", "Item", "a", ("b", "c"))], "toy")
+
+
+@pytest.mark.parametrize("source, lettered, text", [("geo", "country_mc", "country_choice"),
+                                                    ("wordnet", "definition_mc", "definition_choice")])
+def test_text_answer_form_asks_the_same_questions_with_the_option_texts(
+        source: str, lettered: str, text: str):
+    _folder(f"{source}:{lettered}")
+    letter_items, text_items = load_items(source, lettered)[2], load_items(source, text)[2]
+    assert [item_id for item_id, _ in letter_items] == [item_id for item_id, _ in text_items]
+    for (_, by_letter), (_, by_text) in zip(letter_items, text_items, strict=True):
+        options = options_of(by_letter.prompt)
+        assert by_text.choices == tuple(options[letter] for letter in LETTERS)
+        assert by_text.target == options[by_letter.target]
+        assert by_text.prompt.splitlines()[-6:-1] == ["Options:"] + [
+            f"- {option}" for option in by_text.choices]
+
+
+def test_lettered_items_text_form_keeps_the_answer_among_the_choices():
+    questions = [Question(f"q{k}", "Which?", f"Item: {k}", f"right{k}",
+                          (f"a{k}", f"b{k}", f"c{k}")) for k in range(9)]
+    items = lettered_items(questions, "toy", answer_with="text")
+    for (_, example), question in zip(items, questions, strict=True):
+        assert example.target == question.answer and example.target in example.choices
+        assert sorted(example.choices) == sorted([question.answer, *question.distractors])
+        assert "letter" not in example.prompt
 
 
 # --- chrF -----------------------------------------------------------------------------------------

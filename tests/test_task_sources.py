@@ -59,6 +59,7 @@ EXPECTED = {
     "geo:city_continent": (5769, [4038, 577, 1154]),
     "geo:facts_qa": (6013, [4209, 601, 1203]),
     "geo:country_mc": (6013, [4213, 600, 1200]),
+    "geo:country_choice": (6013, [4209, 601, 1203]),
     "lemma:en": (50000, [35000, 5000, 10000]),
     "lemma:fr": (50000, [35000, 5000, 10000]),
     "lemma:de": (50000, [35000, 5000, 10000]),
@@ -74,6 +75,7 @@ EXPECTED = {
     "afinn:sentiment_da": (3525, [2469, 352, 704]),
     "wordnet:noun_category": (29208, [25696, 1168, 2344]),
     "wordnet:definition_mc": (7276, [5096, 728, 1452]),
+    "wordnet:definition_choice": (7276, [5093, 728, 1455]),
     "fortunes:topic": (3265, [2797, 153, 315]),
 }
 # whole sources too small for a 300-item test split (docs/data.md says so): their test size

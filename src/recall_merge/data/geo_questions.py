@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Literal
 
 from recall_merge.data import geo
 from recall_merge.data.common import frame_prompt
@@ -207,9 +208,11 @@ def facts_qa_items(folder: Path) -> list[Item]:
     return items
 
 
-def country_mc_items(folder: Path) -> list[Item]:
+def country_mc_items(folder: Path, answer_with: Literal["letter", "text"] = "letter"
+                     ) -> list[Item]:
     """Lettered questions: the country of a city, the capital of a country (see the module
-    docstring); id the GeoNames id of the city or country."""
+    docstring); id the GeoNames id of the city or country. ``answer_with="text"``: the same
+    questions answered with the option's text (``geo:country_choice``)."""
     kept = geo.kept_cities(folder)
     asked = _asked_countries(folder)
     with_cities: dict[str, list[str]] = defaultdict(list)  # continent → country names
@@ -235,4 +238,4 @@ def country_mc_items(folder: Path) -> list[Item]:
         if len(distractors) == 3:
             questions.append(Question(item_id, "What is the capital of this country?",
                                       f"Country: {country['name']}", capital, tuple(distractors)))
-    return lettered_items(questions, "geo:country_mc")
+    return lettered_items(questions, "geo:country_mc", answer_with)

@@ -15,6 +15,7 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from recall_merge.data.common import frame_prompt
 from recall_merge.data.manifest import Item
@@ -22,6 +23,7 @@ from recall_merge.data.task import DataError, Example
 
 LETTERS = ("A", "B", "C", "D")
 ANSWER_WITH_A_LETTER = "Answer with the letter of the correct option."
+ANSWER_WITH_THE_OPTION = "Answer with the correct option."
 
 
 def stable_int(*parts: str) -> int:
@@ -70,9 +72,17 @@ def options_of(prompt: str) -> dict[str, str]:
     return options
 
 
-def lettered_items(questions: Sequence[Question], source: str) -> list[Item]:
+def lettered_items(questions: Sequence[Question], source: str,
+                   answer_with: Literal["letter", "text"] = "letter") -> list[Item]:
     """(id, Example) per question, in the given order: the options under the body as ``A. …``
-    lines, the target the gold letter, the choices the letters (see the module docstring)."""
+    lines, the target the gold letter, the choices the letters (see the module docstring).
+
+    ``answer_with="text"``: the same options in the same order as ``- …`` lines, answered with
+    the option's text; the choices are the four texts (lm-eval's way of scoring ARC or MMLU-style
+    continuations). A 135M model fine-tuned for 30 steps learns only the letter prior of the
+    lettered form (it answers one letter for every item: benchmarks/results/task_probe.json);
+    scoring the texts asks what it knows about the options instead of how it maps them to
+    letters."""
     rank = {question.item_id: position for position, question in enumerate(
         sorted(questions, key=lambda question: stable_int("gold", question.item_id)))}
     items = []
@@ -86,6 +96,12 @@ def lettered_items(questions: Sequence[Question], source: str) -> list[Item]:
         distractors = list(question.distractors)
         random.Random(stable_int("order", question.item_id)).shuffle(distractors)
         options = [*distractors[:gold], question.answer, *distractors[gold:]]
+        if answer_with == "text":
+            lines = "\n".join(f"- {text}" for text in options)
+            prompt = frame_prompt(f"{question.instruction} {ANSWER_WITH_THE_OPTION}",
+                                  f"{question.body}\nOptions:\n{lines}", answer_cue="Answer:")
+            items.append((question.item_id, Example(prompt, question.answer, tuple(options))))
+            continue
         lines = "\n".join(f"{letter}. {text}" for letter, text in zip(LETTERS, options,
                                                                         strict=True))
         prompt = frame_prompt(f"{question.instruction} {ANSWER_WITH_A_LETTER}",

@@ -193,6 +193,10 @@ TASKS: dict[str, dict[str, SourceTask]] = {
         "country_mc": SourceTask(GEO, geo_questions.country_mc_items, "multiple_choice",
                                  "accuracy", "a city's country or a country's capital, A-D "
                                  "(GeoNames; gold letters balanced)", balance=True),
+        "country_choice": SourceTask(GEO, partial(geo_questions.country_mc_items,
+                                                  answer_with="text"), "multiple_choice",
+                                     "accuracy", "geo:country_mc answered with the option's "
+                                     "text (4 choices per item)"),
     },
     "lemma": {language: SourceTask(LEMMA, partial(lemmas.lemma_items, language=language),
                                    "generation", "exact_match",
@@ -218,7 +222,12 @@ TASKS: dict[str, dict[str, SourceTask]] = {
                 "definition_mc": SourceTask(WORDNET, wordnet.definition_mc_items,
                                             "multiple_choice", "accuracy",
                                             "which noun a WordNet definition defines, A-D "
-                                            "(gold letters balanced)", balance=True)},
+                                            "(gold letters balanced)", balance=True),
+                "definition_choice": SourceTask(WORDNET, partial(wordnet.definition_mc_items,
+                                                                 answer_with="text"),
+                                                "multiple_choice", "accuracy",
+                                                "wordnet:definition_mc answered with the noun "
+                                                "itself (4 choices per item)")},
     "fortunes": {"topic": SourceTask(FORTUNES, fortunes.topic_items, "classification",
                                      "accuracy", "topic of a fortune quotation (9 labels)",
                                      balance=True)},

@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from recall_merge.data.common import frame_prompt
 from recall_merge.data.lettered import Question, lettered_items, pick
@@ -171,9 +172,11 @@ def _close(one: Synset, one_offset: int, other: Synset, other_offset: int) -> bo
             or other_offset in one.hypernyms or bool(one.hypernyms & other.hypernyms))
 
 
-def definition_mc_items(folder: Path) -> list[Item]:
+def definition_mc_items(folder: Path, answer_with: Literal["letter", "text"] = "letter"
+                        ) -> list[Item]:
     """A WordNet definition and four nouns of its lexicographer file, answered with the letter
-    of the noun it defines (lettered multiple choice); id the noun.
+    of the noun it defines (lettered multiple choice; ``answer_with="text"``: with the noun
+    itself, ``wordnet:definition_choice``); id the noun.
 
     Candidates are single lower-case words of three letters or more that SemCor has seen (a
     tagged sense: no rare words) and whose most frequent sense lies in the file; each item is
@@ -212,4 +215,4 @@ def definition_mc_items(folder: Path) -> list[Item]:
             questions.append(Question(noun, "Which noun does this definition define?",
                                       f"Definition: {synset.definition}", noun,
                                       tuple(distractors)))
-    return lettered_items(questions, "wordnet:definition_mc")
+    return lettered_items(questions, "wordnet:definition_mc", answer_with)
