@@ -436,3 +436,40 @@ def test_bbc_article_bodies_are_seeded_and_skip_headline_and_lead():
     assert first == again and len(first) == 5 and all(len(body) >= 400 for body in first)
     headlines = {ex.prompt.split("Headline: ")[1].split("\n")[0] for ex in bbc_examples()}
     assert not any(body.splitlines()[0] in headlines for body in first)
+
+
+def test_batched_choice_scoring_equals_one_example_at_a_time(tiny_models):
+    """Left-padded batches of prompts of different lengths (with and without the shared prefix
+    cache, examples with different choice counts) give each example's one-at-a-time scores."""
+    from recall_merge.continual.scoring import (
+        batch_scores,
+        choice_log_likelihoods,
+        predict_choices,
+        shared_prefix_cache,
+    )
+    from recall_merge.continual.training import load_causal_lm
+    from recall_merge.data.task import Example
+    from recall_merge.recall.representations import load_tokenizer
+
+    model = load_causal_lm(tiny_models["base"]).eval()
+    tokenizer = load_tokenizer(tiny_models["base"])
+    instruction = "Classify the topic of this headline into one of the options listed below please. "
+    bodies = ["cat", "stocks fell sharply on monday after the report", "rain", "the final",
+              "a long headline about the election results in the northern provinces"]
+    examples = [Example(instruction + body, "sport", ("sport", "business", "tech"))
+                for body in bodies]
+    examples += [Example(instruction + body, "yes", ("yes", "no, not at all"))
+                 for body in bodies[:3]]
+    prefix = shared_prefix_cache(model, tokenizer, [ex.prompt for ex in examples], 256)
+    assert prefix is not None
+    for cache in (None, prefix):
+        one_by_one = [choice_log_likelihoods(model, tokenizer, ex.prompt, ex.choices, 256, cache)
+                      for ex in examples]
+        batched = batch_scores(model, tokenizer, examples, 3, 256, cache)
+        assert [len(item) for item in batched] == [len(ex.choices) for ex in examples]
+        for want, got in zip(one_by_one, batched, strict=True):
+            assert got == pytest.approx(want, abs=1e-4)
+    predictions = predict_choices(model, tokenizer, examples, 4, 256)
+    assert predictions == [max(zip(scores, ex.choices, strict=True))[1] for scores, ex in zip(
+        [choice_log_likelihoods(model, tokenizer, ex.prompt, ex.choices, 256) for ex in examples],
+        examples, strict=True)]
