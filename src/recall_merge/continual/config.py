@@ -16,6 +16,11 @@ from recall_merge.io import hub
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
 Library = Literal["experts", "previous"]
 FinetuneFrom = Literal["base", "previous"]
+Deploy = Literal["merge", "ema"]
+# EMA deployment's weight of the newest merge. TIME (Dziadzio et al., CVPR 2025) deploys an EMA of
+# the merges but no stored source gave us its coefficient: 0.5 (newest merge and the running
+# average weighted alike) is this project's choice
+DEFAULT_EMA_BETA = 0.5
 TINY_RANDOM = "tiny-random"  # a model ref: a SYNTHETIC 2-block random Llama built in the run folder
 
 
@@ -87,6 +92,14 @@ class StrategyConfig(_Strict):
         False, description="joint: train max_steps × the number of tasks so far at each step, the "
         "total step budget of the experts a merge of those tasks gets (without it every stage "
         "has max_steps, spread over more tasks)")
+    deploy: Deploy = Field(
+        "merge", description="merge: which model is deployed (scored) after each step: the merge "
+        "itself, or ema, an exponential moving average of the merges (TIME's EMA deployment, "
+        "docs/continual.md#deployment); the merges still feed the next step either way")
+    ema_beta: float | None = Field(
+        None, description=f"merge with deploy: ema: the newest merge's weight β in "
+        f"θ_deploy_t = (1 − β)·θ_deploy_{{t−1}} + β·θ_merge_t, strictly between 0 and 1 (default "
+        f"{DEFAULT_EMA_BETA})")
 
 
 class ContinualConfig(_Strict):
@@ -148,6 +161,8 @@ class Strategy:
     parameters: dict[str, Any] = field(default_factory=dict)
     guard_newest: bool = False
     steps_per_task: bool = False
+    deploy: Deploy = "merge"
+    ema_beta: float = DEFAULT_EMA_BETA
 
     @property
     def uses_old_data(self) -> bool:
@@ -200,6 +215,7 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
             raise ConfigError("steps_per_task scales training.max_steps, which is not set",
                               "set training.max_steps, or drop steps_per_task: with epochs alone "
                               "joint training already passes over every task's examples")
+        _check_deploy(spec)
         if spec.kind != "merge":
             name = spec.name or spec.kind
             strategies.append(Strategy(name, spec.kind, training,
@@ -213,12 +229,15 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
         for method in methods:
             for library in libraries:
                 for start in starts:
+                    # an EMA-deployed strategy's own name, so that it runs beside the plain merge
                     name = spec.name if spec.name and len(methods) * len(libraries) * len(starts) == 1 \
-                        else f"merge:{method}:{library}:{start}"
+                        else f"merge:{method}:{library}:{start}" + (":ema" if spec.deploy == "ema" else "")
                     parameters = spec.parameters if spec.parameters is not None \
                         else config.merge_parameters.get(method, {})
+                    beta = DEFAULT_EMA_BETA if spec.ema_beta is None else spec.ema_beta
                     strategies.append(Strategy(name, "merge", training, method, library, start,
-                                               dict(parameters), spec.guard_newest))
+                                               dict(parameters), spec.guard_newest,
+                                               deploy=spec.deploy, ema_beta=beta))
     names = [s.name for s in strategies]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -226,6 +245,30 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
                           "give each strategy its own `name`")
     check_folder_names("strategy", names)
     return strategies
+
+
+def _check_deploy(spec: StrategyConfig) -> None:
+    """``deploy`` and ``ema_beta`` choose what a merge strategy deploys: refused elsewhere, and
+    ``ema_beta`` without ``deploy: ema`` (where nothing would read it)."""
+    label = repr(spec.name or spec.kind)
+    if spec.kind != "merge" and (spec.deploy != "merge" or spec.ema_beta is not None):
+        option = "deploy: ema" if spec.deploy != "merge" else "ema_beta"
+        raise ConfigError(f"strategy {label}: {option} chooses which model a merge strategy "
+                          f"deploys, and {spec.kind!r} merges nothing",
+                          f"drop {option.split(':')[0]} from this strategy, or make it a merge "
+                          "strategy (kind: merge, method: ...)")
+    if spec.ema_beta is not None and not 0 < spec.ema_beta < 1:
+        # checked here, not by the field: a failed field of a list item reads as a union error
+        raise ConfigError(f"strategy {label}: ema_beta is {spec.ema_beta:g}, not strictly between "
+                          "0 and 1 (at 0 the deployed model would never change, at 1 it would "
+                          "be the merge itself)",
+                          f"give ema_beta a value in (0, 1), e.g. {DEFAULT_EMA_BETA}, or drop it "
+                          "for that default; deploy: merge deploys the merge itself")
+    if spec.ema_beta is not None and spec.deploy != "ema":
+        raise ConfigError(f"strategy {label}: ema_beta is the weight of EMA deployment, but deploy "
+                          f"is {spec.deploy!r}",
+                          "set deploy: ema to deploy the moving average of the merges, or drop "
+                          "ema_beta")
 
 
 MAX_FOLDER_NAME = 120  # well under the 255 bytes of a file name, room for a suffix such as .json

@@ -9,6 +9,7 @@ Run folder layout (``run_dir``)::
     experts/TRAINKEY/stepI/        expert of task I fine-tuned from the base (shared by strategies)
     strategies/NAME/stepI/         the model of strategy NAME after step I (adapter or HF folder)
     strategies/NAME/expertI/       merges fine-tuned from the previous merge: that expert
+    strategies/NAME/deployI/       merges with deploy: ema: the deployed moving average of the merges
     evals/KEY.json                 one model's scores, also per item, on every task (or some cells)
     results.json, results.csv
 

@@ -1,7 +1,8 @@
 """The stages that make models: a fine-tuning (from the base, a previous model or a merge), an
-expert of one task fine-tuned from the base, the samples a merge is given, a merge, and the dev
-check of ``guard_newest``. Each is a durable stage of the run's store, seeded from (seed, its
-path), so a resumed run builds the same model as an uninterrupted one.
+expert of one task fine-tuned from the base, the samples a merge is given, a merge, the moving
+average of the merges that ``deploy: ema`` deploys, and the dev check of ``guard_newest``. Each
+is a durable stage of the run's store, seeded from (seed, its path), so a resumed run builds the
+same model as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -127,25 +128,43 @@ def merge_stage(run: ContinualRun, relative: str, strategy: Strategy, models: li
                 step: int) -> Path:
     """Merge ``models`` on the base with the strategy's method, given step ``step``'s samples."""
     samples = samples_file(run, step)
+    return _engine_stage(run, relative, {
+        "method": strategy.method, "base": str(run.base), "models": models,
+        "samples": str(samples), "seed": run.config.seed,
+        "parameters": dict(strategy.parameters), "device": run.config.device})
 
+
+def ema_stage(run: ContinualRun, relative: str, deployed: ModelState, merged: ModelState,
+              beta: float) -> Path:
+    """EMA deployment's update: (1 − β)·``deployed`` + β·``merged``, tensor by tensor, made by the
+    engine's ``linear`` method with weights [1 − β, β] and no normalisation (they sum to 1; the
+    division by their float32 sum would only add a rounding). Both inputs are full merged models,
+    so the base takes no part in the arithmetic; the engine reads it for the model's layout."""
+    return _engine_stage(run, relative, {
+        "method": "linear", "base": str(run.base), "models": [deployed.merge_ref, merged.merge_ref],
+        "seed": run.config.seed, "device": run.config.device,
+        "parameters": {"weights": [1.0 - beta, beta], "normalize": False}})
+
+
+def _engine_stage(run: ContinualRun, relative: str, cfg: dict[str, Any]) -> Path:
+    """The stage ``run_dir/relative``: the merge engine's output for ``cfg`` (every merge config
+    key but ``output``), with the config and the engine's report in ``continual_merge.json``."""
     def build(tmp: Path) -> None:
         from recall_merge.engine import merge
 
-        run.log(f"merging {relative} ({strategy.method}, {len(models)} models)...")
+        run.log(f"merging {relative} ({cfg['method']}, {len(cfg['models'])} models)...")
         # the engine writes a folder of its own (atomically, inside this stage's temporary one);
         # its files then move up, so the stage holds the merged model itself
         output = tmp / "merged"
-        cfg = {"method": strategy.method, "base": str(run.base), "models": models,
-               "samples": str(samples), "output": str(output), "seed": run.config.seed,
-               "parameters": dict(strategy.parameters), "device": run.config.device}
-        result = merge(cfg, overwrite=True, quiet=True)
+        full = {**cfg, "output": str(output)}
+        result = merge(full, overwrite=True, quiet=True)
         for entry in Path(result.output).iterdir():
             os.replace(entry, tmp / entry.name)
         shutil.rmtree(result.output)
         report = json.loads(json.dumps(result.report, default=str))
         # not write_json: a merge report may hold a NaN statistic, kept as the engine gave it
         write_text(tmp / "continual_merge.json", json.dumps(
-            {"config": cfg | {"output": relative}, "report": report}, indent=2, sort_keys=True) + "\n")
+            {"config": full | {"output": relative}, "report": report}, indent=2, sort_keys=True) + "\n")
 
     return run.store.folder_stage(relative, build)
 

@@ -149,6 +149,10 @@ def comparable_config(config: ContinualConfig) -> dict[str, Any]:
             # added after run folders existed: left out at its default so that they still match
             if not entry.get("steps_per_task"):
                 entry.pop("steps_per_task", None)
+            if entry.get("deploy") == "merge":
+                entry.pop("deploy")
+            if entry.get("ema_beta") is None:
+                entry.pop("ema_beta", None)
     return data
 
 
@@ -200,13 +204,20 @@ def remove_intermediate_weights(folder: Path) -> None:
     if not folder.is_dir():
         return
     # the final model is the last step's, or an earlier one where guard_newest left the newest
-    # experts out (no folder is made for those steps)
-    steps = [int(stage.name[4:]) for stage in folder.glob("step*") if stage.name[4:].isdigit()]
-    final = folder / f"step{max(steps)}" if steps else None
+    # experts out (no folder is made for those steps); a merge deployed as an EMA
+    # (strategies.Merge) also keeps its final deployed model, deployI/
+    final = {stage for prefix in ("step", "deploy") if (stage := _last_stage(folder, prefix))}
     for stage in sorted(folder.iterdir()):
-        if stage.is_dir() and stage != final and not stage.name.startswith("."):
+        if stage.is_dir() and stage not in final and not stage.name.startswith("."):
             remove_model_weights(stage, "keep_weights: final (set keep_weights: all to keep "
                                         "every step's model)")
+
+
+def _last_stage(folder: Path, prefix: str) -> Path | None:
+    """``folder/PREFIXn`` of the highest step n, or None where there is none."""
+    steps = [int(stage.name[len(prefix):]) for stage in folder.glob(f"{prefix}*")
+             if stage.name[len(prefix):].isdigit()]
+    return folder / f"{prefix}{max(steps)}" if steps else None
 
 
 def refuse_removed_weights(state: ModelState) -> None:

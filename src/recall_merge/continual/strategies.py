@@ -6,7 +6,8 @@
 * joint: fine-tune the base on every task so far (old data; the multi-task upper bound);
 * ewc / lwf: sequential with an EWC penalty / LwF distillation from the previous model;
 * expert: each task's expert fine-tuned from the base, alone;
-* merge: merge the experts (or the previous merge and the new expert) with a merge method.
+* merge: merge the experts (or the previous merge and the new expert) with a merge method, and
+  deploy the merge or a moving average of the merges (``deploy``).
 """
 
 from __future__ import annotations
@@ -129,12 +130,30 @@ class ExpertAlone(Learner):
 
 
 class Merge(Learner):
-    """After every step, merge the experts (or the previous merge and the new expert)."""
+    """After every step, merge the experts (or the previous merge and the new expert), and deploy
+    the merge itself or a moving average of the merges (``deploy``).
+
+    TIME (Dziadzio et al., "How to Merge Your Multimodal Models Over Time?", CVPR 2025,
+    arXiv 2412.06712) separates the model that training and merging build on from the model that
+    is deployed. Here:
+
+    * the merges θ_merge_t are what ``library: previous`` merges with the new expert at step t + 1
+      and what ``finetune_from: previous`` trains that expert from, whichever ``deploy`` is;
+    * the deployed models, which :meth:`models` returns and the run scores (the rows of R), are
+      with ``deploy: merge`` (default) the merges themselves, and with ``deploy: ema``
+      θ_deploy_1 = θ_merge_1, θ_deploy_t = (1 − β)·θ_deploy_{t−1} + β·θ_merge_t (β =
+      ``ema_beta``), each a durable stage ``strategies/NAME/deployT/`` (:func:`stages.ema_stage`).
+
+    Where ``guard_newest`` leaves a step's expert out, nothing new is merged and the deployed
+    model stays as it was; the average starts at the first merge made (the base is deployed
+    before it, as it is the merge then).
+    """
 
     def models(self, run: ContinualRun, strategy: Strategy) -> list[ModelState]:
         name = slug(strategy.name)
         experts: list[ModelState] = []
         merged: list[ModelState] = []
+        deployed: list[ModelState] = []
         for step in range(1, len(run.tasks) + 1):
             if strategy.finetune_from == "base" or step == 1:
                 expert = stages.expert_from_base(run, strategy, step)  # step 1: previous is M_0
@@ -147,7 +166,9 @@ class Merge(Learner):
                 run.log(f"{strategy.name} step {step}: the new expert does not beat the base on "
                         f"the dev split of {run.tasks[step - 1].name}; it is left out")
                 merged.append(merged[-1] if merged else ModelState(run.base))
+                deployed.append(deployed[-1] if deployed else ModelState(run.base))
                 continue
+            first_merge = not experts
             experts.append(expert)
             if strategy.library == "experts" or step == 1:
                 models = [e.merge_ref for e in experts]
@@ -155,7 +176,13 @@ class Merge(Learner):
                 models = [merged[-1].merge_ref, expert.merge_ref]
             folder = stages.merge_stage(run, f"strategies/{name}/step{step}", strategy, models, step)
             merged.append(ModelState(folder))
-        return merged
+            if strategy.deploy == "merge" or first_merge:
+                deployed.append(merged[-1])
+            else:
+                deployed.append(ModelState(stages.ema_stage(
+                    run, f"strategies/{name}/deploy{step}", deployed[-1], merged[-1],
+                    strategy.ema_beta)))
+        return deployed
 
     def base_expert_steps(self, strategy: Strategy, num_tasks: int) -> list[int]:
         return list(range(1, num_tasks + 1)) if strategy.finetune_from == "base" else [1]
@@ -163,7 +190,9 @@ class Merge(Learner):
     def describe(self, strategy: Strategy) -> dict[str, Any]:
         return {**super().describe(strategy), "method": strategy.method,
                 "library": strategy.library, "finetune_from": strategy.finetune_from,
-                "parameters": strategy.parameters, "guard_newest": strategy.guard_newest}
+                "parameters": strategy.parameters, "guard_newest": strategy.guard_newest,
+                "deploy": strategy.deploy,
+                "ema_beta": strategy.ema_beta if strategy.deploy == "ema" else None}
 
 
 STRATEGIES: dict[StrategyKind, Learner] = {
