@@ -1,8 +1,11 @@
 """RECALL (Wang et al., EMNLP 2025): representation-aligned, layer-wise merging.
 
 Planning pass: typical samples of the newest task (K-means in M_N's space) → mean-pooled hidden
-states of every model, per layer → similarity S^(j) → α_j = softmax(S^(j)[N, :] / τ).
-Tensor function: θ_j = Σ_k α_j^(k) θ_j^(k) (``variant: paper``), or the task-vector form.
+states of every model, per layer → similarity S^(j) → α_j = softmax(S^(j)[N, :] / τ). With
+``probes: generated`` each older expert's own texts (probes.py) add a row read from its side, and
+α_j is the mean of the rows.
+Tensor function: θ_j = Σ_k α_j^(k) θ_j^(k) (``variant: paper``), or a task-vector form (plain,
+TIES, TSV-M, Iso-C or KnOTS of the weighted task vectors).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import torch
 from pydantic import Field, field_validator
 
 from recall_merge.errors import ConfigError, ConfigValueError, RecallSampleWarning
-from recall_merge.methods import ops
+from recall_merge.methods import knots, ops
 from recall_merge.methods.base import MergeMethod, StrictParameters, TensorPosition
 from recall_merge.methods.lines import LinesParameters, LinesScaling, check_scale_range
+from recall_merge.recall import probes
 from recall_merge.recall.representations import (
     distinct_inputs,
     representation_tokenizer,
@@ -92,13 +96,17 @@ class NewestShareRamp(StrictParameters):
 class RecallParameters(StrictParameters):
     """Options of RECALL (docs/recall.md: each default, and which the paper states or we chose)."""
 
-    variant: Literal["paper", "task_vector", "ties", "tsv_m", "iso_c"] = Field(
+    variant: Literal["paper", "task_vector", "ties", "tsv_m", "iso_c", "knots"] = Field(
         "paper",
         description="paper: θ_j = Σ_k α_j^(k) θ_j^(k) over M_0..M_N. task_vector: α renormalised over "
         "the experts (ᾱ) and applied to task vectors, θ_j = θ_base + λ_j·N·Σ_k ᾱ_j^(k) τ_j^(k). "
         "ties: the same weights N·ᾱ_j inside TIES (trim to `density`, sign election, disjoint mean). "
         "tsv_m / iso_c: TSV-M or Iso-C of the weighted task vectors N·ᾱ_j^(k) τ_j^(k) (uniform α: "
-        "exactly those methods at α = scale).",
+        "exactly those methods at α = scale). knots: KnOTS-TIES (methods/knots.py, its defaults: "
+        "density 1.0, eps 1e-5, S·V_k merged) of the weighted task vectors, the joint SVD of every "
+        "2-D tensor's N·ᾱ_j^(k) τ_j^(k) and TIES of the aligned factors, other tensors TIES of the "
+        "weighted task vectors themselves; scale defaults to KnOTS' λ = 0.5 (uniform α: exactly "
+        "the knots method at lambda = scale).",
     )
     num_typical: int = Field(20, ge=1, le=MAX_SAMPLES,
                              description="number of clusters m = number of typical samples (1 to "
@@ -121,9 +129,11 @@ class RecallParameters(StrictParameters):
     per_layer: bool = Field(True, description="False: one global α (mean over layers) for every layer")
     embeddings: Literal["first_layer", "mean"] = "first_layer"
     head: Literal["last_layer", "mean"] = "last_layer"
-    scale: float = Field(1.0, gt=0, le=1e3, description="λ of the task_vector and ties variants, "
-                         "above 0 and at most 1000 (finite)")
-    density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries kept")
+    scale: float = Field(1.0, gt=0, le=1e3, description="λ of the task-vector variants, above 0 and "
+                         "at most 1000 (finite); variant knots: KnOTS' λ = 0.5 when not given")
+    density: float = Field(0.2, gt=0, le=1, description="ties variant: fraction of task-vector entries "
+                           "kept; variant knots: fraction of each aligned factor kept, KnOTS' 1.0 "
+                           "(no trim) when not given")
     similarity_space: Literal["states", "shifts"] = Field(
         "states", description="compare hidden states h_k, or their shifts from the base h_k − h_0")
     standardize: bool = Field(False, description="z-score M_N's similarity row per layer before the "
@@ -149,6 +159,17 @@ class RecallParameters(StrictParameters):
         "(the input itself and the generation prompt). Samples that share an instruction longer "
         "than max_length are the same input under right; the report counts the distinct ones")
     batch_size: int = Field(8, ge=1)
+    probes: Literal["newest", "generated"] = Field(
+        "newest", description="newest: every weight row is read from the newest task's typical "
+        "samples in M_N's space (the paper). generated: each older expert M_k also writes "
+        "`generated_samples` texts itself from fixed neutral prompts (seeded sampling, temperature "
+        "1, top-p 0.95), which stand in for its task's inputs; per layer, the similarity on each "
+        "probe set P_k (P_N the typical samples) gives the row α^(k) read from M_k's side, and α "
+        "is the mean of the N rows. A candidate under study, not the paper's method")
+    generated_samples: int = Field(16, ge=1, le=1024, description="probes: generated: texts each "
+                                   "older expert writes (1 to 1024)")
+    generated_tokens: int = Field(48, ge=1, le=2048, description="probes: generated: new tokens "
+                                  "per text at most (1 to 2048)")
 
     @field_validator("bandwidth", mode="before")
     @classmethod
@@ -181,7 +202,8 @@ class RecallMethod(LinesScaling, MergeMethod):
     compute_on_device = True
 
     def is_elementwise(self) -> bool:
-        # TIES ranks magnitudes over the whole tensor; TSV-M and Iso-C take a whole matrix's SVD
+        # TIES ranks magnitudes over the whole tensor; TSV-M, Iso-C and KnOTS take a whole
+        # matrix's SVD
         return self.parameters.variant in ("paper", "task_vector")
 
     def __init__(self, parameters, config, num_layers: int) -> None:
@@ -213,12 +235,35 @@ class RecallMethod(LinesScaling, MergeMethod):
                     "remove parameters.scale and give the scale as parameters.lines.alpha (the "
                     "shallowest block) and parameters.lines.beta (added across depth)")
             check_scale_range(self.lines, 1e3)
+        self._check_probe_options(parameters)
+        # variant knots runs with KnOTS' own defaults (TIES without a trim, λ = 0.5) unless the
+        # config names density or scale, so uniform α is the knots method as shipped
+        knots_default_scale = parameters.variant == "knots" and "scale" not in parameters.model_fields_set
+        self.scale = knots.DEFAULT_LAMBDA["ties"] if knots_default_scale else parameters.scale
+        self.knots_density = (parameters.density if "density" in parameters.model_fields_set
+                              else knots.DEFAULT_DENSITY["ties"])
         self.alpha_per_layer: torch.Tensor | None = None  # (num_layers, N + 1), float64
         self.strength_per_layer: torch.Tensor | None = None  # (num_layers,), task-vector variants
         self.layer_reports: list[dict[str, Any]] = []
         self.typical: list[dict[str, Any]] = []
+        self.generated: dict[int, list[str]] = {}  # probes: generated, expert index → its texts
         self.distinct_typical: int | None = None  # typical samples that differ as the models see them
         self.timings: dict[str, float] = {}
+
+    @staticmethod
+    def _check_probe_options(parameters: RecallParameters) -> None:
+        given = sorted({"generated_samples", "generated_tokens"} & parameters.model_fields_set)
+        if parameters.probes == "newest" and given:
+            raise ConfigError(
+                f"parameters.{given[0]} is set, but probes is newest: no expert generates texts",
+                f"set parameters.probes: generated, or remove parameters.{given[0]}")
+        if parameters.probes == "generated" and parameters.newest_share is not None:
+            # each row α^(k) is read from M_k's side, where M_N's share has no single meaning
+            raise ConfigError(
+                "parameters.newest_share is set with probes: generated; newest_share fixes M_N's "
+                "share in a row read from M_N's side, but generated probes read one row from each "
+                "expert's side",
+                "remove parameters.newest_share, or use probes: newest")
 
     # ----------------------------------------------------------------------------- planning
     def plan(self, pool, *, quiet: bool = False) -> None:
@@ -257,8 +302,12 @@ class RecallMethod(LinesScaling, MergeMethod):
         others[newest] = newest_states[:, chosen]
         self.timings["representations_s"] = time.perf_counter() - started
 
+        probe_sets = {newest: others}
+        if params.probes == "generated" and newest > 1:
+            probe_sets.update(self._generated_probe_states(pool, newest, common))
+
         started = time.perf_counter()
-        self.alpha_per_layer = self._weights_from_states(others, newest)
+        self.alpha_per_layer = self._weights_from_states(probe_sets, newest)
         self.timings["similarity_s"] = time.perf_counter() - started
         if self.lines is not None:  # alpha: auto reads the unscaled merged task vector once
             started = time.perf_counter()
@@ -267,30 +316,76 @@ class RecallMethod(LinesScaling, MergeMethod):
                 self._task_vector_merge(position, base, experts, scale=1.0) - base, quiet)
             self.timings["lines_alpha_s"] = time.perf_counter() - started
 
-    def _weights_from_states(self, states: dict[int, torch.Tensor], newest: int) -> torch.Tensor:
+    def _generated_probe_states(self, pool, newest: int, common: dict[str, Any]
+                                ) -> dict[int, dict[int, torch.Tensor]]:
+        """probes: generated: each older expert M_k (k = 1..N−1) writes its probe set P_k
+        (probes.py), then every model M_0..M_N runs on all of them in one representation pass.
+        → {k: {model: (L+1, |P_k|, d)}}."""
+        params: RecallParameters = self.parameters
+        older = list(range(1, newest))
+        started = time.perf_counter()
+        self.generated = probes.generate_probes(
+            pool, older, count=params.generated_samples, new_tokens=params.generated_tokens,
+            seed=self.config.seed, trust_remote_code=self.config.trust_remote_code,
+            device=self.config.device, dtype=common["compute_dtype"])
+        self.timings["probe_generation_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        texts = [text for k in older for text in self.generated[k]]
+        states = states_for_all_models(pool, texts, model_indices=list(range(newest + 1)), **common)
+        sets: dict[int, dict[int, torch.Tensor]] = {}
+        for position, k in enumerate(older):
+            columns = slice(position * params.generated_samples, (position + 1) * params.generated_samples)
+            sets[k] = {model: model_states[:, columns] for model, model_states in states.items()}
+        self.timings["probe_representations_s"] = time.perf_counter() - started
+        return sets
+
+    def _weights_from_states(self, probe_sets: dict[int, dict[int, torch.Tensor]],
+                             newest: int) -> torch.Tensor:
+        """α per layer from every model's pooled states on each probe set: ``probe_sets[k]`` holds
+        M_0..M_N's states on P_k, whose row α^(k) is read from M_k's side (k = N: the typical
+        samples, the paper's row). α is the mean of the rows; so are the agreement and
+        redundancy strengths. With P_N alone this is the paper's α."""
         params: RecallParameters = self.parameters
         included = list(range(newest + 1)) if params.include_base else list(range(1, newest + 1))
+        readers = sorted(probe_sets)
         alphas = torch.zeros(self.num_layers, newest + 1, dtype=torch.float64)
         agreement = torch.ones(self.num_layers, dtype=torch.float64)
         redundancy = torch.ones(self.num_layers, dtype=torch.float64)
         for layer in range(self.num_layers):
-            layer_states = torch.stack([states[k][layer + 1] for k in range(newest + 1)])  # (K, m, d)
-            if params.strength == "redundancy":
-                redundancy[layer] = redundancy_strength(layer_states[1:] - layer_states[0:1])
-            if params.similarity_space == "shifts":
-                layer_states = layer_states - layer_states[0:1]
-            similarity, sigma = similarity_matrix(layer_states, params.kernel, params.aggregation,
-                                                  params.bandwidth)
-            alphas[layer, included] = weights_from_row(similarity[newest, included], params.temperature,
-                                                       standardize=params.standardize,
-                                                       newest_share=self._newest_share(layer))
-            agreement[layer] = mean_expert_agreement(similarity)
-            self.layer_reports.append({
-                "index": layer,
-                "similarity": similarity[newest].tolist(),
-                "similarity_matrix": similarity.tolist(),
-                "bandwidth": sigma,
-            })
+            rows: dict[int, torch.Tensor] = {}
+            row_reports: list[dict[str, Any]] = []
+            agreements: list[float] = []
+            redundancies: list[float] = []
+            for reader in readers:
+                states = probe_sets[reader]
+                layer_states = torch.stack([states[k][layer + 1] for k in range(newest + 1)])  # (K, m, d)
+                if params.strength == "redundancy":
+                    redundancies.append(redundancy_strength(layer_states[1:] - layer_states[0:1]))
+                if params.similarity_space == "shifts":
+                    layer_states = layer_states - layer_states[0:1]
+                similarity, sigma = similarity_matrix(layer_states, params.kernel, params.aggregation,
+                                                      params.bandwidth)
+                row = torch.zeros(newest + 1, dtype=torch.float64)
+                row[included] = weights_from_row(similarity[reader, included], params.temperature,
+                                                 standardize=params.standardize,
+                                                 newest_share=self._newest_share(layer))
+                rows[reader] = row
+                agreements.append(mean_expert_agreement(similarity))
+                if reader == newest:  # the paper's view keeps the report's fields as they were
+                    newest_view = {"similarity": similarity[newest].tolist(),
+                                   "similarity_matrix": similarity.tolist(), "bandwidth": sigma}
+                row_reports.append({"task": reader, "alpha": row.tolist(),
+                                    "similarity": similarity[reader].tolist(), "bandwidth": sigma})
+            # every task's view counts equally (a single row is returned as it is)
+            alphas[layer] = rows[newest] if len(rows) == 1 else torch.stack(list(rows.values())).mean(dim=0)
+            agreement[layer] = sum(agreements) / len(agreements)
+            if redundancies:
+                redundancy[layer] = sum(redundancies) / len(redundancies)
+            entry: dict[str, Any] = {"index": layer, **newest_view}
+            if params.probes == "generated":
+                entry["probe_rows"] = row_reports
+            self.layer_reports.append(entry)
         if not params.per_layer:
             alphas[:] = alphas.mean(dim=0, keepdim=True)
         if params.strength == "agreement":
@@ -341,7 +436,7 @@ class RecallMethod(LinesScaling, MergeMethod):
                 if weight != 0.0:
                     merged.add_(tensor, alpha=weight)
             return merged
-        scale = self.task_vector_scale(position, params.scale) * self.strength_for(position)
+        scale = self.task_vector_scale(position, self.scale) * self.strength_for(position)
         return self._task_vector_merge(position, base, experts, scale)
 
     def _task_vector_merge(self, position: TensorPosition, base: torch.Tensor,
@@ -355,6 +450,8 @@ class RecallMethod(LinesScaling, MergeMethod):
         deltas = ops.task_vectors(base, experts)
         if params.variant in ("tsv_m", "iso_c"):
             return base + scale * self._svd_merge(deltas * weights.view(-1, *[1] * base.dim()))
+        if params.variant == "knots":
+            return base + scale * self._knots_merge(deltas * weights.view(-1, *[1] * base.dim()))
         if params.variant == "ties":
             deltas = torch.stack([ops.magnitude_sparsify(delta, params.density) for delta in deltas])
             return ops.combine_task_vectors(base, deltas, weights, consensus="sum", normalize=True,
@@ -377,6 +474,23 @@ class RecallMethod(LinesScaling, MergeMethod):
             return svd_ops.mean_task_vector(list(weighted))
         return svd_ops.tsv_merge(list(weighted), keep)
 
+    def _knots_merge(self, weighted: torch.Tensor) -> torch.Tensor:
+        """KnOTS-TIES (methods/knots.py) of the weighted task vectors w_k·τ_k of one tensor, before
+        λ: a matrix gets the dense joint SVD of [w_1·τ_1 … w_N·τ_N] (float64, singular values above
+        KnOTS' eps kept) and TIES of the aligned factors S·V_kᵀ; any other tensor TIES of the
+        weighted task vectors themselves, as the knots method does. With uniform RECALL weights
+        (w_k = 1) it is the knots method's merged update; the dense route is used for LoRA experts
+        too (the knots method's factor route gives the same SVD to ≤ 1e-7). It runs on the CPU, as
+        the knots method does (its SVD in float64, its TIES with CPU weights); the result goes back
+        to the inputs' device and dtype."""
+        on_cpu = list(weighted.cpu())
+        if weighted.dim() == 3:
+            delta = knots.knots_delta(knots.joint_svd_dense(on_cpu, knots.DEFAULT_EPS), "ties",
+                                      self.knots_density)
+        else:
+            delta = knots.merge_aligned(on_cpu, "ties", self.knots_density)
+        return delta.to(device=weighted.device, dtype=weighted.dtype)
+
     def report(self) -> dict[str, Any]:
         params: RecallParameters = self.parameters
         return {
@@ -386,6 +500,13 @@ class RecallMethod(LinesScaling, MergeMethod):
             "typical_samples": self.typical,
             "distinct_typical_samples": self.distinct_typical,
             "variant": params.variant,
+            **({"probes": "generated", "generated_prompts": list(probes.NEUTRAL_PROMPTS),
+                "generated_probes": [{"expert": k, "texts": [text[:200] for text in texts]}
+                                     for k, texts in sorted(self.generated.items())]}
+               if params.probes == "generated" else {}),
+            **({"knots": {"merge": "ties", "density": self.knots_density, "lambda": self.scale,
+                          "eps": knots.DEFAULT_EPS, "scale_by_singular_values": True}}
+               if params.variant == "knots" else {}),
             "lines": self.lines_report(),
             "planning_timings": self.timings,
         }
