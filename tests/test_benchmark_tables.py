@@ -413,3 +413,35 @@ def test_offline_sequence_needs_no_bigbench(bench):
     assert not any(str(task).startswith("bigbench") for task in offline["tasks"])
     assert sequences.zero_shot_tasks("offline") == {}
     assert sequences.zero_shot_tasks("task") is sequences.ZERO_SHOT
+
+
+def test_tuning_grid_gives_every_family_the_same_budget_of_valid_settings(bench, tmp_path,
+                                                                           monkeypatch):
+    """benchmarks/continual/tune.py: every family has the same number of settings (WUDI and DOP
+    one, for cost), each setting is valid for its method, and the table picks each family's
+    highest AP (AP values below are SYNTHETIC, made up for the test)."""
+    from recall_merge.methods.registry import METHODS
+
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        tune = _load("continual_benchmark_tune", CONTINUAL / "tune.py")
+    finally:
+        sys.path.remove(str(CONTINUAL))
+    for family, grid in tune.GRID.items():
+        assert len(grid) == (1 if family in ("wudi", "dop") else tune.BUDGET), family
+        for _name, method, parameters, library in grid:
+            METHODS[method].parameters_model.model_validate(parameters)  # raises if invalid
+            assert library in ("experts", "previous")
+    names = [name for grid in tune.GRID.values() for name, *_ in grid]
+    assert len(names) == len(set(names))
+    grid = tune.GRID["ties"]
+    aps = [0.61, 0.64, 0.58, 0.64]  # a tie at the top: the first in GRID order wins
+    points = {name: {"family": "ties", "AP": ap, "low": ap - 0.03, "high": ap + 0.03,
+                     "merge_seconds": 9.0} for (name, *_), ap in zip(grid, aps, strict=True)}
+    out = tmp_path / "continual_tuning.json"
+    out.write_text(json.dumps({"points": points, "order": ["a", "b"], "seed": 0, "max_test": 300,
+                               "budget": 4, "command": "python benchmarks/continual/tune.py"}))
+    monkeypatch.setattr(tune, "OUT", out)
+    assert tune.chosen() == {"ties": grid[1][0]}
+    table = tune.tuning_table()
+    assert f"`{grid[1][0]}` | 0.640 [0.610, 0.670]" in table and "ties" in table

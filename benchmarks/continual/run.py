@@ -802,6 +802,13 @@ def offline_probes_table() -> str:
     return "\n".join(lines)
 
 
+def tuning_table() -> str:
+    """The development sequence's equal-budget tuning (tune.py imports this module: imported late)."""
+    from tune import tuning_table as table
+
+    return table()
+
+
 def doc_tables() -> dict[str, dict]:
     """file -> {table name -> function that builds it}, for every table whose results exist."""
     held_out = [sequence for sequence in SEQUENCES if held_out_seeds(sequence)]
@@ -810,6 +817,8 @@ def doc_tables() -> dict[str, dict]:
         bodies["offline-probes"] = offline_probes_table
     if (RESULTS / "continual_sweep.json").exists():
         bodies["sweep"] = sweep_table
+    if (RESULTS / "continual_tuning.json").exists():
+        bodies["tuning"] = tuning_table
     if (RESULTS / "continual_seeds.json").exists():
         bodies["seeds"] = seeds_table
     for sequence in held_out:

@@ -1,0 +1,198 @@
+"""Tuning on the DEVELOPMENT sequence only, with the same budget for every merge method.
+
+Each family below (a method, or a RECALL candidate of the issue "Make a data-free merge win") gets
+four settings of its strength knobs (λ, density, α, τ, β: ``BUDGET``), except where one merge
+costs too much to try four (WUDI, DOP: their papers' defaults, one point each, said in the table).
+Every point builds the final model of task order 0 at training seed 0 — the merge of the four
+experts (``library: experts``), or the step-by-step chain (``library: previous``: OPCM, DOP) —
+and scores it on every task's 300 test items; the family's setting is the point with the highest
+AP. Nothing here reads a held-out sequence; the held-out runs use the chosen settings unchanged.
+
+    python benchmarks/continual/tune.py                          # every point (durable)
+    python benchmarks/continual/tune.py --families ties tsv_m    # some families
+    python benchmarks/continual/tune.py --table                  # print the table
+
+Writes ``benchmarks/results/continual_tuning.json`` (per point: method, parameters, library,
+per-task scores, AP with its 95 % item-bootstrap interval, merge seconds; seed, versions, config).
+Merged weights are deleted once scored; the experts are the development run's (``run.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import RESULTS, continual_config, run_folder  # noqa: E402
+from sequences import RECALL_PAPER, SEQUENCES, orders  # noqa: E402
+
+SEQUENCE = "development"
+OUT = RESULTS / "continual_tuning.json"
+BUDGET = 4  # settings per family
+P = RECALL_PAPER
+TV = {**P, "variant": "task_vector"}
+
+# family -> [(point, method, parameters, library)], in the order they run
+GRID: dict[str, list[tuple[str, str, dict, str]]] = {
+    "task_arithmetic": [(f"ta_{lam}", "task_arithmetic", {"lambda": lam}, "experts")
+                        for lam in (0.25, 0.5, 0.75, 1.0)],
+    "ties": [(f"ties_d{d}_{lam}", "ties", {"density": d, "lambda": lam}, "experts")
+             for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "recall_paper": [(f"recall_tau{t}", "recall", {**P, "temperature": t}, "experts")
+                     for t in (0.1, 0.5, 1.0, 10.0)],
+    # share separated from strength: per-layer weights of mean 1 over the experts, times λ
+    "recall_task_vector": [(f"recall_tv_{s}", "recall", {**TV, "scale": s}, "experts")
+                           for s in (0.25, 0.5, 0.75, 1.0)],
+    # the newest expert's self-similarity left out: β for M_N, the rest by standardised softmax
+    "recall_newest_share": [(f"recall_share{b}_{s}", "recall",
+                             {**TV, "newest_share": b, "standardize": True, "scale": s}, "experts")
+                            for b in (0.25, 0.5) for s in (0.5, 1.0)],
+    # LiNeS depth ramp on the task-vector form: λ_l = α + β·l/(L−1)
+    "recall_lines": [(f"recall_lines_{a}_{b}", "recall",
+                      {**TV, "lines": {"alpha": a, "beta": b}}, "experts")
+                     for a, b in ((0.25, 0.25), (0.25, 0.5), (0.5, 0.25), (0.5, 0.5))],
+    "recall_tsv_m": [(f"recall_tsv_{s}", "recall", {**P, "variant": "tsv_m", "scale": s}, "experts")
+                     for s in (0.5, 1.0, 1.5, 2.0)],
+    "recall_iso_c": [(f"recall_iso_{s}", "recall", {**P, "variant": "iso_c", "scale": s}, "experts")
+                     for s in (0.5, 1.0, 1.5, 2.0)],
+    "recall_knots": [(f"recall_knots_{s}", "recall", {**P, "variant": "knots", "scale": s},
+                      "experts") for s in (0.25, 0.5, 0.75, 1.0)],
+    # each old task read on texts its own expert generates (no stored data), task-vector form
+    "recall_generated": [(f"recall_generated_{s}", "recall",
+                          {**TV, "probes": "generated", "scale": s}, "experts")
+                         for s in (0.25, 0.5, 0.75, 1.0)],
+    "tsv_m": [(f"tsv_m_{a}", "tsv_m", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_c": [(f"iso_c_{a}", "iso_c", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_cts": [(f"iso_cts_{a}", "iso_cts", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "knots": [(f"knots_d{d}_{lam}", "knots", {"merge": "ties", "density": d, "lambda": lam},
+               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "della": [(f"della_d{d}_{lam}", "della", {"density": d, "epsilon": 0.15, "lambda": lam},
+               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "magmax": [(f"magmax_{lam}", "magmax", {"lambda": lam}, "experts")
+               for lam in (0.25, 0.5, 0.75, 1.0)],
+    "opcm": [(f"opcm_{a}", "opcm", {"alpha": a}, "previous") for a in (0.25, 0.5, 0.75, 1.0)],
+    # one point each: ~7 min per WUDI merge and ~17 min per DOP step of SmolLM2 on 2 idle cores
+    "wudi": [("wudi", "wudi", {}, "experts")],
+    "dop": [("dop", "dop", {}, "previous")],
+}
+
+
+def build_point(run, experts: list[str], name: str, method: str, parameters: dict,
+                library: str) -> Path:
+    """The final model of one point: the merge of every expert, or the chain of merges (the
+    previous merge with each new expert) for ``library: previous``."""
+    from recall_merge.continual.config import expand_strategies, load_continual_config
+
+    strategy = expand_strategies(load_continual_config(
+        {**run.raw_config, "strategies": [{"kind": "merge", "method": method, "name": name,
+                                           "parameters": parameters, "library": library}]}))[0]
+    if library == "experts":
+        return run.merge_stage(f"tuning/{name}", strategy, experts, len(experts))
+    folder = None
+    for step in range(1, len(experts) + 1):
+        models = [experts[0]] if step == 1 else [str(folder), experts[step - 1]]
+        folder = run.merge_stage(f"tuning/{name}/step{step}", strategy, models, step)
+    return folder
+
+
+def ap_interval(per_task_items: list[list[float]], seed: int) -> dict:
+    """AP (macro mean over tasks) with its 95 % percentile interval over resampled items."""
+    from recall_merge.continual.statistics import bootstrap_interval
+
+    interval = bootstrap_interval([per_task_items], seed=seed)
+    return {"AP": interval.estimate, "low": interval.low, "high": interval.high,
+            "resamples": interval.resamples}
+
+
+def tune(families: list[str], seed: int = 0) -> dict:
+    from recall_merge.continual.config import expand_strategies, load_continual_config
+    from recall_merge.continual.runner import ContinualRun, ModelState, remove_model_weights
+    from recall_merge.engine import versions
+
+    order = orders(len(SEQUENCES[SEQUENCE]["tasks"]))[0]
+    raw = continual_config(SEQUENCE, order, ["expert"], 300, "full", seed)
+    raw["run_dir"] = str(run_folder() / f"{SEQUENCE}_t300_s{seed}" / "tuning")
+    config = load_continual_config(raw)
+    run = ContinualRun(config)
+    run.raw_config = raw
+    run.prepare()
+    expert_strategy = expand_strategies(config)[0]
+    names = [task.name for task in run.tasks]
+    experts = [run.expert_from_base(expert_strategy, step).merge_ref
+               for step in range(1, len(names) + 1)]
+    stored = json.loads(OUT.read_text()) if OUT.exists() else {}
+    points = stored.get("points", {})
+    data = {"sequence": SEQUENCE, "order": names, "seed": seed, "max_test": 300,
+            "budget": BUDGET, "selection": "highest AP on the development sequence's test items, "
+            "task order 0, training seed 0", "versions": versions(), "config": raw,
+            "command": "python benchmarks/continual/tune.py", "points": points}
+    for family in families:
+        for name, method, parameters, library in GRID[family]:
+            if name in points:
+                continue
+            started = time.perf_counter()
+            folder = build_point(run, experts, name, method, parameters, library)
+            merge_seconds = time.perf_counter() - started
+            path = run.root / "evals" / f"tuning_{name}.json"
+            scores = run.evaluate(ModelState(folder), path)
+            items = json.loads(path.read_text())
+            remove_model_weights(folder, "benchmarks/continual/tune.py, once scored")
+            points[name] = {
+                "family": family, "method": method, "parameters": parameters, "library": library,
+                "scores": dict(zip(names, scores, strict=True)),
+                **ap_interval([items[task]["items"] for task in names], seed),
+                "merge_seconds": round(merge_seconds, 1)}
+            print(f"{family:22s} {name:26s} AP {points[name]['AP']:.3f}  {scores}", flush=True)
+            OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def chosen() -> dict[str, str]:
+    """family -> the point with the highest AP (ties: the first in GRID order)."""
+    points = json.loads(OUT.read_text())["points"]
+    best: dict[str, str] = {}
+    for family, grid in GRID.items():
+        scored = [name for name, *_ in grid if name in points]
+        if scored:
+            best[family] = max(scored, key=lambda name: points[name]["AP"])
+    return best
+
+
+def tuning_table() -> str:
+    """Every family's points (AP), the one chosen, and its AP with its item-bootstrap interval."""
+    data = json.loads(OUT.read_text())
+    points, best = data["points"], chosen()
+    lines = ["| family | settings tried (AP) | chosen | AP [95 % CI] | merge s |",
+             "|---|---|---|---|---|"]
+    for family, name in best.items():
+        tried = ", ".join(f"{point} {points[point]['AP']:.3f}"
+                          for point, *_ in GRID[family] if point in points)
+        entry = points[name]
+        lines.append(f"| {family} | {tried} | `{name}` | {entry['AP']:.3f} "
+                     f"[{entry['low']:.3f}, {entry['high']:.3f}] | {entry['merge_seconds']} |")
+    lines += ["", f"Development sequence, task order {' → '.join(data['order'])}, training seed "
+              f"{data['seed']}, {data['max_test']} test items per task; up to {data['budget']} "
+              "settings per family (WUDI and DOP: one, their papers' defaults, for cost); the "
+              "interval resamples items within tasks (10,000 resamples). A family's setting is "
+              "its highest AP here; gaps between families inside these intervals are ties. "
+              f"Command: `{data['command']}`."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="+", choices=sorted(GRID), default=list(GRID))
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    if not args.table:
+        tune(args.families)
+    print(tuning_table())
+
+
+if __name__ == "__main__":
+    main()
