@@ -445,3 +445,23 @@ def test_tuning_grid_gives_every_family_the_same_budget_of_valid_settings(bench,
     assert tune.chosen() == {"ties": grid[1][0]}
     table = tune.tuning_table()
     assert f"`{grid[1][0]}` | 0.640 [0.610, 0.670]" in table and "ties" in table
+
+
+def test_generalisation_scores_a_model_end_to_end(bench, tmp_path, monkeypatch, tiny_models):
+    """generalisation() loads the base and scores its perplexity (a tiny random model and three
+    made-up texts stand in for SmolLM2 and the BBC articles): the packaged model's name and the
+    loaded model are different things (a shadowed name once crashed the benchmark here)."""
+    import recall_merge.data.bbc as bbc
+    import recall_merge.io.packaged as packaged
+
+    run, _ = bench
+    monkeypatch.setattr(run, "run_folder", lambda: tmp_path / "runs")
+    def resolve(ref):
+        assert ref == "tiny", f"resolve_model_ref got {type(ref).__name__}, not the model's name"
+        return Path(tiny_models["base"])
+
+    monkeypatch.setattr(packaged, "resolve_model_ref", resolve)
+    monkeypatch.setattr(bbc, "article_bodies", lambda count, seed: [
+        "the cat sat on the mat", "stocks fell on monday", "rain is expected tomorrow"])
+    scores = run.generalisation(tmp_path / "order", [], {}, model="tiny")
+    assert scores["base"]["perplexity"] > 1.0

@@ -252,15 +252,17 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
                 (state := final_model(run_dir, name, model)) is None:
             continue
         refuse_removed_weights(ModelState(*state))
-        model = load_causal_lm(*state)
+        # not `model`: that is the packaged model's name, which tokenizer() reads
+        language_model = load_causal_lm(*state)
         if "perplexity" not in entry:
             texts = article_bodies(PERPLEXITY_TEXTS, seed=0)
-            entry.update(perplexity=perplexity(model, tokenizer(), texts, PERPLEXITY_TOKENS),
+            entry.update(perplexity=perplexity(language_model, tokenizer(), texts,
+                                               PERPLEXITY_TOKENS),
                          texts=f"{PERPLEXITY_TEXTS} BBC article bodies, first {PERPLEXITY_TOKENS} tokens")
         for spec in missing:
             task = load_task(spec, seed=0, **zero_shot[spec])
             entry.setdefault("zero_shot", {})[spec] = score_task(
-                model, tokenizer(), task, task.test, EVALUATION["batch_size"],
+                language_model, tokenizer(), task, task.test, EVALUATION["batch_size"],
                 EVALUATION["max_length"], EVALUATION["max_new_tokens"])["score"]
         if zero_shot:
             entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in zero_shot)
