@@ -63,6 +63,7 @@ def test_doc_tables_are_the_generated_ones(bench, tmp_path):
                 *(["continual-seeds"] if any(run.other_seed_results(s) for s in sequences.SEQUENCES)
                   else []),
                 *(["offline-probes"] if (run.RESULTS / "task_probe.json").exists() else []),
+                *(["tuning"] if (run.RESULTS / "continual_tuning.json").exists() else []),
                 *[f"{s}-intervals" for s in sequences.OFFLINE_SEQUENCES
                   if run.load_items(s)["runs"]]}
     assert set(done["benchmarks"]) == expected
