@@ -68,6 +68,8 @@ SHAPES: dict[str, dict] = {
                      rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=32768,
                      use_sliding_window=False),
 }
+# The merge's samples: as many as typical ones, each cut to TOKENS tokens.
+TYPICAL, TOKENS = 16, 64
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -163,13 +165,54 @@ def write_lora(folder: Path, config: dict, seed: int, rank: int = 16) -> Path:
     return folder
 
 
+def scale_root() -> Path:
+    """Where the checkpoints, the tiny tokenizer and the samples live (in the cache)."""
+    from recall_merge.io.cache import cache_dir
+    from recall_merge.testing import make_tiny_tokenizer
+
+    root = cache_dir() / "scale_inputs"
+    tokenizer = root / "tokenizer"
+    if not (tokenizer / "tokenizer.json").exists():
+        tokenizer.mkdir(parents=True, exist_ok=True)
+        make_tiny_tokenizer(tokenizer)
+    return root
+
+
+def scale_samples(root: Path, typical: int) -> Path:
+    """As many samples as typical ones (RECALL's K-means then keeps them all), each long enough to
+    fill TOKENS tokens of the tiny tokenizer: the pass is ``typical`` × ``--tokens`` per model."""
+    from recall_merge.testing import write_samples
+
+    sentence = "the team won the final match and parliament passed the budget bill "
+    return write_samples(root / "samples.jsonl", [f"{k}: " + sentence * 6 for k in range(typical)])
+
+
+def scale_inputs(root: Path, shape: str, case: str) -> tuple[Path, list[Path]]:
+    """The base and the experts of SHAPE and CASE (lora: 3 adapters, full: 2 full experts),
+    written once into ``root``."""
+    config = SHAPES[shape]
+    base = write_model(root / shape / "base", config, root / "tokenizer", seed=0)
+    if case == "full":
+        return base, [write_model(root / shape / f"full{k}", config, root / "tokenizer", seed=k,
+                                  noise_from=base) for k in (1, 2)]
+    return base, [write_lora(root / shape / f"lora{k}", config, seed=k) for k in (1, 2, 3)]
+
+
+def recall_config(base: Path, experts: list[Path], samples: Path, output: Path, *, typical: int,
+                  tokens: int, device: str = "cpu", compute_dtype: str = "float32") -> dict:
+    """The RECALL merge config of this benchmark (representation_backends.py --shape runs the
+    same one's representation pass)."""
+    return {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
+            "samples": str(samples), "output": str(output), "seed": 0, "dtype": "bfloat16",
+            "device": device, "compute_dtype": compute_dtype,
+            "parameters": {"num_typical": typical, "max_length": tokens}}
+
+
 def merge_with(work: Path, base: Path, experts: list[Path], samples: Path, args: argparse.Namespace,
                device: str, compute_dtype: str, output: Path) -> dict:
     """One RECALL merge in its own process (page cache dropped first): wall time and peak RSS."""
-    merge_config = {"method": "recall", "base": str(base), "models": [str(e) for e in experts],
-                    "samples": str(samples), "output": str(output), "seed": 0, "dtype": "bfloat16",
-                    "device": device, "compute_dtype": compute_dtype,
-                    "parameters": {"num_typical": args.typical, "max_length": args.tokens}}
+    merge_config = recall_config(base, experts, samples, output, typical=args.typical,
+                                 tokens=args.tokens, device=device, compute_dtype=compute_dtype)
     config_path = work / f"{output.name}.yaml"
     config_path.write_text(json.dumps(merge_config))
     drop_caches()
@@ -203,8 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), action="append", required=True)
     parser.add_argument("--case", choices=["lora", "full"], action="append", required=True)
-    parser.add_argument("--typical", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--typical", type=int, default=TYPICAL)
+    parser.add_argument("--tokens", type=int, default=TOKENS)
     parser.add_argument("--keep-inputs", action="store_true", help="keep the generated checkpoints")
     parser.add_argument("--device", default="cpu", help="the merge's device (cpu, cuda, cuda:N, auto)")
     parser.add_argument("--compute-dtype", choices=sorted(TOLERANCE), action="append",
@@ -215,31 +258,16 @@ def main() -> None:
     compute_dtypes = args.compute_dtype or ["float32"]
     failures = []
 
-    from recall_merge.io.cache import cache_dir
     from recall_merge.provenance import versions
-    from recall_merge.testing import make_tiny_tokenizer, write_samples
 
-    root = cache_dir() / "scale_inputs"
-    tokenizer = root / "tokenizer"
-    if not (tokenizer / "tokenizer.json").exists():
-        tokenizer.mkdir(parents=True, exist_ok=True)
-        make_tiny_tokenizer(tokenizer)
-    # As many samples as typical ones (RECALL's K-means then keeps them all), each long enough to
-    # fill --tokens tokens of the tiny tokenizer: the pass is --typical × --tokens per model.
-    sentence = "the team won the final match and parliament passed the budget bill "
-    samples = write_samples(root / "samples.jsonl",
-                            [f"{k}: " + sentence * 6 for k in range(args.typical)])
+    root = scale_root()
+    samples = scale_samples(root, args.typical)
     document = json.loads(args.results.read_text()) if args.results.exists() else {"runs": []}
     for shape in args.shape:
         config = SHAPES[shape]
         for case in args.case:
             started = time.perf_counter()
-            base = write_model(root / shape / "base", config, tokenizer, seed=0)
-            if case == "full":
-                experts = [write_model(root / shape / f"full{k}", config, tokenizer, seed=k, noise_from=base)
-                           for k in (1, 2)]
-            else:
-                experts = [write_lora(root / shape / f"lora{k}", config, seed=k) for k in (1, 2, 3)]
+            base, experts = scale_inputs(root, shape, case)
             made_s = time.perf_counter() - started
             work = root / shape / f"work_{case}"
             shutil.rmtree(work, ignore_errors=True)
