@@ -12,16 +12,16 @@ a full expert's weights are copied into the same model object. Memory: one whole
 compute dtype on the device (a 7B model: ~28 GB in float32, ~14 GB in bfloat16), plus the key/value
 cache of one prompt's samples.
 
-Sampling is a plain loop (temperature, then nucleus top-p, no top-k, no repetition penalty) with a
-``torch.Generator`` per prompt seeded from the merge's seed and the prompt's index, so it reads no
-model's generation_config, leaves the global random state alone, and gives the same texts for the
-same seed whatever the batch size or the order the experts are visited in.
+Sampling is transformers' ``generate`` with an explicit configuration (temperature, nucleus top-p,
+no top-k, no repetition penalty), so it reads no model's generation_config; each prompt's draws
+are seeded from the merge's seed and the prompt's index inside a fork of torch's random state, so
+the caller's random state is left alone and the texts are the same for the same seed whatever the
+order the experts are visited in.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 
 import torch
@@ -60,18 +60,7 @@ def prompt_plan(count: int, prompts: tuple[str, ...] = NEUTRAL_PROMPTS) -> list[
     return [(index, repeats) for index, repeats in plan if repeats > 0]
 
 
-def _sample_next(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row: softmax at TEMPERATURE, the smallest set of tokens whose probability
-    reaches TOP_P (the most likely always kept), a draw from it. (b, vocab) → (b,)."""
-    probabilities = torch.softmax(logits.to(torch.float32) / TEMPERATURE, dim=-1)
-    ordered, order = probabilities.sort(dim=-1, descending=True)
-    # a token is dropped when the tokens above it already reach TOP_P
-    ordered[(ordered.cumsum(dim=-1) - ordered) >= TOP_P] = 0.0
-    choice = torch.multinomial(ordered, 1, generator=generator)
-    return order.gather(-1, choice).squeeze(-1)
-
-
-def _stop_ids(model, tokenizer) -> set[int]:
+def _stop_ids(model, tokenizer) -> list[int]:
     """Every id that ends a reply: the tokenizer's EOS and the model config's (one or a list)."""
     found: set[int] = set()
     for source in (tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None),
@@ -80,37 +69,34 @@ def _stop_ids(model, tokenizer) -> set[int]:
             found.add(source)
         elif isinstance(source, list | tuple):
             found.update(int(item) for item in source)
-    return found
+    return sorted(found)
 
 
 @torch.no_grad()
 def sample_replies(model, tokenizer, prompt: str, repeats: int, new_tokens: int,
-                   generator: torch.Generator) -> list[str]:
-    """``repeats`` sampled replies of ``model`` to one framed prompt, each at most ``new_tokens``
-    tokens and cut at the first stop token, decoded without special tokens."""
+                   seed: int) -> list[str]:
+    """``repeats`` sampled replies of ``model`` to one framed prompt (transformers' ``generate``:
+    temperature, nucleus top-p, no top-k, no repetition penalty — an explicit GenerationConfig,
+    so no model's own generation_config applies), each at most ``new_tokens`` tokens and cut at
+    the first stop token, decoded without special tokens. The draws come from torch's random
+    state set to ``seed`` inside a fork, so the caller's random state is left as it was."""
+    from transformers import GenerationConfig
+
     device = next(model.parameters()).device
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    ids = ids.to(device).repeat(repeats, 1)
-    stop_ids = _stop_ids(model, tokenizer)
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    # transformers renamed the key/value cache argument (past_key_values → cache); both are read
-    # back from the output under the name the forward takes
-    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    output = model(input_ids=ids, use_cache=True)
-    finished = torch.zeros(repeats, dtype=torch.bool, device=device)
-    replies: list[torch.Tensor] = []
-    for _ in range(new_tokens):
-        token = _sample_next(output.logits[:, -1, :], generator)
-        replies.append(torch.where(finished, -1, token))  # -1: after this row's stop token
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()):
-            break
-        output = model(input_ids=token[:, None], use_cache=True, **{cache_key: output[cache_key]})
-    if not replies:
-        return [""] * repeats
-    tokens = torch.stack(replies, dim=1).cpu()
-    return [tokenizer.decode([int(t) for t in row if t >= 0 and int(t) not in stop_ids],
-                             skip_special_tokens=True).strip() for row in tokens]
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    stops = _stop_ids(model, tokenizer)
+    config = GenerationConfig(
+        do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=0, repetition_penalty=1.0,
+        max_new_tokens=new_tokens, num_return_sequences=repeats, eos_token_id=stops or None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+        else (stops[0] if stops else 0))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                generation_config=config)
+    return [tokenizer.decode([int(t) for t in row if int(t) not in stops],
+                             skip_special_tokens=True).strip()
+            for row in output[:, ids.shape[1]:].cpu()]
 
 
 @contextlib.contextmanager
@@ -140,7 +126,7 @@ def generate_probes(pool: ModelPool, model_indices: list[int], *, count: int, ne
     """``count`` texts written by each model M_k of ``model_indices`` (0 the base, 1..N the
     experts), sample i answering prompt i mod len(prompts); a reply that comes back empty (a stop
     token first) is replaced by its prompt, so every probe is an input. The same seed gives the same
-    texts; two identical models give the same texts (each prompt's generator depends on the seed
+    texts; two identical models give the same texts (each prompt's draws depend on the seed
     and the prompt only)."""
     tokenizer = load_tokenizer(pool.base.folder, trust_remote_code)
     framed = format_texts(tokenizer, list(prompts), use_chat_template=True)
@@ -159,9 +145,8 @@ def generate_probes(pool: ModelPool, model_indices: list[int], *, count: int, ne
                        device=device, dtype=dtype) as current:
             by_prompt: dict[int, list[str]] = {}
             for index, repeats in plan:
-                generator = torch.Generator(device=torch.device(device)).manual_seed(
-                    dare_seed(seed, f"recall-probe-{index}"))
-                replies = sample_replies(current, tokenizer, framed[index], repeats, new_tokens, generator)
+                replies = sample_replies(current, tokenizer, framed[index], repeats, new_tokens,
+                                         dare_seed(seed, f"recall-probe-{index}"))
                 by_prompt[index] = [reply or prompts[index] for reply in replies]
         # back to sample order: sample i is the (i // P)-th reply to prompt i mod P
         texts[k] = [by_prompt[i % len(prompts)][i // len(prompts)] for i in range(count)]
