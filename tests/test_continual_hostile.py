@@ -171,6 +171,35 @@ def test_a_diverging_loss_stops_the_stage_and_leaves_nothing_half_written(tiny_m
     assert "R" not in results["methods"]["sequential"]
 
 
+def test_a_failed_strategy_makes_the_command_exit_1_after_writing_the_rest(
+        tiny_models, tmp_path, monkeypatch, capsys):
+    """One diverging strategy: the other strategies' results, the figures and the report are
+    written, the error is named on stderr, and `recall continual` exits 1, not 0."""
+    import torch
+
+    from recall_merge.continual import training
+
+    real_loss = training._answer_loss
+    calls = {"n": 0}
+
+    def loss_that_blows_up(logits, labels):  # the first training (sequential's) diverges
+        calls["n"] += 1
+        value = real_loss(logits, labels)
+        return value * torch.tensor(float("nan")) if calls["n"] == 1 else value
+
+    monkeypatch.setattr(training, "_answer_loss", loss_that_blows_up)
+    config = tiny_config(tiny_models["base"], tmp_path / "run", ["synthetic:alpha"],
+                         ["sequential", "merge:linear"])
+    code, err = continual_cli(config, tmp_path, capsys, monkeypatch)
+    assert code == 1, err
+    assert "strategy sequential failed" in err and "diverged" in err and "Traceback" not in err
+    assert "1 of 2 strategies failed" in err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "error" in results["methods"]["sequential"]
+    assert "R" in results["methods"]["merge:linear:experts:base"]
+    assert (tmp_path / "run" / "report.html").exists()
+
+
 def test_train_refuses_a_non_finite_loss_before_the_step(tiny_models, monkeypatch):
     import torch
 

@@ -273,7 +273,9 @@ def run_continual(config: ContinualConfig | str | Path | dict, quiet: bool = Fal
 
 
 def main(config_path: str | Path, quiet: bool = False, dispatch: Dispatch | None = None) -> int:
-    """Entry point of ``recall continual CONFIG.yaml``: run, print the summary, return 0."""
+    """Entry point of ``recall continual CONFIG.yaml``: run, print the summary, write the figures
+    and the report; 0 when every strategy finished, 1 when one failed (its entry in results.json
+    holds the error; the other strategies' results are written all the same)."""
     config = load_continual_config(config_path)
     results = run_continual(config, quiet=quiet, dispatch=dispatch)
     print_summary(results)
@@ -283,4 +285,10 @@ def main(config_path: str | Path, quiet: bool = False, dispatch: Dispatch | None
 
     plot_continual_results(results, config.run_dir / "figures")
     print(f"report: {write_report(config.run_dir, None)}")
-    return 0
+    failed = {name: entry["error"] for name, entry in results["methods"].items() if "error" in entry}
+    for name, error in failed.items():
+        print(f"error: strategy {name} failed: {error}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(results['methods'])} strategies failed; rerun the same "
+              "command once the cause is fixed: finished stages are kept", file=sys.stderr)
+    return 1 if failed else 0
