@@ -450,6 +450,9 @@ def test_tuning_grid_gives_every_family_the_same_budget_of_valid_settings(bench,
                                "budget": 4, "command": "python benchmarks/continual/tune.py"}))
     monkeypatch.setattr(tune, "OUT", out)
     assert tune.chosen() == {"ties": grid[1][0]}
+    _, sequences = bench
+    chosen_name, entry = sequences.tuned_points(out)["ties"]
+    assert chosen_name == grid[1][0] and entry["AP"] == 0.64
     table = tune.tuning_table()
     assert f"`{grid[1][0]}` | 0.640 [0.610, 0.670]" in table and "ties" in table
 

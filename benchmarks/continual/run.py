@@ -54,6 +54,7 @@ from sequences import (  # noqa: E402
     ZERO_SHOT,
     orders,
     short_name,
+    tuned_strategies,
     zero_shot_tasks,
 )
 
@@ -870,8 +871,9 @@ def main() -> None:
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
     parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
-                        choices=[*STRATEGIES, "main"],
-                        help="'main': the strategies run at two seeds on the offline sequences")
+                        choices=[*STRATEGIES, "main", "tuned"],
+                        help="'main': the strategies run at two seeds on the offline sequences; "
+                             "'tuned': every family at its development setting (tune.py)")
     parser.add_argument("--max-test", type=int, default=None,
                         help=f"test items per task (default {OFFLINE_TEST_ITEMS} on the offline "
                              "sequences, 40 on the historical BIG-bench ones)")
@@ -907,9 +909,11 @@ def main() -> None:
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")
-    if "main" in args.strategies:
-        args.strategies = list(dict.fromkeys(
-            [*MAIN_STRATEGIES, *(s for s in args.strategies if s != "main")]))
+    groups = {"main": MAIN_STRATEGIES, "tuned": list(tuned_strategies())}
+    if "tuned" in args.strategies and not groups["tuned"]:
+        parser.error("--strategies tuned: no tuning results yet (python benchmarks/continual/tune.py)")
+    args.strategies = list(dict.fromkeys(
+        name for entry in args.strategies for name in groups.get(entry, [entry])))
     if args.max_test is None:
         args.max_test = OFFLINE_TEST_ITEMS if args.sequence in OFFLINE_SEQUENCES else 40
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # The LoRA budget `recall demo` uses: the top 8 of SmolLM2's 30 blocks, every linear layer,
 # 30 steps of 8 examples. Measured on 2 CPU cores: ~60 s per expert.
 TRAINING = {"mode": "lora", "lora_rank": 8, "lora_alpha": 16, "top_k_blocks": 8,
@@ -278,3 +281,84 @@ STRATEGIES: dict[str, dict] = {
     # ~17 min per step on SmolLM2-135M on 2 idle cores (projected, docs/speed.md)
     "dop": {"kind": "merge", "method": "dop", "parameters": {}, "library": "previous"},
 }
+
+
+# --- equal-budget tuning on the development sequence (benchmarks/continual/tune.py) -------------
+# Every family gets TUNING_BUDGET settings of its strength knobs (WUDI and DOP one, for cost); the
+# point with the highest AP on the development sequence is the family's setting, run unchanged as
+# the strategy FAMILY_tuned on every sequence (``run.py --strategies tuned``).
+TUNING_RESULTS = Path(__file__).resolve().parents[1] / "results" / "continual_tuning.json"
+TUNING_BUDGET = 4  # settings per family
+_P = RECALL_PAPER
+_TV = {**_P, "variant": "task_vector"}
+
+# family -> [(point, method, parameters, library)], in the order they run
+TUNING_GRID: dict[str, list[tuple[str, str, dict, str]]] = {
+    "task_arithmetic": [(f"ta_{lam}", "task_arithmetic", {"lambda": lam}, "experts")
+                        for lam in (0.25, 0.5, 0.75, 1.0)],
+    "ties": [(f"ties_d{d}_{lam}", "ties", {"density": d, "lambda": lam}, "experts")
+             for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "recall_paper": [(f"recall_tau{t}", "recall", {**_P, "temperature": t}, "experts")
+                     for t in (0.1, 0.5, 1.0, 10.0)],
+    # share separated from strength: per-layer weights of mean 1 over the experts, times λ
+    "recall_task_vector": [(f"recall_tv_{s}", "recall", {**_TV, "scale": s}, "experts")
+                           for s in (0.25, 0.5, 0.75, 1.0)],
+    # the newest expert's self-similarity left out: β for M_N, the rest by standardised softmax
+    "recall_newest_share": [(f"recall_share{b}_{s}", "recall",
+                             {**_TV, "newest_share": b, "standardize": True, "scale": s}, "experts")
+                            for b in (0.25, 0.5) for s in (0.5, 1.0)],
+    # LiNeS depth ramp on the task-vector form: λ_l = α + β·l/(L−1)
+    "recall_lines": [(f"recall_lines_{a}_{b}", "recall",
+                      {**_TV, "lines": {"alpha": a, "beta": b}}, "experts")
+                     for a, b in ((0.25, 0.25), (0.25, 0.5), (0.5, 0.25), (0.5, 0.5))],
+    "recall_tsv_m": [(f"recall_tsv_{s}", "recall", {**_P, "variant": "tsv_m", "scale": s}, "experts")
+                     for s in (0.5, 1.0, 1.5, 2.0)],
+    "recall_iso_c": [(f"recall_iso_{s}", "recall", {**_P, "variant": "iso_c", "scale": s}, "experts")
+                     for s in (0.5, 1.0, 1.5, 2.0)],
+    "recall_knots": [(f"recall_knots_{s}", "recall", {**_P, "variant": "knots", "scale": s},
+                      "experts") for s in (0.25, 0.5, 0.75, 1.0)],
+    # each old task read on texts its own expert generates (no stored data), task-vector form
+    "recall_generated": [(f"recall_generated_{s}", "recall",
+                          {**_TV, "probes": "generated", "scale": s}, "experts")
+                         for s in (0.25, 0.5, 0.75, 1.0)],
+    "tsv_m": [(f"tsv_m_{a}", "tsv_m", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_c": [(f"iso_c_{a}", "iso_c", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "iso_cts": [(f"iso_cts_{a}", "iso_cts", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
+    "knots": [(f"knots_d{d}_{lam}", "knots", {"merge": "ties", "density": d, "lambda": lam},
+               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "della": [(f"della_d{d}_{lam}", "della", {"density": d, "epsilon": 0.15, "lambda": lam},
+               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
+    "magmax": [(f"magmax_{lam}", "magmax", {"lambda": lam}, "experts")
+               for lam in (0.25, 0.5, 0.75, 1.0)],
+    "opcm": [(f"opcm_{a}", "opcm", {"alpha": a}, "previous") for a in (0.25, 0.5, 0.75, 1.0)],
+    # one point each: ~7 min per WUDI merge and ~17 min per DOP step of SmolLM2 on 2 idle cores
+    "wudi": [("wudi", "wudi", {}, "experts")],
+    "dop": [("dop", "dop", {}, "previous")],
+}
+
+
+
+
+def tuned_points(path: Path = TUNING_RESULTS) -> dict[str, tuple[str, dict]]:
+    """family -> (chosen point, its entry) from the tuning results: the highest AP, ties going to
+    the first point in TUNING_GRID order; empty before tune.py has run."""
+    if not path.exists():
+        return {}
+    points = json.loads(path.read_text())["points"]
+    chosen = {}
+    for family, grid in TUNING_GRID.items():
+        scored = [name for name, *_ in grid if name in points]
+        if scored:
+            best = max(scored, key=lambda name: points[name]["AP"])  # max keeps the first of ties
+            chosen[family] = (best, points[best])
+    return chosen
+
+
+def tuned_strategies() -> dict[str, dict]:
+    """FAMILY_tuned -> the continual strategy at that family's chosen development setting."""
+    return {f"{family}_tuned": {"kind": "merge", "method": entry["method"],
+                                "parameters": entry["parameters"], "library": entry["library"]}
+            for family, (_, entry) in tuned_points().items()}
+
+
+STRATEGIES.update(tuned_strategies())

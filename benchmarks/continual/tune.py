@@ -29,59 +29,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import RESULTS, continual_config, run_folder  # noqa: E402
-from sequences import RECALL_PAPER, SEQUENCES, orders  # noqa: E402
+from sequences import SEQUENCES, orders, tuned_points  # noqa: E402
+from sequences import TUNING_BUDGET as BUDGET  # noqa: E402
+from sequences import TUNING_GRID as GRID  # noqa: E402
 
 SEQUENCE = "development"
 OUT = RESULTS / "continual_tuning.json"
-BUDGET = 4  # settings per family
-P = RECALL_PAPER
-TV = {**P, "variant": "task_vector"}
-
-# family -> [(point, method, parameters, library)], in the order they run
-GRID: dict[str, list[tuple[str, str, dict, str]]] = {
-    "task_arithmetic": [(f"ta_{lam}", "task_arithmetic", {"lambda": lam}, "experts")
-                        for lam in (0.25, 0.5, 0.75, 1.0)],
-    "ties": [(f"ties_d{d}_{lam}", "ties", {"density": d, "lambda": lam}, "experts")
-             for d in (0.2, 0.5) for lam in (0.5, 1.0)],
-    "recall_paper": [(f"recall_tau{t}", "recall", {**P, "temperature": t}, "experts")
-                     for t in (0.1, 0.5, 1.0, 10.0)],
-    # share separated from strength: per-layer weights of mean 1 over the experts, times λ
-    "recall_task_vector": [(f"recall_tv_{s}", "recall", {**TV, "scale": s}, "experts")
-                           for s in (0.25, 0.5, 0.75, 1.0)],
-    # the newest expert's self-similarity left out: β for M_N, the rest by standardised softmax
-    "recall_newest_share": [(f"recall_share{b}_{s}", "recall",
-                             {**TV, "newest_share": b, "standardize": True, "scale": s}, "experts")
-                            for b in (0.25, 0.5) for s in (0.5, 1.0)],
-    # LiNeS depth ramp on the task-vector form: λ_l = α + β·l/(L−1)
-    "recall_lines": [(f"recall_lines_{a}_{b}", "recall",
-                      {**TV, "lines": {"alpha": a, "beta": b}}, "experts")
-                     for a, b in ((0.25, 0.25), (0.25, 0.5), (0.5, 0.25), (0.5, 0.5))],
-    "recall_tsv_m": [(f"recall_tsv_{s}", "recall", {**P, "variant": "tsv_m", "scale": s}, "experts")
-                     for s in (0.5, 1.0, 1.5, 2.0)],
-    "recall_iso_c": [(f"recall_iso_{s}", "recall", {**P, "variant": "iso_c", "scale": s}, "experts")
-                     for s in (0.5, 1.0, 1.5, 2.0)],
-    "recall_knots": [(f"recall_knots_{s}", "recall", {**P, "variant": "knots", "scale": s},
-                      "experts") for s in (0.25, 0.5, 0.75, 1.0)],
-    # each old task read on texts its own expert generates (no stored data), task-vector form
-    "recall_generated": [(f"recall_generated_{s}", "recall",
-                          {**TV, "probes": "generated", "scale": s}, "experts")
-                         for s in (0.25, 0.5, 0.75, 1.0)],
-    "tsv_m": [(f"tsv_m_{a}", "tsv_m", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
-    "iso_c": [(f"iso_c_{a}", "iso_c", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
-    "iso_cts": [(f"iso_cts_{a}", "iso_cts", {"alpha": a}, "experts") for a in (0.5, 1.0, 1.5, 2.0)],
-    "knots": [(f"knots_d{d}_{lam}", "knots", {"merge": "ties", "density": d, "lambda": lam},
-               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
-    "della": [(f"della_d{d}_{lam}", "della", {"density": d, "epsilon": 0.15, "lambda": lam},
-               "experts") for d in (0.2, 0.5) for lam in (0.5, 1.0)],
-    "magmax": [(f"magmax_{lam}", "magmax", {"lambda": lam}, "experts")
-               for lam in (0.25, 0.5, 0.75, 1.0)],
-    "opcm": [(f"opcm_{a}", "opcm", {"alpha": a}, "previous") for a in (0.25, 0.5, 0.75, 1.0)],
-    # one point each: ~7 min per WUDI merge and ~17 min per DOP step of SmolLM2 on 2 idle cores
-    "wudi": [("wudi", "wudi", {}, "experts")],
-    "dop": [("dop", "dop", {}, "previous")],
-}
-
-
 def build_point(run, experts: list[str], name: str, method: str, parameters: dict,
                 library: str) -> Path:
     """The final model of one point: the merge of every expert, or the chain of merges (the
@@ -154,13 +107,7 @@ def tune(families: list[str], seed: int = 0) -> dict:
 
 def chosen() -> dict[str, str]:
     """family -> the point with the highest AP (ties: the first in GRID order)."""
-    points = json.loads(OUT.read_text())["points"]
-    best: dict[str, str] = {}
-    for family, grid in GRID.items():
-        scored = [name for name, *_ in grid if name in points]
-        if scored:
-            best[family] = max(scored, key=lambda name: points[name]["AP"])
-    return best
+    return {family: name for family, (name, _) in tuned_points(OUT).items()}
 
 
 def tuning_table() -> str:
