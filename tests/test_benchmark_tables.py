@@ -475,3 +475,18 @@ def test_generalisation_scores_a_model_end_to_end(bench, tmp_path, monkeypatch, 
         "the cat sat on the mat", "stocks fell on monday", "rain is expected tomorrow"])
     scores = run.generalisation(tmp_path / "order", [], {}, model="tiny")
     assert scores["base"]["perplexity"] > 1.0
+
+
+def test_reproduce_compares_only_cells_both_runs_scored(bench):
+    """benchmarks/continual/reproduce.py: the largest |ΔR| over the scored cells, and None (not
+    equal) when a cell is scored in one matrix and not in the other."""
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        reproduce = _load("continual_benchmark_reproduce", CONTINUAL / "reproduce.py")
+    finally:
+        sys.path.remove(str(CONTINUAL))
+    assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
+                                        [[None, 0.5], [0.25, 0.75]]) == 0.0
+    assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
+                                        [[None, 0.5], [0.5, 0.75]]) == 0.25
+    assert reproduce.largest_difference([[None, 0.5]], [[0.1, 0.5]]) is None
