@@ -37,18 +37,20 @@ PACKAGED = ["rt:sentiment", "geo:capital", "geo:continent", "geo:city_country",
             "fortunes:topic"]
 
 
-def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, int]:
-    """(task spec, training overrides, evaluation max_length) of ``spec`` as ``sequence`` runs it:
-    the sequence's own spec of that task (a dict with its metric, say) and its training and
-    evaluation settings; without a sequence, the spec as given at the shared budget."""
+def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, int, str]:
+    """(task spec, training overrides, evaluation max_length, model) of ``spec`` as ``sequence``
+    runs it: the sequence's own spec of that task (a dict with its metric, say), its training and
+    evaluation settings and its model; without a sequence, the spec as given at the shared budget
+    on SmolLM2."""
     from sequences import EVALUATION, SEQUENCES, short_name
 
     if sequence is None:
-        return spec, {}, 160
+        return spec, {}, 160, "smollm2"
     settings = SEQUENCES[sequence]
     specs = [t for t in settings["tasks"] if t == spec or short_name(t) == short_name(spec)]
     return (specs[0] if specs else spec, dict(settings.get("training", {})),
-            settings.get("evaluation", {}).get("max_length", EVALUATION["max_length"]))
+            settings.get("evaluation", {}).get("max_length", EVALUATION["max_length"]),
+            settings.get("model", "smollm2"))
 
 
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
@@ -62,9 +64,9 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
     from recall_merge.data.registry import load_task
     from recall_merge.io.packaged import resolve_model_ref
 
-    base = resolve_model_ref("smollm2")
+    task_spec, overrides, eval_length, model_name = sequence_budget(sequence, spec)
+    base = resolve_model_ref(model_name)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    task_spec, overrides, eval_length = sequence_budget(sequence, spec)
     task = load_task(task_spec, seed=seed, n_train=max(240, 8 * steps), n_dev=8,
                      n_test=test_items, **({"kind": kind} if kind else {}))
     training = TrainingConfig(**{**TRAINING, **overrides, "max_steps": steps, "progress": False,
@@ -91,7 +93,7 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
                 "steps": 0, "learning_rate": None, "base": base_score, "chance": chance,
                 "majority_class_rate": majority, "base_predictions": base_predictions,
                 "eval_max_length": eval_length, "seconds": round(time.perf_counter() - started, 1),
-                "seed": seed, **({"sequence": sequence} if sequence else {})}
+                "seed": seed, **({"sequence": sequence, "model": model_name} if sequence else {})}
     model = make_trainable(load_causal_lm(base), training, seed=seed)
     loss = train(model, tokenizer, task.train, training, seed, description=spec)
     expert_score, expert_predictions = evaluate(model.merge_and_unload())
@@ -103,7 +105,7 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
             "expert_predictions": expert_predictions,
             "eval_max_length": eval_length, "train_max_length": training.max_length,
             "seconds": round(time.perf_counter() - started, 1), "seed": seed,
-            **({"sequence": sequence} if sequence else {})}
+            **({"sequence": sequence, "model": model_name} if sequence else {})}
 
 
 def main() -> None:
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
     parser.add_argument("--base-only", action="store_true", help="score the base only (zero-shot)")
     parser.add_argument("--sequence", help="probe each task as this sequence of sequences.py runs "
-                        "it: its spec of the task (metric), training and evaluation lengths")
+                        "it: its spec of the task (metric), training and evaluation lengths, model")
     parser.add_argument("--kind", choices=["classification", "multiple_choice", "generation"],
                         help="read the tasks as this kind (e.g. classification for a task whose "
                              "text targets name one of a few labels)")

@@ -807,6 +807,8 @@ def offline_probes_table() -> str:
         predicted = r.get("expert_predictions") or r.get("base_predictions") or {}
         budget = ("base only" if r["steps"] == 0
                   else f"{r['steps']} steps of 8, lr {r['learning_rate']:g}")
+        if r.get("sequence"):  # probed at that sequence's lengths (and model)
+            budget += f"; as `{r['sequence']}` runs it ({r.get('model', 'smollm2')})"
         majority = r.get("majority_class_rate")
         scored = ["", ""] if expert is None else [f"{expert:.3f}", f"{expert - r['base']:+.3f}"]
         lines.append(
