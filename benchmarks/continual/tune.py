@@ -46,11 +46,15 @@ def build_point(run, experts: list[str], name: str, method: str, parameters: dic
                                            "parameters": parameters, "library": library}]}))[0]
     if library == "experts":
         return run.merge_stage(f"tuning/{name}", strategy, experts, len(experts))
-    folder = None
+    from recall_merge.continual.runner import remove_model_weights
+
+    folders: list[Path] = []
     for step in range(1, len(experts) + 1):
-        models = [experts[0]] if step == 1 else [str(folder), experts[step - 1]]
-        folder = run.merge_stage(f"tuning/{name}/step{step}", strategy, models, step)
-    return folder
+        models = [experts[0]] if step == 1 else [str(folders[-1]), experts[step - 1]]
+        folders.append(run.merge_stage(f"tuning/{name}/step{step}", strategy, models, step))
+    for folder in folders[:-1]:  # each step's merge was only the next step's input
+        remove_model_weights(folder, "benchmarks/continual/tune.py, merged into the next step")
+    return folders[-1]
 
 
 def ap_interval(per_task_items: list[list[float]], seed: int) -> dict:
@@ -66,6 +70,7 @@ def tune(families: list[str], seed: int = 0) -> dict:
     from recall_merge.continual.config import expand_strategies, load_continual_config
     from recall_merge.continual.runner import ContinualRun, ModelState, remove_model_weights
     from recall_merge.engine import versions
+    from recall_merge.errors import RecallError
 
     order = orders(len(SEQUENCES[SEQUENCE]["tasks"]))[0]
     raw = continual_config(SEQUENCE, order, ["expert"], 300, "full", seed)
@@ -80,19 +85,26 @@ def tune(families: list[str], seed: int = 0) -> dict:
                for step in range(1, len(names) + 1)]
     stored = json.loads(OUT.read_text()) if OUT.exists() else {}
     points = stored.get("points", {})
+    failed: dict[str, str] = {}
     data = {"sequence": SEQUENCE, "order": names, "seed": seed, "max_test": 300,
             "budget": BUDGET, "selection": "highest AP on the development sequence's test items, "
             "task order 0, training seed 0", "versions": versions(), "config": raw,
-            "command": "python benchmarks/continual/tune.py", "points": points}
+            "command": "python benchmarks/continual/tune.py", "points": points, "failed": failed}
     for family in families:
         for name, method, parameters, library in GRID[family]:
             if name in points:
                 continue
             started = time.perf_counter()
-            folder = build_point(run, experts, name, method, parameters, library)
-            merge_seconds = time.perf_counter() - started
-            path = run.root / "evals" / f"tuning_{name}.json"
-            scores = run.evaluate(ModelState(folder), path)
+            try:
+                folder = build_point(run, experts, name, method, parameters, library)
+                merge_seconds = time.perf_counter() - started
+                path = run.root / "evals" / f"tuning_{name}.json"
+                scores = run.evaluate(ModelState(folder), path)
+            except RecallError as error:  # one refused point must not stop the others
+                print(f"{family:22s} {name:26s} failed: {error}", flush=True)
+                failed[name] = str(error)
+                OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                continue
             items = json.loads(path.read_text())
             remove_model_weights(folder, "benchmarks/continual/tune.py, once scored")
             points[name] = {
