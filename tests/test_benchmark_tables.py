@@ -490,3 +490,37 @@ def test_reproduce_compares_only_cells_both_runs_scored(bench):
     assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
                                         [[None, 0.5], [0.5, 0.75]]) == 0.25
     assert reproduce.largest_difference([[None, 0.5]], [[0.1, 0.5]]) is None
+
+
+def test_tuning_points_build_on_a_tiny_run(bench, tmp_path, tiny_models):
+    """tune.py's build_point on the tiny random Llama (SYNTHETIC tasks): a merge of every expert
+    for a RECALL candidate with generated probes, and the step-by-step chain of a previous-merge
+    method whose intermediate merges then lose their weights. Guards the unattended tuning run."""
+    from recall_merge.continual.config import expand_strategies, load_continual_config
+    from recall_merge.continual.runner import ContinualRun
+
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        tune = _load("continual_benchmark_tune_build", CONTINUAL / "tune.py")
+    finally:
+        sys.path.remove(str(CONTINUAL))
+    raw = {"model": str(tiny_models["base"]), "tasks": ["synthetic:alpha", "synthetic-gen:gamma"],
+           "max_train": 16, "max_dev": 4, "max_test": 8, "seed": 3,
+           "run_dir": str(tmp_path / "run"), "strategies": ["expert"],
+           "training": {"mode": "lora", "epochs": 1, "batch_size": 8, "learning_rate": 0.003,
+                        "max_length": 48, "lora_rank": 4, "progress": False},
+           "evaluation": {"batch_size": 16, "max_length": 48, "max_new_tokens": 3},
+           "merge_samples": 8}
+    config = load_continual_config(raw)
+    run = ContinualRun(config, quiet=True)
+    run.raw_config = raw
+    run.prepare()
+    expert = expand_strategies(config)[0]
+    experts = [run.expert_from_base(expert, step).merge_ref for step in (1, 2)]
+    recall = {"variant": "task_vector", "probes": "generated", "scale": 0.5, "num_typical": 4,
+              "max_length": 48, "generated_samples": 2, "generated_tokens": 4}
+    folder = tune.build_point(run, experts, "recall_generated_0.5", "recall", recall, "experts")
+    assert (folder / "continual_merge.json").exists()
+    chain = tune.build_point(run, experts, "opcm_0.5", "opcm", {"alpha": 0.5}, "previous")
+    assert chain.name == "step2" and list(chain.glob("*.safetensors"))
+    assert (chain.parent / "step1" / "WEIGHTS_REMOVED.json").exists()
