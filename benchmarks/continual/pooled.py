@@ -168,6 +168,12 @@ def _ci(interval: dict[str, Any] | None, signed: bool = False) -> str:
             f"{interval['high']:{form}}]")
 
 
+def _p(value: float, resamples: int) -> str:
+    """A bootstrap p-value as printed: below the resampling's resolution it is ``< 1/resamples``
+    (no resample crossed zero), never a bare 0."""
+    return f"< {1 / resamples:g}" if value == 0 else f"{value:.3g}"
+
+
 def pooled_table(sequence: str, reference: str, description: str, command: str,
                  walls: dict[str, list[float]], legend: dict[str, str]) -> str:
     """The markdown table of a sequence's pooled intervals (every strategy with items), with the
@@ -186,7 +192,8 @@ def pooled_table(sequence: str, reference: str, description: str, command: str,
         lines.append(
             f"| {name} | {_ci(entry['AP'])} | {_ci(entry['BWT'], True)} | "
             + ("reference | | |" if name == reference else
-               f"{_ci(versus, True)} | {versus['p_holm']:.3g} | {versus['verdict']} |"
+               f"{_ci(versus, True)} | {_p(versus['p_holm'], pooled['method']['resamples'])} | "
+               f"{versus['verdict']} |"
                if versus else "n/a | | |")
             + f" {len(entry['runs'])} | {entry['AP']['items'] if entry['AP'] else ''} | "
             + (f"{sum(wall) / len(wall) / 60:.1f}" if wall else "") + " |")

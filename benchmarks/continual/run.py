@@ -539,8 +539,9 @@ NO_OLD_DATA_BASELINES = ("sequential", "ewc", "lwf")
 def summary_table() -> str:
     """AP and BWT (mean ± sample std over the orders run) of every strategy on every sequence side by
     side, and RECALL's AP minus the best merge baseline's (task arithmetic, TIES, MagMax) and minus
-    the best training baseline's that keeps no old data (sequential fine-tuning, EWC, LwF)."""
-    present = sequences_with_results()
+    the best training baseline's that keeps no old data (sequential fine-tuning, EWC, LwF). The
+    historical sequences only: each offline one has its pooled-interval table."""
+    present = [s for s in sequences_with_results() if s not in OFFLINE_SEQUENCES]
     data = {s: json.loads((RESULTS / f"continual_{s}.json").read_text()) for s in present}
     full_orders = {s: len(orders(len(SEQUENCES[s]["tasks"]))) for s in present}
     header = [f"{s} ({data[s]['role']})" for s in present]

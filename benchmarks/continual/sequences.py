@@ -193,8 +193,12 @@ def zero_shot_tasks(sequence: str) -> dict[str, dict]:
 
 
 def short_name(spec: str | dict) -> str:
-    """A task spec's name for tables: the part after the source (a dict spec's name)."""
-    return str(spec["name"]) if isinstance(spec, dict) else spec.split(":")[-1]
+    """A task spec's name for tables: a BIG-bench task's last part (``hotels_sentence_en``);
+    an offline task's whole spec (``rt:sentiment``), since several sources name a task alike."""
+    if isinstance(spec, dict):
+        return (str(spec["name"]) if spec.get("source") == "bigbench"
+                else f"{spec['source']}:{spec['name']}")
+    return spec.split(":")[-1] if spec.startswith("bigbench:") else spec
 
 
 def orders(num_tasks: int) -> list[list[int]]:
