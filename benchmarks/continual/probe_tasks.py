@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "task_probe.json"
 # The packaged task sources (data/packaged_tasks.py), candidates for the benchmark's sequences.
 PACKAGED = ["rt:sentiment", "geo:capital", "geo:continent", "geo:city_country",
-            "geo:city_continent", "geo:facts_qa", "geo:country_mc", "lemma:en", "lemma:fr",
-            "lemma:de", "lemma:es", "names:gender", "cldr:country", "cldr:language", "emoji:name",
-            "emoji:name_fr", "emoji:name_de", "emoji:name_es", "afinn:sentiment",
-            "afinn:sentiment_da", "wordnet:noun_category", "wordnet:definition_mc",
-            "fortunes:topic"]
+            "geo:city_continent", "geo:facts_qa", "geo:country_mc", "geo:country_choice",
+            "lemma:en", "lemma:fr", "lemma:de", "lemma:es", "names:gender", "cldr:country",
+            "cldr:language", "emoji:name", "emoji:name_fr", "emoji:name_de", "emoji:name_es",
+            "afinn:sentiment", "afinn:sentiment_da", "wordnet:noun_category",
+            "wordnet:definition_mc", "wordnet:definition_choice", "fortunes:topic"]
 
 
 def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, int, str]:
