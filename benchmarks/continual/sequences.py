@@ -167,9 +167,13 @@ OFFLINE_SEQUENCES: dict[str, dict] = {
                       "fortunes:topic": ZERO_SHOT_SPLIT},
     },
 }
-# The paper-shaped sequence once more on Gemma 3 270M (a base model: plain prompts)
+# The paper-shaped sequence once more on Gemma 3 270M (a base model: plain prompts). At the shared
+# learning rate 5e-3 Gemma's rt:sentiment expert answers "positive" for every item (0.540 -> 0.500;
+# 2e-3: 0.603, 1e-3: 0.773 with both labels: task_probe.json), so this sequence trains at 1e-3,
+# chosen on that probe alone; its other tasks are probed at that rate before it runs.
 OFFLINE_SEQUENCES["paper_shaped_gemma"] = {
     **OFFLINE_SEQUENCES["paper_shaped"], "model": "gemma3-270m",
+    "training": {**OFFLINE_SEQUENCES["paper_shaped"]["training"], "learning_rate": 1e-3},
     "description": OFFLINE_SEQUENCES["paper_shaped"]["description"] + " (Gemma 3 270M)"}
 SEQUENCES.update(OFFLINE_SEQUENCES)
 
