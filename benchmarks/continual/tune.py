@@ -20,6 +20,7 @@ Merged weights are deleted once scored; the experts are the development run's (`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -149,7 +150,10 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     if not args.table:
-        tune(args.families)
+        # one tuning at a time: a second command waits here, then finds the points done
+        with open(OUT.with_name(".continual_tuning.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tune(args.families)
     print(tuning_table())
 
 
