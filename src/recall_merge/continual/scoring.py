@@ -116,7 +116,6 @@ def answer_log_likelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], b
     return scores
 
 
-@torch.no_grad()
 def choice_log_likelihoods(model, tokenizer, prompt: str, answers: Sequence[str],
                            max_length: int, prefix: PrefixCache | None = None) -> list[float]:
     """Summed log p(answer | prompt) of each answer, sharing one forward pass of the prompt.
@@ -125,41 +124,10 @@ def choice_log_likelihoods(model, tokenizer, prompt: str, answers: Sequence[str]
     repeated cache. With 5-20 choices this is 5-20 times fewer tokens than scoring every
     (prompt, answer) pair in full — what makes label scoring of a 135M model bearable on a CPU.
     ``prefix``: the KV cache of the prompt's leading tokens, shared by a whole task (system prompt
-    and instruction); only the rest of the prompt is then computed."""
-    device = next(model.parameters()).device
-    encoded = [encode(tokenizer, prompt, answer, max_length) for answer in answers]
-    longest = max(len(e.answer_ids) for e in encoded)
-    prompt_ids = encode(tokenizer, prompt, "", max(max_length - longest, 1)).prompt_ids
-    cache_kwargs: dict = {}
-    start = 0
-    if prefix is not None and prefix.covers(prompt_ids):
-        cache_kwargs = {prefix.cache_kwarg: copy.deepcopy(prefix.cache)}
-        start = len(prefix.ids)
-    # Only the last position's logits are needed from the prompt: skipping the 49k-way head on the
-    # other positions saves a fifth of the compute of a 135M model.
-    out = model(input_ids=torch.tensor([prompt_ids[start:]], device=device), use_cache=True,
-                logits_to_keep=1, **cache_kwargs)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (vocab,)
-    cache = out.get("cache") or out.get("past_key_values")  # renamed in transformers 5.x
-    cache.batch_repeat_interleave(len(answers))
-    ids = torch.full((len(answers), longest), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(answers), len(prompt_ids) + longest), dtype=torch.long)
-    mask[:, : len(prompt_ids)] = 1
-    for row, e in enumerate(encoded):
-        ids[row, : len(e.answer_ids)] = torch.tensor(e.answer_ids)
-        mask[row, len(prompt_ids): len(prompt_ids) + len(e.answer_ids)] = 1
-    positions = torch.arange(len(prompt_ids), len(prompt_ids) + longest).expand(len(answers), -1)
-    cache_kwarg = "cache" if "cache" in out else "past_key_values"
-    rest = model(input_ids=ids.to(device), attention_mask=mask.to(device), **{cache_kwarg: cache},
-                 position_ids=positions.to(device)).logits.float()
-    rest = torch.log_softmax(rest, dim=-1)  # (choices, longest, vocab)
-    scores = []
-    for row, e in enumerate(encoded):
-        answer = e.answer_ids
-        total = float(first[answer[0]])
-        total += sum(float(rest[row, k - 1, answer[k]]) for k in range(1, len(answer)))
-        scores.append(total)
-    return scores
+    and instruction); only the rest of the prompt is then computed. One example of
+    :func:`batch_choice_log_likelihoods`."""
+    example = Example(prompt, answers[0], tuple(answers))
+    return batch_choice_log_likelihoods(model, tokenizer, [example], max_length, prefix)[0]
 
 
 @dataclass
