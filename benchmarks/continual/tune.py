@@ -12,6 +12,8 @@ AP. Nothing here reads a held-out sequence; the held-out runs use the chosen set
     python benchmarks/continual/tune.py --families ties tsv_m    # some families
     python benchmarks/continual/tune.py --table                  # print the table
 
+Two processes with different ``--families`` can run at once (one per core).
+
 Writes ``benchmarks/results/continual_tuning.json`` (per point: method, parameters, library,
 per-task scores, AP with its 95 % item-bootstrap interval, merge seconds; seed, versions, config).
 Merged weights are deleted once scored; the experts are the development run's (``run.py``).
@@ -36,6 +38,8 @@ from sequences import TUNING_GRID as GRID  # noqa: E402
 
 SEQUENCE = "development"
 OUT = RESULTS / "continual_tuning.json"
+
+
 def build_point(run, experts: list[str], name: str, method: str, parameters: dict,
                 library: str) -> Path:
     """The final model of one point: the merge of every expert, or the chain of merges (the
@@ -104,7 +108,7 @@ def tune(families: list[str], seed: int = 0) -> dict:
             except RecallError as error:  # one refused point must not stop the others
                 print(f"{family:22s} {name:26s} failed: {error}", flush=True)
                 failed[name] = str(error)
-                OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                save(data)
                 continue
             items = json.loads(path.read_text())
             remove_model_weights(folder, "benchmarks/continual/tune.py, once scored")
@@ -114,8 +118,26 @@ def tune(families: list[str], seed: int = 0) -> dict:
                 **ap_interval([items[task]["items"] for task in names], seed),
                 "merge_seconds": round(merge_seconds, 1)}
             print(f"{family:22s} {name:26s} AP {points[name]['AP']:.3f}  {scores}", flush=True)
-            OUT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            save(data)
     return data
+
+
+def save(data: dict) -> None:
+    """Write this process's points into the results file, keeping the points another tuning
+    process (other families, in parallel on another core) wrote meanwhile."""
+    with open(OUT.with_name(".continual_tuning.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        stored = json.loads(OUT.read_text()) if OUT.exists() else {}
+        # in place: tune() keeps adding to these same dicts
+        data["points"].update({name: point for name, point in stored.get("points", {}).items()
+                               if name not in data["points"]})
+        failed = {**stored.get("failed", {}), **data["failed"]}
+        data["failed"].clear()
+        data["failed"].update({name: error for name, error in failed.items()
+                               if name not in data["points"]})
+        partial = OUT.with_name(OUT.name + ".partial")
+        partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        partial.replace(OUT)  # a reader never sees half a file
 
 
 def chosen() -> dict[str, str]:
@@ -150,10 +172,9 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     if not args.table:
-        # one tuning at a time: a second command waits here, then finds the points done
-        with open(OUT.with_name(".continual_tuning.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            tune(args.families)
+        # two processes may tune different families at once (one per core); each point is
+        # saved under a lock, so neither loses the other's points
+        tune(args.families)
     print(tuning_table())
 
 
