@@ -42,9 +42,9 @@ from pooled import load_items, pooled_intervals, pooled_table, record_run  # noq
 from sequences import (  # noqa: E402
     CHOSEN_SWEEP_POINT,
     EVALUATION,
-    MAIN_STRATEGIES,
     OFFLINE_SEQUENCES,
     OFFLINE_TEST_ITEMS,
+    PROTOCOL_STRATEGIES,
     SEQUENCES,
     STRATEGIES,
     TASK_ARITHMETIC,
@@ -52,8 +52,10 @@ from sequences import (  # noqa: E402
     TIES_DEV,
     TRAINING,
     ZERO_SHOT,
+    main_strategies,
     orders,
     short_name,
+    tuned_points,
     tuned_strategies,
     zero_shot_tasks,
 )
@@ -424,7 +426,19 @@ LEGEND = {
     "joint": "multi-task LoRA on every task so far, the same step budget per stage (uses old data)",
     "joint_scaled": "multi-task LoRA on the k tasks so far with k × an expert's step budget, "
                     "the total the merged experts had (uses old data)",
+    "recall_paper_from_previous": "RECALL paper form, each expert fine-tuned from the previous "
+                                  "step's merge (protocol)",
+    "recall_paper_ema": "RECALL paper form, an EMA of the merges deployed (β 0.5, protocol)",
+    "task_arithmetic_from_previous": f"task arithmetic λ {TASK_ARITHMETIC['lambda']:g}, each "
+                                     "expert fine-tuned from the previous step's merge (protocol)",
+    "task_arithmetic_ema": f"task arithmetic λ {TASK_ARITHMETIC['lambda']:g}, an EMA of the "
+                           "merges deployed (β 0.5, protocol)",
 }
+# FAMILY_tuned: the family's point chosen on the development sequence (tune.py)
+LEGEND.update({f"{family}_tuned": f"{family} at `{point}` (`{entry['method']}` "
+               f"{json.dumps(entry['parameters'], sort_keys=True)}, library {entry['library']}; "
+               "chosen on the development sequence by tune.py)"
+               for family, (point, entry) in tuned_points().items()})
 
 
 def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
@@ -874,9 +888,10 @@ def main() -> None:
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
     parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
-                        choices=[*STRATEGIES, "main", "tuned"],
+                        choices=[*STRATEGIES, "main", "tuned", "protocol"],
                         help="'main': the strategies run at two seeds on the offline sequences; "
-                             "'tuned': every family at its development setting (tune.py)")
+                             "'tuned': every family at its development setting (tune.py); "
+                             "'protocol': experts from the previous merge, EMA deployment")
     parser.add_argument("--max-test", type=int, default=None,
                         help=f"test items per task (default {OFFLINE_TEST_ITEMS} on the offline "
                              "sequences, 40 on the historical BIG-bench ones)")
@@ -912,7 +927,8 @@ def main() -> None:
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")
-    groups = {"main": MAIN_STRATEGIES, "tuned": list(tuned_strategies())}
+    groups = {"main": main_strategies(), "tuned": list(tuned_strategies()),
+              "protocol": list(PROTOCOL_STRATEGIES)}
     if "tuned" in args.strategies and not groups["tuned"]:
         parser.error("--strategies tuned: no tuning results yet (python benchmarks/continual/tune.py)")
     args.strategies = list(dict.fromkeys(

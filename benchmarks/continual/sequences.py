@@ -303,6 +303,17 @@ STRATEGIES: dict[str, dict] = {
     "dop": {"kind": "merge", "method": "dop", "parameters": {}, "library": "previous"},
 }
 
+# The protocol around the merge rule (TIME, arXiv 2412.06712: how each expert starts and which
+# model is deployed matter more than the rule): each of the two leading merges of the development
+# sequence with experts fine-tuned from the previous step's merge instead of the base, and with an
+# EMA of the merges deployed (β 0.5) instead of the newest merge. ``run.py --strategies protocol``.
+PROTOCOL_STRATEGIES: dict[str, dict] = {
+    f"{name}_{protocol}": {**STRATEGIES[name], **change}
+    for name in ("recall_paper", "task_arithmetic")
+    for protocol, change in (("from_previous", {"finetune_from": "previous"}),
+                             ("ema", {"deploy": "ema"}))}
+STRATEGIES.update(PROTOCOL_STRATEGIES)
+
 
 # --- equal-budget tuning on the development sequence (benchmarks/continual/tune.py) -------------
 # Every family gets TUNING_BUDGET settings of its strength knobs (WUDI and DOP one, for cost); the
@@ -380,6 +391,22 @@ def tuned_strategies() -> dict[str, dict]:
     return {f"{family}_tuned": {"kind": "merge", "method": entry["method"],
                                 "parameters": entry["parameters"], "library": entry["library"]}
             for family, (_, entry) in tuned_points().items()}
+
+
+# the 2024-2025 methods of the issue "The strongest data-free and continual merges"
+NEW_METHOD_FAMILIES = ("tsv_m", "iso_c", "iso_cts", "knots", "della", "wudi", "opcm", "dop")
+
+
+def main_strategies() -> list[str]:
+    """The strategies run at two training seeds: MAIN_STRATEGIES, plus, once tune.py has scored
+    them, TIES at its tuned setting and the best new method (highest development AP among
+    NEW_METHOD_FAMILIES) at its tuned setting."""
+    chosen = tuned_points()
+    extra = ["ties_tuned"] if "ties" in chosen else []
+    new = [family for family in NEW_METHOD_FAMILIES if family in chosen]
+    if new:
+        extra.append(max(new, key=lambda family: chosen[family][1]["AP"]) + "_tuned")
+    return MAIN_STRATEGIES + extra
 
 
 STRATEGIES.update(tuned_strategies())
