@@ -544,7 +544,14 @@ SUMMARY_ROWS = {
     "joint": "multi-task training (uses old data)",
     "joint_scaled": "multi-task training, step budget × tasks (uses old data)",
     "expert": "newest expert alone",
+    "recall_paper_from_previous": "RECALL, experts fine-tuned from the previous merge (protocol)",
+    "recall_paper_ema": "RECALL, EMA of the merges deployed (protocol)",
+    "task_arithmetic_from_previous": "task arithmetic, experts fine-tuned from the previous merge "
+                                     "(protocol)",
+    "task_arithmetic_ema": "task arithmetic, EMA of the merges deployed (protocol)",
 }
+SUMMARY_ROWS.update({f"{family}_tuned": f"{family}, tuned on the development sequence"
+                     for family in tuned_points()})
 MERGE_BASELINES = ("task_arithmetic", "ties", "ties_0.5", "magmax")
 # the continual-learning baselines that, like RECALL, keep no data of old tasks
 NO_OLD_DATA_BASELINES = ("sequential", "ewc", "lwf")
