@@ -458,6 +458,28 @@ def test_tuning_grid_gives_every_family_the_same_budget_of_valid_settings(bench,
     assert f"`{grid[1][0]}` | 0.640 [0.610, 0.670]" in table and "ties" in table
 
 
+def test_tuning_edge_rule_tries_one_strength_beyond_the_grid(bench):
+    """When a family's best grid point has the grid's lowest (highest) strength, the edge rule adds
+    that point with the strength halved (doubled), other knobs kept; an inside optimum adds
+    nothing; the edge point competes with the grid. AP values are SYNTHETIC."""
+    _, sequences = bench
+    grid = sequences.TUNING_GRID["task_arithmetic"]  # λ 0.25, 0.5, 0.75, 1.0
+    def scored(aps):
+        return {name: {"family": "task_arithmetic", "AP": ap} for (name, *_), ap in
+                zip(grid, aps, strict=True)}
+    assert sequences.edge_point("task_arithmetic", {}) is None  # grid not scored yet
+    assert sequences.edge_point("task_arithmetic", scored([0.7, 0.8, 0.75, 0.6])) is None
+    low = sequences.edge_point("task_arithmetic", scored([0.9, 0.8, 0.75, 0.6]))
+    assert low == (f"{grid[0][0]}_x0.5", "task_arithmetic", {"lambda": 0.125}, "experts")
+    high = sequences.edge_point("task_arithmetic", scored([0.5, 0.6, 0.7, 0.8]))
+    assert high[0] == f"{grid[3][0]}_x2" and high[2] == {"lambda": 2.0}
+    lines = sequences.TUNING_GRID["recall_lines"]  # LiNeS: α and β scale together
+    points = {name: {"AP": ap} for (name, *_), ap in zip(lines, [0.9, 0.8, 0.7, 0.6], strict=True)}
+    assert sequences.edge_point("recall_lines", points)[2]["lines"] == {"alpha": 0.125,
+                                                                       "beta": 0.125}
+    assert set(sequences.TUNING_STRENGTH) == set(sequences.TUNING_GRID) - {"wudi", "dop"}
+
+
 def test_generalisation_scores_a_model_end_to_end(bench, tmp_path, monkeypatch, tiny_models):
     """generalisation() loads the base and scores its perplexity (a tiny random model and three
     made-up texts stand in for SmolLM2 and the BBC articles): the packaged model's name and the

@@ -371,15 +371,60 @@ TUNING_GRID: dict[str, list[tuple[str, str, dict, str]]] = {
 
 
 
+# The edge rule, the same for every family: when a family's best grid point has the grid's lowest
+# (highest) strength, one more point halves (doubles) that strength, the other knobs kept — an
+# optimum at the grid's edge may lie beyond it. A family thus gets 4 or 5 settings; WUDI and DOP
+# (one point) none. The strength knob of each family:
+TUNING_STRENGTH: dict[str, str] = {
+    "task_arithmetic": "lambda", "ties": "lambda", "recall_paper": "temperature",
+    "recall_task_vector": "scale", "recall_newest_share": "scale", "recall_lines": "lines",
+    "recall_tsv_m": "scale", "recall_iso_c": "scale", "recall_knots": "scale",
+    "recall_generated": "scale", "tsv_m": "alpha", "iso_c": "alpha", "iso_cts": "alpha",
+    "knots": "lambda", "della": "lambda", "magmax": "lambda", "opcm": "alpha",
+}
+
+
+def _strength(parameters: dict, knob: str) -> float:
+    value = parameters[knob]
+    return value["alpha"] + value["beta"] if knob == "lines" else value  # LiNeS: the deepest λ_l
+
+
+def _with_strength(parameters: dict, knob: str, factor: float) -> dict:
+    value = parameters[knob]
+    scaled = ({key: item * factor for key, item in value.items()} if knob == "lines"
+              else value * factor)
+    return {**parameters, knob: scaled}
+
+
+def edge_point(family: str, points: dict) -> tuple[str, str, dict, str] | None:
+    """The extra point of the edge rule for ``family`` once its grid is scored (None when the
+    grid is not fully scored, the best point is inside the grid, or the family has no knob)."""
+    grid, knob = TUNING_GRID[family], TUNING_STRENGTH.get(family)
+    if knob is None or any(name not in points for name, *_ in grid):
+        return None
+    best = max(grid, key=lambda point: points[point[0]]["AP"])  # max keeps the first of ties
+    name, method, parameters, library = best
+    strengths = [_strength(point[2], knob) for point in grid]
+    if _strength(parameters, knob) == min(strengths):
+        factor = 0.5
+    elif _strength(parameters, knob) == max(strengths):
+        factor = 2.0
+    else:
+        return None
+    return (f"{name}_x{factor:g}", method, _with_strength(parameters, knob, factor), library)
+
+
 def tuned_points(path: Path = TUNING_RESULTS) -> dict[str, tuple[str, dict]]:
-    """family -> (chosen point, its entry) from the tuning results: the highest AP, ties going to
-    the first point in TUNING_GRID order; empty before tune.py has run."""
+    """family -> (chosen point, its entry) from the tuning results: the highest AP over the grid
+    and its edge point, ties going to the first point in TUNING_GRID order; empty before tune.py
+    has run."""
     if not path.exists():
         return {}
     points = json.loads(path.read_text())["points"]
     chosen = {}
     for family, grid in TUNING_GRID.items():
-        scored = [name for name, *_ in grid if name in points]
+        edge = edge_point(family, points)
+        scored = [name for name, *_ in [*grid, *([edge] if edge else [])] if name in points]
         if scored:
             best = max(scored, key=lambda name: points[name]["AP"])  # max keeps the first of ties
             chosen[family] = (best, points[best])

@@ -2,7 +2,9 @@
 
 Each family below (a method, or a RECALL candidate of the issue "Make a data-free merge win") gets
 four settings of its strength knobs (λ, density, α, τ, β: ``BUDGET``), except where one merge
-costs too much to try four (WUDI, DOP: their papers' defaults, one point each, said in the table).
+costs too much to try four (WUDI, DOP: their papers' defaults, one point each, said in the table),
+plus one by the same edge rule for every family: when the best of the four has the grid's lowest
+(highest) strength, that strength halved (doubled) is tried too (``edge_point`` in sequences.py).
 Every point builds the final model of task order 0 at training seed 0 — the merge of the four
 experts (``library: experts``), or the step-by-step chain (``library: previous``: OPCM, DOP) —
 and scores it on every task's 300 test items; the family's setting is the point with the highest
@@ -32,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import RESULTS, continual_config, run_folder  # noqa: E402
-from sequences import SEQUENCES, orders, tuned_points  # noqa: E402
+from sequences import SEQUENCES, edge_point, orders, tuned_points  # noqa: E402
 from sequences import TUNING_BUDGET as BUDGET  # noqa: E402
 from sequences import TUNING_GRID as GRID  # noqa: E402
 
@@ -96,7 +98,13 @@ def tune(families: list[str], seed: int = 0) -> dict:
             "task order 0, training seed 0", "versions": versions(), "config": raw,
             "command": "python benchmarks/continual/tune.py", "points": points, "failed": failed}
     for family in families:
-        for name, method, parameters, library in GRID[family]:
+        # the grid, then the edge rule's extra point once the grid is scored (sequences.py)
+        for name, method, parameters, library in [*GRID[family], None]:
+            if name is None:
+                edge = edge_point(family, points)
+                if edge is None:
+                    break
+                name, method, parameters, library = edge
             if name in points:
                 continue
             started = time.perf_counter()
@@ -152,14 +160,18 @@ def tuning_table() -> str:
     lines = ["| family | settings tried (AP) | chosen | AP [95 % CI] | merge s |",
              "|---|---|---|---|---|"]
     for family, name in best.items():
+        edge = edge_point(family, points)
         tried = ", ".join(f"{point} {points[point]['AP']:.3f}"
-                          for point, *_ in GRID[family] if point in points)
+                          for point, *_ in [*GRID[family], *([edge] if edge else [])]
+                          if point in points)
         entry = points[name]
         lines.append(f"| {family} | {tried} | `{name}` | {entry['AP']:.3f} "
                      f"[{entry['low']:.3f}, {entry['high']:.3f}] | {entry['merge_seconds']} |")
     lines += ["", f"Development sequence, task order {' → '.join(data['order'])}, training seed "
-              f"{data['seed']}, {data['max_test']} test items per task; up to {data['budget']} "
-              "settings per family (WUDI and DOP: one, their papers' defaults, for cost); the "
+              f"{data['seed']}, {data['max_test']} test items per task; {data['budget']} "
+              "settings per family (WUDI and DOP: one, their papers' defaults, for cost), plus one "
+              "when the best has the grid's lowest (highest) strength: that strength halved "
+              "(doubled), the name ending _x0.5 (_x2); the "
               "interval resamples items within tasks (10,000 resamples). A family's setting is "
               "its highest AP here; gaps between families inside these intervals are ties. "
               f"Command: `{data['command']}`."]
