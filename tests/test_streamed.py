@@ -108,8 +108,8 @@ def test_only_one_block_is_ever_loaded(family_models, monkeypatch):
     loaded_blocks: list[int] = []
     original = streamed.StreamedDecoder._load
 
-    def counting_load(self, module):
-        original(self, module)
+    def counting_load(self, module, rows=None):
+        original(self, module, rows)
         loaded_blocks.append(sum(any(not p.is_meta for p in layer.parameters()) for layer in self.layers))
 
     monkeypatch.setattr(streamed.StreamedDecoder, "_load", counting_load)
@@ -117,6 +117,35 @@ def test_only_one_block_is_ever_loaded(family_models, monkeypatch):
     states_for_all_models(pool, _TEXTS, max_length=24, batch_size=2, use_chat_template=False,
                           resident_budget=0)  # this tiny model would otherwise stay loaded
     assert loaded_blocks and max(loaded_blocks) == 1
+
+
+def test_the_embedding_holds_only_the_rows_of_the_tokens_used(family_models, monkeypatch):
+    """The whole embedding in float32 outweighs a block for large vocabularies (Qwen2-7B: 2.2 GB
+    against 0.9 GB), so the pass keeps only the rows its samples use; the states stay exact (the
+    equality tests above) and the module gets its padding_idx back afterwards."""
+    _, folders = family_models
+    rows_held: list[int] = []
+    original = streamed.StreamedDecoder._load
+
+    def recording_load(self, module, rows=None):
+        original(self, module, rows)
+        if module is self.decoder.embed_tokens:
+            rows_held.append(module.weight.shape[0])
+            vocabulary.append(self.config.vocab_size)
+            padding.append(module.padding_idx)
+
+    vocabulary: list[int] = []
+    padding: list = []
+    monkeypatch.setattr(streamed.StreamedDecoder, "_load", recording_load)
+    pool = ModelPool.open(folders["base"], [folders["full"]])
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["base"])
+    tokenizer_ids = {token for text in _TEXTS for token in tokenizer(text)["input_ids"]}
+    states_for_all_models(pool, _TEXTS, max_length=24, batch_size=2, use_chat_template=False)
+    assert rows_held and all(rows < vocab for rows, vocab in zip(rows_held, vocabulary, strict=True))
+    assert all(rows <= len(tokenizer_ids) + 2 for rows in rows_held)  # + padding / special ids
+    assert padding == [None] * len(rows_held)  # lifted during the pass only
 
 
 def test_a_small_model_kept_loaded_across_waves_gives_the_same_states(family_models):
