@@ -80,6 +80,49 @@ def test_iso_c_delta_has_one_repeated_singular_value(shape, seed, count) -> None
     assert merged.mean_singular_value == pytest.approx(float(expected), rel=1e-5)
 
 
+def _lora_like(seed: int, count: int, shape: tuple[int, int], rank: int) -> list[torch.Tensor]:
+    """SYNTHETIC low-rank task vectors B·A, as LoRA experts give."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape[0], rank, generator=generator)
+            @ torch.randn(rank, shape[1], generator=generator) * 0.01 for _ in range(count)]
+
+
+@FEW
+@given(seed=seeds, count=st.integers(1, 4), rank=st.integers(1, 4))
+def test_iso_c_on_low_rank_updates_flattens_only_their_subspace(seed, count, rank) -> None:
+    """A sum of LoRA updates has rank ≤ T·r. By default Iso-C flattens the spectrum over that
+    numerical rank (the merged delta keeps the sum's row and column spaces); ``full_spectrum``
+    (FusionBench) gives s̄ to every one of min(m, n) directions, most of them rounding noise."""
+    shape = (48, 40)
+    deltas = _lora_like(seed, count, shape, rank)
+    total = svd_ops.sum_task_vectors(deltas)
+    true_rank = int(torch.linalg.matrix_rank(total))
+    merged = svd_ops.isotropic_merge(total)
+    values = torch.linalg.svdvals(merged.delta)
+    assert int((values > 1e-4 * values[0]).sum()) == true_rank
+    assert torch.allclose(values[:true_rank], torch.full((true_rank,), merged.mean_singular_value),
+                          rtol=1e-4)
+    assert merged.mean_singular_value == pytest.approx(
+        float(torch.linalg.svdvals(total)[:true_rank].mean()), rel=1e-5)
+    # the merged delta lies in the sum's column space
+    u = torch.linalg.svd(total, full_matrices=False)[0][:, :true_rank]
+    assert torch.allclose(u @ (u.T @ merged.delta), merged.delta, atol=1e-5)
+    full = svd_ops.isotropic_merge(total, full_spectrum=True)
+    assert int(torch.linalg.matrix_rank(full.delta)) == min(shape)  # noise directions filled
+    cts = svd_ops.iso_cts_merge(deltas, None, None, 0.8)
+    assert int(torch.linalg.matrix_rank(cts.delta, rtol=1e-4)) <= true_rank
+
+
+@FEW
+@given(shape=shapes, seed=seeds, count=st.integers(1, 4))
+def test_iso_default_equals_fusionbench_spectrum_on_full_rank_sums(shape, seed, count) -> None:
+    """On full-rank sums (full fine-tuning, the paper's setting) the numerical rank is min(m, n),
+    so both spectra give the same merge."""
+    total = svd_ops.sum_task_vectors(_matrices(seed, count, *shape))
+    assert torch.equal(svd_ops.isotropic_merge(total).delta,
+                       svd_ops.isotropic_merge(total, full_spectrum=True).delta)
+
+
 @FEW
 @given(shape=shapes, seed=seeds, fraction=st.sampled_from([0.0, 0.3, 0.8, 1.0]))
 def test_iso_cts_with_one_task_is_iso_c(shape, seed, fraction) -> None:

@@ -21,7 +21,7 @@ floats, Iso-C ≈ 5·m·n, Iso-CTS ≈ 7·m·n; task arithmetic, which stacks th
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -60,7 +60,16 @@ class TsvParameters(SvdParameters):
     )
 
 
-class IsoCtsParameters(SvdParameters):
+class IsoParameters(SvdParameters):
+    spectrum: Literal["numerical_rank", "full"] = Field(
+        "numerical_rank", description="which directions of the summed task vector share the flat "
+        "spectrum: those above rounding noise (default), or all r = min(m, n) of them as "
+        "FusionBench does. The two agree on full-rank sums (full fine-tuning); on a sum of LoRA "
+        "updates `full` gives s̄ to directions that are rounding noise (docs/methods.md)",
+    )
+
+
+class IsoCtsParameters(IsoParameters):
     common_space_fraction: float = Field(
         0.8, description="fraction of the rank r = min(m, n) given to the common subspace of the "
         "summed task vectors; the rest is split evenly among the tasks (default 0.8, as the paper)",
@@ -202,11 +211,22 @@ class IsoC(_SvdMethod):
     name = "iso_c"
     summary = "per matrix, the summed task vector with a flat spectrum s̄·U Vᵀ (Marczak et al. 2025)"
 
+    parameters_model = IsoParameters
+
     def merge_matrix(self, deltas: svd_ops.LazyTaskVectors, shape: torch.Size,
                      record: dict[str, Any]) -> torch.Tensor:
-        merged = svd_ops.isotropic_merge(svd_ops.sum_task_vectors(deltas))
-        record.update(merged_as="iso_c", rank=min(shape), mean_singular_value=merged.mean_singular_value)
+        parameters = self.parameters
+        assert isinstance(parameters, IsoParameters)
+        full = parameters.spectrum == "full"
+        merged = svd_ops.isotropic_merge(svd_ops.sum_task_vectors(deltas), full_spectrum=full)
+        record.update(merged_as="iso_c", rank=min(shape), spectrum=parameters.spectrum,
+                      mean_singular_value=merged.mean_singular_value)
         return merged.delta
+
+    def _options(self) -> dict[str, Any]:
+        parameters = self.parameters
+        assert isinstance(parameters, IsoParameters)
+        return {**super()._options(), "spectrum": parameters.spectrum}
 
 
 class IsoCts(_SvdMethod):
@@ -225,9 +245,14 @@ class IsoCts(_SvdMethod):
         parameters = self.parameters
         assert isinstance(parameters, IsoCtsParameters)
         rank = min(shape)
-        common, per_task = svd_ops.iso_cts_split(rank, len(deltas), parameters.common_space_fraction)
-        merged = svd_ops.iso_cts_merge(deltas, common, per_task)
-        record.update(merged_as="iso_cts", rank=rank, common=common, per_task=per_task,
+        if parameters.spectrum == "full":
+            common, per_task = svd_ops.iso_cts_split(rank, len(deltas),
+                                                     parameters.common_space_fraction)
+            merged = svd_ops.iso_cts_merge(deltas, common, per_task)
+        else:  # the split is of the sum's numerical rank, known after its SVD
+            merged = svd_ops.iso_cts_merge(deltas, None, None, parameters.common_space_fraction)
+        record.update(merged_as="iso_cts", rank=rank, spectrum=parameters.spectrum,
+                      common=merged.common, per_task=merged.per_task,
                       mean_singular_value=merged.mean_singular_value)
         return merged.delta
 

@@ -137,17 +137,34 @@ class Isotropic(NamedTuple):
 
     delta: torch.Tensor
     mean_singular_value: float
+    common: int = 0  # Iso-CTS: the directions of the common subspace
+    per_task: int = 0  # Iso-CTS: each task's own directions
 
 
-def isotropic_merge(delta_sum: torch.Tensor) -> Isotropic:
+def numerical_rank(s: torch.Tensor, shape: Sequence[int]) -> int:
+    """How many singular values ``s`` (descending) stand above rounding noise: s_i > s_max ·
+    max(m, n) · eps, torch.linalg.matrix_rank's default tolerance."""
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return 0
+    tolerance = float(s[0]) * max(shape) * torch.finfo(s.dtype).eps
+    return int((s > tolerance).sum())
+
+
+def isotropic_merge(delta_sum: torch.Tensor, full_spectrum: bool = False) -> Isotropic:
     """Iso-C (Marczak et al., ICML 2025) of one matrix: Σ_k τ_k = U S Vᵀ → s̄ U Vᵀ, s̄ = mean(S).
 
-    Every one of the r = min(m, n) directions gets s̄, including those with S ≈ 0 (as the paper
-    and FusionBench do). (m, n) → (m, n).
+    ``full_spectrum``: every one of the r = min(m, n) directions gets s̄, including those with
+    S ≈ 0, as FusionBench does. Otherwise only the numerical rank's directions: the same wherever
+    the sum has full rank (full fine-tuning, the paper's setting), but a sum of LoRA updates
+    (rank ≤ T·r_lora) would otherwise give s̄ to hundreds of directions that are rounding noise,
+    i.e. add a random matrix of that size. (m, n) → (m, n).
     """
     u, s, vh = thin_svd(delta_sum)
-    mean = s.mean()
-    return Isotropic((u * mean) @ vh, float(mean))
+    rank = len(s) if full_spectrum else numerical_rank(s, delta_sum.shape)
+    if rank == 0:
+        return Isotropic(torch.zeros_like(delta_sum), 0.0)
+    mean = s[:rank].mean()
+    return Isotropic((u[:, :rank] * mean) @ vh[:rank], float(mean))
 
 
 def iso_cts_split(rank: int, num_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -166,7 +183,8 @@ def iso_cts_split(rank: int, num_tasks: int, common_space_fraction: float) -> tu
     return common, task_total // num_tasks
 
 
-def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int, per_task: int) -> Isotropic:
+def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int | None, per_task: int | None,
+                  common_space_fraction: float | None = None) -> Isotropic:
     """Iso-CTS (Marczak et al., ICML 2025) of one matrix.
 
     Common subspace: the top ``common`` singular triplets of Σ_k τ_k. Task subspaces: for each
@@ -174,8 +192,19 @@ def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int, per_task: int) ->
     common left and right vectors are whitened (polar factor) and the spectrum is flattened to the
     mean of all the kept singular values: Δ = s̄ U_⊥ V_⊥ᵀ. ``deltas`` is read twice (sum, then the
     residuals). T × (m, n) → (m, n).
+
+    ``common`` and ``per_task`` None: split the numerical rank of the sum (not min(m, n)) with
+    ``common_space_fraction`` (:func:`iso_cts_split`), for the reason :func:`isotropic_merge`
+    gives.
     """
-    u, s, vh = thin_svd(sum_task_vectors(deltas))
+    total = sum_task_vectors(deltas)
+    u, s, vh = thin_svd(total)
+    if common is None or per_task is None:
+        rank = numerical_rank(s, total.shape)
+        if rank == 0:
+            return Isotropic(torch.zeros_like(total), 0.0)
+        common, per_task = iso_cts_split(rank, len(deltas), common_space_fraction or 0.0)
+    del total
     common_u = u[:, :common].clone()
     blocks_u: list[torch.Tensor] = []
     blocks_s: list[torch.Tensor] = [s[:common].clone()]
@@ -200,4 +229,4 @@ def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int, per_task: int) ->
     vh_orth = polar_factor(torch.cat([*blocks_vh, common_vh], dim=0))
     del blocks_vh, common_vh
     mean = torch.cat(blocks_s).mean()
-    return Isotropic((u_orth * mean) @ vh_orth, float(mean))
+    return Isotropic((u_orth * mean) @ vh_orth, float(mean), common, per_task)
