@@ -99,12 +99,10 @@ def tune(families: list[str], seed: int = 0) -> dict:
             "command": "python benchmarks/continual/tune.py", "points": points, "failed": failed}
     for family in families:
         # the grid, then the edge rule's extra point once the grid is scored (sequences.py)
-        for name, method, parameters, library in [*GRID[family], None]:
-            if name is None:
-                edge = edge_point(family, points)
-                if edge is None:
-                    break
-                name, method, parameters, library = edge
+        for point in [*GRID[family], None]:
+            if point is None and (point := edge_point(family, points)) is None:
+                break
+            name, method, parameters, library = point
             if name in points:
                 continue
             started = time.perf_counter()
