@@ -173,7 +173,19 @@ def tuning_table() -> str:
               "interval resamples items within tasks (10,000 resamples). A family's setting is "
               "its highest AP here; gaps between families inside these intervals are ties. "
               f"Command: `{data['command']}`."]
+    unfinished = [family for family in GRID if family not in best or edge_pending(family, points)
+                  or any(point not in points for point, *_ in GRID[family])]
+    if unfinished:
+        lines += ["", f"**Partial:** {len(unfinished)} of {len(GRID)} families not fully scored "
+                  f"yet ({', '.join(unfinished)}); their chosen points may still change, and "
+                  "no FAMILY_tuned result of them is final."]
     return "\n".join(lines)
+
+
+def edge_pending(family: str, points: dict) -> bool:
+    """The edge rule asks for a point that is not scored yet."""
+    edge = edge_point(family, points)
+    return edge is not None and edge[0] not in points
 
 
 def main() -> None:
