@@ -96,7 +96,8 @@ def tune(families: list[str], seed: int = 0) -> dict:
     data = {"sequence": SEQUENCE, "order": names, "seed": seed, "max_test": 300,
             "budget": BUDGET, "selection": "highest AP on the development sequence's test items, "
             "task order 0, training seed 0", "versions": versions(), "config": raw,
-            "command": "python benchmarks/continual/tune.py", "points": points, "failed": failed}
+            "command": "python benchmarks/continual/tune.py", "points": points, "failed": failed,
+            "superseded": stored.get("superseded", {})}
     for family in families:
         # the grid, then the edge rule's extra point once the grid is scored (sequences.py)
         for point in [*GRID[family], None]:
@@ -106,10 +107,13 @@ def tune(families: list[str], seed: int = 0) -> dict:
             if name in points:
                 continue
             started = time.perf_counter()
+            # the stage's key holds the parameters with every default filled in: a method whose
+            # default changes gets new stages, not the old merge and scores of the same name
+            stage = f"{name}-{stage_digest(method, parameters, library)}"
             try:
-                folder = build_point(run, experts, name, method, parameters, library)
+                folder = build_point(run, experts, stage, method, parameters, library)
                 merge_seconds = time.perf_counter() - started
-                path = run.root / "evals" / f"tuning_{name}.json"
+                path = run.root / "evals" / f"tuning_{stage}.json"
                 scores = run.evaluate(ModelState(folder), path)
             except RecallError as error:  # one refused point must not stop the others
                 print(f"{family:22s} {name:26s} failed: {error}", flush=True)
@@ -128,6 +132,17 @@ def tune(families: list[str], seed: int = 0) -> dict:
     return data
 
 
+def stage_digest(method: str, parameters: dict, library: str) -> str:
+    """8 hex digits of the method, its parameters with every default resolved, and the library."""
+    import hashlib
+
+    from recall_merge.methods.registry import parameters_model
+
+    resolved = parameters_model(method).model_validate(parameters).model_dump(mode="json")
+    text = json.dumps([method, resolved, library], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def save(data: dict) -> None:
     """Write this process's points into the results file, keeping the points another tuning
     process (other families, in parallel on another core) wrote meanwhile."""
@@ -137,6 +152,7 @@ def save(data: dict) -> None:
         # in place: tune() keeps adding to these same dicts
         data["points"].update({name: point for name, point in stored.get("points", {}).items()
                                if name not in data["points"]})
+        data["superseded"].update(stored.get("superseded", {}))
         failed = {**stored.get("failed", {}), **data["failed"]}
         data["failed"].clear()
         data["failed"].update({name: error for name, error in failed.items()
