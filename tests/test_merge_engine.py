@@ -138,6 +138,25 @@ def test_lora_delta_equals_peft_merge(tiny_models, tiny_loras):
         assert (ours - merged[name]).abs().max() <= 1e-6, name
 
 
+def test_lora_delta_made_in_row_blocks_is_the_whole_product_bit_for_bit(tiny_models, tiny_loras,
+                                                                          monkeypatch):
+    """ΔW is made a few rows of float64 at a time (memory); every byte equals the single float64
+    product rounded once, and base + ΔW (made in place) equals the out-of-place sum."""
+    import recall_merge.io.lora as lora
+
+    base_checkpoint = Checkpoint(tiny_models["base"])
+    adapter = LoraAdapter(tiny_loras["l1"], base_checkpoint)
+    monkeypatch.setattr(lora, "DELTA_CHUNK_BYTES", 8 * 3)  # rows of ≤ 3 numbers: many blocks
+    for name in adapter.modules:
+        a_key, b_key = adapter.modules[name]
+        b = adapter._get(b_key).to(torch.float64)
+        a = adapter._get(a_key).to(torch.float64)
+        whole = ((b @ a) * adapter._scale(name, a.shape[0])).to(torch.float32)
+        assert torch.equal(adapter.delta(name), whole), name
+        base = base_checkpoint.get(name)
+        assert torch.equal(adapter.apply(name, base), base.to(torch.float32) + whole), name
+
+
 def test_lora_representations_equal_the_merged_full_model(tiny_models, tiny_loras, tmp_path):
     """The shared-base LoRA pass sees exactly the weights of the expert merged into a full model."""
     from peft import PeftModel

@@ -31,6 +31,9 @@ def is_lora_folder(path: Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).exists()
 
 
+# float64 bytes of B·A made at once by LoraAdapter.delta (row blocks of the product)
+DELTA_CHUNK_BYTES = 64 << 20
+
 class LoraAdapter:
     """Dense deltas of one adapter, keyed by the base tensor name they modify."""
 
@@ -260,8 +263,16 @@ class LoraAdapter:
         if rows is not None:  # rows of B·A need only those rows of B
             lora_b = lora_b[rows[0]:rows[1]]
         # float64 product, rounded once to float32: a float32 matmul's kernel (and so its last
-        # bit) depends on the number of rows, and a row block must give the whole tensor's bytes
-        return ((lora_b.double() @ lora_a.double()) * scale).to(torch.float32)
+        # bit) depends on the number of rows, and a row block must give the whole tensor's bytes.
+        # Made DELTA_CHUNK_BYTES of float64 at a time (row blocks, the same bytes): a whole float64
+        # product of Qwen2-7B's 18944 × 3584 MLP matrix would be a 543 MB temporary.
+        delta = torch.empty(lora_b.shape[0], lora_a.shape[1], dtype=torch.float32)
+        lora_a64 = lora_a.double()
+        step = max(1, DELTA_CHUNK_BYTES // (8 * max(lora_a.shape[1], 1)))
+        for start in range(0, lora_b.shape[0], step):
+            block = lora_b[start:start + step].double() @ lora_a64
+            delta[start:start + step] = block * scale
+        return delta
 
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The low-rank form of :meth:`delta`: (B', A') in float32 with ΔW = B'·A' in the base
@@ -292,8 +303,9 @@ class LoraAdapter:
         if replaced is not None:
             return replaced
         delta = self.delta(name, rows)
-        base32 = base_tensor.to(torch.float32)
-        return base32 if delta is None else base32 + delta
+        if delta is None:
+            return base_tensor.to(torch.float32)
+        return delta.add_(base_tensor)  # in place (float32 += the base): no third full tensor
 
 
 class _SafetensorsFile:
