@@ -123,6 +123,8 @@ def main() -> None:
     key = (record["sequence"], record["seed"], record["mode"])
     stored["records"] = [r for r in stored["records"]
                          if (r["sequence"], r["seed"], r["mode"]) != key] + [record]
+    # every result file names its seed, versions and command at the top (each record keeps its own)
+    stored.update(seed=record["seed"], versions=record["versions"], command=record["command"])
     OUT.write_text(json.dumps(stored, indent=1) + "\n")
     print(f"all equal: {record['all_equal']} ({record['wall_seconds']} s); wrote {OUT}")
 
