@@ -5,7 +5,7 @@ four settings of its strength knobs (λ, density, α, τ, β: ``BUDGET``), excep
 costs too much to try four (WUDI, DOP: their papers' defaults, one point each, said in the table),
 plus one by the same edge rule for every family: when the best of the four has the grid's lowest
 (highest) strength, that strength halved (doubled) is tried too (``edge_point`` in sequences.py).
-Every point builds the final model of task order 0 at training seed 0 — the merge of the four
+Every point builds the final model of task order 0 at training seed 0 — the merge of all the
 experts (``library: experts``), or the step-by-step chain (``library: previous``: OPCM, DOP) —
 and scores it on every task's 300 test items; the family's setting is the point with the highest
 AP. Nothing here reads a held-out sequence; the held-out runs use the chosen settings unchanged.
