@@ -548,3 +548,23 @@ def test_tuning_points_build_on_a_tiny_run(bench, tmp_path, tiny_models):
     chain = tune.build_point(run, experts, "opcm_0.5", "opcm", {"alpha": 0.5}, "previous")
     assert chain.name == "step2" and list(chain.glob("*.safetensors"))
     assert (chain.parent / "step1" / "WEIGHTS_REMOVED.json").exists()
+
+
+def test_two_writers_of_one_sequence_keep_each_others_results(bench, tmp_path):
+    """Two run.py processes (two lanes) write one sequence's JSON: before writing, each merges in
+    what the other stored since it read the file, so neither drops the other's strategies. The
+    results below are SYNTHETIC."""
+    run, _ = bench
+    def entry(order, methods):
+        return {"order": order, "max_test": 300, "seed": 0, "wall_seconds": dict.fromkeys(methods, 1.0),
+                "generalisation": {}, "results": {"methods": {m: {"AP": 0.5} for m in methods}}}
+    path = tmp_path / "continual_x.json"
+    path.write_text(json.dumps({"runs": [entry([0, 1], ["ties", "expert"]), entry([1, 0], ["ties"]),
+                                         {**entry([0, 1], ["lwf"]), "max_test": 40}]}))
+    mine = {(0, 1): entry([0, 1], ["expert"])}
+    mine[(0, 1)]["results"]["methods"]["expert"]["AP"] = 0.9  # this process's own result wins
+    run.merge_stored_runs(path, mine, 300, 0)
+    assert set(mine) == {(0, 1), (1, 0)}
+    assert set(mine[(0, 1)]["results"]["methods"]) == {"ties", "expert"}
+    assert mine[(0, 1)]["results"]["methods"]["expert"]["AP"] == 0.9
+    assert mine[(0, 1)]["wall_seconds"] == {"expert": 1.0, "ties": 1.0}

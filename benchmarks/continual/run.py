@@ -18,6 +18,8 @@ and standard deviation over the orders run, wall times, seed, versions, configs)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -359,16 +361,48 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 generalisation(Path(config["run_dir"]), [name], zero_shot, model))
             if not args.keep_weights:
                 remove_final_weights(Path(config["run_dir"]), name, model)
-            items_file = Path(config["run_dir"]) / "items.json"
-            if items_file.exists():
-                record_run(args.sequence, args.seed, order, name,
-                           json.loads(items_file.read_text()))
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
-            out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
+            items_file = Path(config["run_dir"]) / "items.json"
+            with results_lock(args.sequence):  # another run.py may be writing this sequence too
+                if items_file.exists():
+                    record_run(args.sequence, args.seed, order, name,
+                               json.loads(items_file.read_text()))
+                merge_stored_runs(out, runs, args.max_test, args.seed)
+                out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
     return out
+
+
+@contextlib.contextmanager
+def results_lock(sequence: str):
+    """One writer at a time for a sequence's result files (two lanes may run its strategies)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{sequence}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def merge_stored_runs(path: Path, runs: dict, max_test: int, seed: int) -> None:
+    """Add to ``runs`` (in place) what another process wrote to ``path`` since this one read it:
+    its orders, and its strategies' results, wall times and generalisation scores in shared
+    orders; this process's own entries win."""
+    if not path.exists():
+        return
+    for stored in json.loads(path.read_text()).get("runs", []):
+        if stored["max_test"] != max_test or stored["seed"] != seed:
+            continue
+        mine = runs.setdefault(tuple(stored["order"]), stored)
+        if mine is stored or not stored["results"]:
+            continue
+        if mine["results"] is None:
+            mine["results"] = {**stored["results"], "methods": {}}
+        for name, entry in stored["results"]["methods"].items():
+            mine["results"]["methods"].setdefault(name, entry)
+        for key in ("wall_seconds", "generalisation"):
+            for name, value in stored.get(key, {}).items():
+                mine[key].setdefault(name, value)
 
 
 def ray_cells(args: argparse.Namespace) -> dict[tuple[int, str], float]:
