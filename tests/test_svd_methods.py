@@ -109,7 +109,7 @@ def test_iso_c_on_low_rank_updates_flattens_only_their_subspace(seed, count, ran
     assert torch.allclose(u @ (u.T @ merged.delta), merged.delta, atol=1e-5)
     full = svd_ops.isotropic_merge(total, full_spectrum=True)
     assert int(torch.linalg.matrix_rank(full.delta)) == min(shape)  # noise directions filled
-    cts = svd_ops.iso_cts_merge(deltas, None, None, 0.8)
+    cts = svd_ops.iso_cts_merge(deltas, 0.8)
     assert int(torch.linalg.matrix_rank(cts.delta, rtol=1e-4)) <= true_rank
 
 
@@ -130,7 +130,8 @@ def test_iso_cts_with_one_task_is_iso_c(shape, seed, fraction) -> None:
     (delta,) = _matrices(seed, 1, *shape)
     common, per_task = svd_ops.iso_cts_split(min(shape), 1, fraction)
     assert common + per_task == min(shape)
-    cts = svd_ops.iso_cts_merge([delta], common, per_task)
+    cts = svd_ops.iso_cts_merge([delta], fraction, full_spectrum=True)
+    assert (cts.common, cts.per_task) == (common, per_task)
     iso = svd_ops.isotropic_merge(delta)
     assert torch.allclose(cts.delta, iso.delta, atol=1e-4)
 

@@ -244,14 +244,9 @@ class IsoCts(_SvdMethod):
                      record: dict[str, Any]) -> torch.Tensor:
         parameters = self.parameters
         assert isinstance(parameters, IsoCtsParameters)
-        rank = min(shape)
-        if parameters.spectrum == "full":
-            common, per_task = svd_ops.iso_cts_split(rank, len(deltas),
-                                                     parameters.common_space_fraction)
-            merged = svd_ops.iso_cts_merge(deltas, common, per_task)
-        else:  # the split is of the sum's numerical rank, known after its SVD
-            merged = svd_ops.iso_cts_merge(deltas, None, None, parameters.common_space_fraction)
-        record.update(merged_as="iso_cts", rank=rank, spectrum=parameters.spectrum,
+        merged = svd_ops.iso_cts_merge(deltas, parameters.common_space_fraction,
+                                       full_spectrum=parameters.spectrum == "full")
+        record.update(merged_as="iso_cts", rank=min(shape), spectrum=parameters.spectrum,
                       common=merged.common, per_task=merged.per_task,
                       mean_singular_value=merged.mean_singular_value)
         return merged.delta

@@ -183,27 +183,24 @@ def iso_cts_split(rank: int, num_tasks: int, common_space_fraction: float) -> tu
     return common, task_total // num_tasks
 
 
-def iso_cts_merge(deltas: Sequence[torch.Tensor], common: int | None, per_task: int | None,
-                  common_space_fraction: float | None = None) -> Isotropic:
+def iso_cts_merge(deltas: Sequence[torch.Tensor], common_space_fraction: float,
+                  full_spectrum: bool = False) -> Isotropic:
     """Iso-CTS (Marczak et al., ICML 2025) of one matrix.
 
-    Common subspace: the top ``common`` singular triplets of Σ_k τ_k. Task subspaces: for each
-    task, the top ``per_task`` triplets of its residual τ_k − U_c U_cᵀ τ_k. The T·per_task +
-    common left and right vectors are whitened (polar factor) and the spectrum is flattened to the
-    mean of all the kept singular values: Δ = s̄ U_⊥ V_⊥ᵀ. ``deltas`` is read twice (sum, then the
-    residuals). T × (m, n) → (m, n).
-
-    ``common`` and ``per_task`` None: split the numerical rank of the sum (not min(m, n)) with
-    ``common_space_fraction`` (:func:`iso_cts_split`), for the reason :func:`isotropic_merge`
-    gives.
+    The rank r — min(m, n) with ``full_spectrum`` (FusionBench), else the numerical rank of
+    Σ_k τ_k, for the reason :func:`isotropic_merge` gives — is split into ``common`` + T·``per_task``
+    directions by :func:`iso_cts_split`. Common subspace: the top ``common`` singular triplets of
+    Σ_k τ_k. Task subspaces: for each task, the top ``per_task`` triplets of its residual
+    τ_k − U_c U_cᵀ τ_k. The T·per_task + common left and right vectors are whitened (polar factor)
+    and the spectrum is flattened to the mean of all the kept singular values: Δ = s̄ U_⊥ V_⊥ᵀ.
+    ``deltas`` is read twice (sum, then the residuals). T × (m, n) → (m, n).
     """
     total = sum_task_vectors(deltas)
     u, s, vh = thin_svd(total)
-    if common is None or per_task is None:
-        rank = numerical_rank(s, total.shape)
-        if rank == 0:
-            return Isotropic(torch.zeros_like(total), 0.0)
-        common, per_task = iso_cts_split(rank, len(deltas), common_space_fraction or 0.0)
+    rank = len(s) if full_spectrum else numerical_rank(s, total.shape)
+    if rank == 0:
+        return Isotropic(torch.zeros_like(total), 0.0)
+    common, per_task = iso_cts_split(rank, len(deltas), common_space_fraction)
     del total
     common_u = u[:, :common].clone()
     blocks_u: list[torch.Tensor] = []
