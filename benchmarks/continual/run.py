@@ -468,11 +468,12 @@ LEGEND = {
     "task_arithmetic_ema": f"task arithmetic λ {TASK_ARITHMETIC['lambda']:g}, an EMA of the "
                            "merges deployed (β 0.5, protocol)",
 }
-# FAMILY_tuned: the family's point chosen on the development sequence (tune.py)
+# FAMILY_tuned: the family's point chosen on the development sequence (tune.py), read once
+TUNED = tuned_points()
 LEGEND.update({f"{family}_tuned": f"{family} at `{point}` (`{entry['method']}` "
                f"{json.dumps(entry['parameters'], sort_keys=True)}, library {entry['library']}; "
                "chosen on the development sequence by tune.py)"
-               for family, (point, entry) in tuned_points().items()})
+               for family, (point, entry) in TUNED.items()})
 
 
 def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
@@ -585,7 +586,7 @@ SUMMARY_ROWS = {
     "task_arithmetic_ema": "task arithmetic, EMA of the merges deployed (protocol)",
 }
 SUMMARY_ROWS.update({f"{family}_tuned": f"{family}, tuned on the development sequence"
-                     for family in tuned_points()})
+                     for family in TUNED})
 MERGE_BASELINES = ("task_arithmetic", "ties", "ties_0.5", "magmax")
 # the continual-learning baselines that, like RECALL, keep no data of old tasks
 NO_OLD_DATA_BASELINES = ("sequential", "ewc", "lwf")
