@@ -63,10 +63,11 @@ SHAPE_NAMES = {"smollm2-135m": "SmolLM2-135M", "tinyllama-1.1b": "TinyLlama-1.1B
                "llama2-7b": "Llama-2-7B", "qwen2-7b": "Qwen2-7B"}
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 import torch
 torch.manual_seed(0)
+from recall_merge.io.output import peak_rss_mb
 from recall_merge.io.pool import ModelPool
 from recall_merge.recall.representations import states_for_all_models
 args = json.loads(sys.argv[1])
@@ -82,7 +83,7 @@ started = time.perf_counter()
 states_for_all_models(pool, texts[: args["typical"]], **options)
 typical = time.perf_counter() - started
 print(json.dumps({"clustering_s": clustering, "typical_s": typical,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 

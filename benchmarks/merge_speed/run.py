@@ -57,17 +57,37 @@ BLOCKS_ONLY = {"wudi": "wudi_no_embed"}
 EXACTLY_ONE_EXPERT = {"slerp"}  # rows run only where N = 1; every other new method only where N ≥ 2
 
 
+# A child's ru_maxrss also holds the peak RSS of the process it was spawned from: exec records
+# the old address space's high-water mark, and a vfork/posix_spawn child's old address space is
+# its parent's. A driver that imported torch or generated a checkpoint (scale.py) would lend its
+# own peak to every tool it measures (a 2-block Qwen2 merge read 4,460 MB that way; 2,347 MB is
+# its own). So each tool starts from this small launcher, which forks it from a fresh interpreter
+# and reports its rusage: the tool's peak alone.
+LAUNCHER = r"""
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"ru_maxrss": usage.ru_maxrss}, out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(command: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS (MB) of a subprocess, from wait4's rusage."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stdout, stderr = process.communicate()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.decode()[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout.decode()[-2000:]}
+    """Wall time and peak RSS (MB) of a subprocess, from wait4's rusage in LAUNCHER (the wall time
+    includes the launcher's start, ~20 ms)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        usage_file = Path(scratch) / "usage.json"
+        started = time.perf_counter()
+        process = subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_file), *command],
+                                 capture_output=True, env={**os.environ, **(env or {})}, check=False)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.decode()[-3000:]}")
+        peak_kb = json.loads(usage_file.read_text())["ru_maxrss"]
+    return {"wall_s": wall, "peak_rss_mb": peak_kb / 1024, "stdout": process.stdout.decode()[-2000:]}
 
 
 def drop_caches() -> None:

@@ -187,15 +187,17 @@ def scale_samples(root: Path, typical: int) -> Path:
     return write_samples(root / "samples.jsonl", [f"{k}: " + sentence * 6 for k in range(typical)])
 
 
-def scale_inputs(root: Path, shape: str, case: str) -> tuple[Path, list[Path]]:
+def scale_inputs(root: Path, shape: str, case: str,
+                 layers: int | None = None) -> tuple[Path, list[Path]]:
     """The base and the experts of SHAPE and CASE (lora: 3 adapters, full: 2 full experts),
-    written once into ``root``."""
-    config = SHAPES[shape]
-    base = write_model(root / shape / "base", config, root / "tokenizer", seed=0)
+    written once into ``root``; ``layers``: the shape cut to that many blocks."""
+    config = SHAPES[shape] if layers is None else {**SHAPES[shape], "num_hidden_layers": layers}
+    folder = root / (shape if layers is None else f"{shape}-{layers}blocks")
+    base = write_model(folder / "base", config, root / "tokenizer", seed=0)
     if case == "full":
-        return base, [write_model(root / shape / f"full{k}", config, root / "tokenizer", seed=k,
+        return base, [write_model(folder / f"full{k}", config, root / "tokenizer", seed=k,
                                   noise_from=base) for k in (1, 2)]
-    return base, [write_lora(root / shape / f"lora{k}", config, seed=k) for k in (1, 2, 3)]
+    return base, [write_lora(folder / f"lora{k}", config, seed=k) for k in (1, 2, 3)]
 
 
 def recall_config(base: Path, experts: list[Path], samples: Path, output: Path, *, typical: int,
@@ -254,6 +256,8 @@ def main() -> None:
                         help="the merge's compute_dtype; given twice, one merge each (default float32)")
     parser.add_argument("--compare-device", help="also merge on this device in float32 and compare")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON to append to ({RESULTS})")
+    parser.add_argument("--layers", type=int, help="a memory probe: the shape with only this many "
+                        "blocks (what peak RSS does not grow with depth is per-model or per-tensor)")
     args = parser.parse_args()
     compute_dtypes = args.compute_dtype or ["float32"]
     failures = []
@@ -264,12 +268,12 @@ def main() -> None:
     samples = scale_samples(root, args.typical)
     document = json.loads(args.results.read_text()) if args.results.exists() else {"runs": []}
     for shape in args.shape:
-        config = SHAPES[shape]
+        config = SHAPES[shape] if args.layers is None else {**SHAPES[shape], "num_hidden_layers": args.layers}
         for case in args.case:
             started = time.perf_counter()
-            base, experts = scale_inputs(root, shape, case)
+            base, experts = scale_inputs(root, shape, case, args.layers)
             made_s = time.perf_counter() - started
-            work = root / shape / f"work_{case}"
+            work = base.parent / f"work_{case}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             drop_caches()
@@ -291,6 +295,7 @@ def main() -> None:
                 model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
                 record = {
                     "shape": shape, "case": case, "experts": len(experts),
+                    "blocks": config["num_hidden_layers"],
                     "parameters": sum(math.prod(s) for _, s, _ in tensor_plan(config)),
                     "model_bf16_gb": model_bytes / 1e9, "inputs_made_s": made_s,
                     "disk_floor_s": floor["total_s"], "wall_s": merged["wall_s"],
@@ -323,7 +328,7 @@ def main() -> None:
                 args.results.write_text(json.dumps(document, indent=2) + "\n")
             shutil.rmtree(work, ignore_errors=True)
         if not args.keep_inputs:
-            shutil.rmtree(root / shape, ignore_errors=True)
+            shutil.rmtree(base.parent, ignore_errors=True)
     if failures:
         sys.exit("outside the tolerance: " + "; ".join(failures))
 

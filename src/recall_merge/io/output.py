@@ -111,6 +111,15 @@ def copy_support_files(source: Path, target: Path, config: MergeConfig) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. Linux: VmHWM, the high-water mark of this
+    process's own address space; ru_maxrss would also hold the peak of the process that spawned
+    it (exec keeps the old address space's mark), e.g. a benchmark driver's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
