@@ -143,7 +143,8 @@ class Isotropic(NamedTuple):
 
 def numerical_rank(s: torch.Tensor, shape: Sequence[int]) -> int:
     """How many singular values ``s`` (descending) stand above rounding noise: s_i > s_max ·
-    max(m, n) · eps, torch.linalg.matrix_rank's default tolerance."""
+    max(m, n) · eps, torch.linalg.matrix_rank's default tolerance (restated: the caller already holds
+    S, and matrix_rank would compute the SVD again)."""
     if s.numel() == 0 or float(s[0]) == 0.0:
         return 0
     tolerance = float(s[0]) * max(shape) * torch.finfo(s.dtype).eps
