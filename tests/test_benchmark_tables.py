@@ -568,3 +568,28 @@ def test_two_writers_of_one_sequence_keep_each_others_results(bench, tmp_path):
     assert set(mine[(0, 1)]["results"]["methods"]) == {"ties", "expert"}
     assert mine[(0, 1)]["results"]["methods"]["expert"]["AP"] == 0.9
     assert mine[(0, 1)]["wall_seconds"] == {"expert": 1.0, "ties": 1.0}
+
+
+def test_a_cell_in_the_results_with_its_definition_is_not_run_again(bench):
+    """run.py skips an (order, strategy) cell that the results hold with the same definition
+    digest, and runs it again when the definition changed (a strategy's parameters, the test
+    items) or --redo is given; where it runs does not count. The results below are SYNTHETIC."""
+    import argparse
+
+    run, _ = bench
+    config = run.continual_config("development", [0, 1, 2], ["task_arithmetic"], 300, "summary", 0)
+    digest = run.cell_digest(config)
+    moved = {**config, "run_dir": "/elsewhere", "expert_cache": "/elsewhere/experts"}
+    assert run.cell_digest(moved) == digest
+    more_items = run.continual_config("development", [0, 1, 2], ["task_arithmetic"], 200, "summary", 0)
+    assert run.cell_digest(more_items) != digest
+    other = {**config, "strategies": [{**config["strategies"][0], "parameters": {"lambda": 0.5}}]}
+    assert run.cell_digest(other) != digest
+    stored = {"results": {"methods": {"task_arithmetic": {"AP": 0.5}}},
+              "digests": {"task_arithmetic": digest}}
+    args = argparse.Namespace(redo=False)
+    assert run.already_run(stored, "task_arithmetic", digest, args)
+    assert not run.already_run(stored, "task_arithmetic", run.cell_digest(other), args)
+    assert not run.already_run(stored, "ties", digest, args)
+    assert not run.already_run({**stored, "digests": {}}, "task_arithmetic", digest, args)
+    assert not run.already_run(stored, "task_arithmetic", digest, argparse.Namespace(redo=True))

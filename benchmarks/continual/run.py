@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import statistics
@@ -92,6 +93,20 @@ def continual_config(sequence: str, order: list[int], strategies: list[str], max
         "merge_samples": 64,
         "strategies": [{"name": name, **STRATEGIES[name]} for name in strategies],
     }
+
+
+def cell_digest(config: dict) -> str:
+    """A digest of an (order, strategy) cell's whole definition (tasks, budget, seed, the
+    strategy and its parameters; not where it runs): a cell already in the results with the same
+    digest is not run again, one whose definition changed since is."""
+    defined = {key: value for key, value in config.items() if key not in ("run_dir", "expert_cache")}
+    return hashlib.sha256(json.dumps(defined, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def already_run(run: dict, name: str, digest: str, args: argparse.Namespace) -> bool:
+    """The results hold this cell, run with this definition (and --redo was not given)."""
+    return (not args.redo and bool(run["results"]) and name in run["results"]["methods"]
+            and run.get("digests", {}).get(name) == digest)
 
 
 def sequence_model(sequence: str) -> str:
@@ -331,7 +346,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
     runs = {tuple(r["order"]): r for r in previous.get("runs", [])
             if r["max_test"] == args.max_test and r["seed"] == args.seed}
     all_orders = orders(len(spec["tasks"]))
-    ray_seconds = {} if args.generalisation or getattr(args, "ray", None) is None else ray_cells(args)
+    ray_seconds = ({} if args.generalisation or getattr(args, "ray", None) is None
+                   else ray_cells(args, runs))
     for index in args.orders:
         order = all_orders[index]
         run = runs.setdefault(tuple(order), {
@@ -342,6 +358,11 @@ def run_sequence(args: argparse.Namespace) -> Path:
             config = continual_config(args.sequence, order, [name], args.max_test, args.cells,
                                       args.seed)
             config["run_dir"] = str(Path(config["run_dir"]) / name)
+            digest = cell_digest(config)
+            if not args.generalisation and already_run(run, name, digest, args):
+                print(f"== {args.sequence} order {order} {name}: in {out.name} with this "
+                      "definition, skipped (--redo runs it again)")
+                continue
             if args.generalisation:
                 if run["results"] and name in run["results"]["methods"]:
                     run["generalisation"].update(
@@ -364,6 +385,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
+            run.setdefault("digests", {})[name] = digest
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
             items_file = Path(config["run_dir"]) / "items.json"
             with results_lock(args.sequence):  # another run.py may be writing this sequence too
@@ -400,23 +422,32 @@ def merge_stored_runs(path: Path, runs: dict, max_test: int, seed: int) -> None:
             mine["results"] = {**stored["results"], "methods": {}}
         for name, entry in stored["results"]["methods"].items():
             mine["results"]["methods"].setdefault(name, entry)
-        for key in ("wall_seconds", "generalisation"):
+        for key in ("wall_seconds", "generalisation", "digests"):
             for name, value in stored.get(key, {}).items():
-                mine[key].setdefault(name, value)
+                mine.setdefault(key, {}).setdefault(name, value)
 
 
-def ray_cells(args: argparse.Namespace) -> dict[tuple[int, str], float]:
-    """--ray: every (order, strategy) cell at --seed as a Ray task (the experts fine-tuned from the
-    base first, one task each; recall_merge.continual.distributed.run_cells); (order index,
-    strategy) -> the cell's wall seconds in its task."""
+def ray_cells(args: argparse.Namespace, runs: dict) -> dict[tuple[int, str], float]:
+    """--ray: every (order, strategy) cell at --seed that the results do not hold yet as a Ray
+    task (the experts fine-tuned from the base first, one task each;
+    recall_merge.continual.distributed.run_cells); (order index, strategy) -> the cell's wall
+    seconds in its task."""
     from recall_merge.continual.distributed import run_cells
 
-    cells = [(index, name) for index in args.orders for name in args.strategies]
-    configs = []
-    for index, name in cells:
-        config = continual_config(args.sequence, orders(len(SEQUENCES[args.sequence]["tasks"]))[index],
-                                  [name], args.max_test, args.cells, args.seed)
-        configs.append({**config, "run_dir": str(Path(config["run_dir"]) / name)})
+    all_orders = orders(len(SEQUENCES[args.sequence]["tasks"]))
+    cells, configs = [], []
+    for index in args.orders:
+        for name in args.strategies:
+            config = continual_config(args.sequence, all_orders[index], [name], args.max_test,
+                                      args.cells, args.seed)
+            config = {**config, "run_dir": str(Path(config["run_dir"]) / name)}
+            run = runs.get(tuple(all_orders[index]))
+            if run is not None and already_run(run, name, cell_digest(config), args):
+                continue
+            cells.append((index, name))
+            configs.append(config)
+    if not cells:
+        return {}
     outcomes = run_cells(configs, address=args.ray, cpus_per_task=args.cpus_per_task, quiet=args.quiet)
     return {cell: round(seconds, 1) for cell, (_, seconds) in zip(cells, outcomes, strict=True)}
 
@@ -940,6 +971,9 @@ def main() -> None:
     parser.add_argument("--cells", choices=["full", "summary"], default="summary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--redo", action="store_true",
+                        help="run cells again that the results already hold with the same "
+                             "definition (by default they are skipped)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run the cells as Ray tasks (docs/scale.md): alone a local Ray, or a "
                              "running cluster's address")
