@@ -115,6 +115,29 @@ def test_pooled_intervals_are_the_two_stage_bootstrap_over_runs(pooled):
     assert only_seed_1["strategies"]["ties"]["runs"] == [k for k in keys if k.startswith("s1/")]
 
 
+
+def test_the_development_choice_is_the_best_merge_run_in_every_order(pooled):
+    """SYNTHETIC runs: the chosen default is the candidate with the highest pooled AP among those
+    with every order at the seed; a candidate missing an order, or not a candidate, is not
+    chosen however high it scores; every other candidate is compared with the chosen one."""
+    rng = np.random.default_rng(2)
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        rates = {"recall": 0.6, "task_arithmetic": 0.7, "ties": 0.5, "replay": 0.95}
+        if order == [0, 1, 2]:
+            rates["knots"] = 0.99  # one order only
+        run = synthetic_run(order, rates, rng)
+        for name in rates:
+            pooled.record_run("seq", 0, order, name, run)
+    data = pooled.load_items("seq")
+    assert pooled.development_choice(data, ["magmax"]) is None
+    choice = pooled.development_choice(data, ["recall", "task_arithmetic", "ties", "knots"])
+    assert choice["chosen"] == "task_arithmetic" and len(choice["runs"]) == 3
+    assert set(choice["others"]) == {"recall", "ties"}
+    assert choice["others"]["ties"]["vs_chosen"]["estimate"] < 0
+    reference = pooled.pooled_intervals(data, "task_arithmetic")
+    assert choice["AP"] == reference["strategies"]["task_arithmetic"]["AP"]
+    assert pooled.development_choice(data, ["recall"], seed=1) is None
+
 COMMITTED = sorted((REPO / "benchmarks" / "results" / "items").glob("continual_*.json.gz"))
 
 

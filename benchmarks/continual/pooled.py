@@ -210,3 +210,27 @@ def pooled_table(sequence: str, reference: str, description: str, command: str,
         lines += ["", "; ".join(f"`{name}`: {text}" for name, text in present.items()) + "."]
     return "\n".join(lines)
 
+
+
+def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> dict | None:
+    """The default the development sequence chooses: among ``candidates`` (the data-free merges)
+    run in every task order present at training ``seed``, the one with the highest AP pooled over
+    those runs, with every other candidate's paired ΔAP against it (so a reader sees which gaps an
+    interval can tell from zero). None until some candidate has every order."""
+    runs = {key: entry for key, entry in data["runs"].items() if entry["seed"] == seed}
+    complete = [name for name in candidates if runs and all(
+        name in entry["strategies"] and _ap_values(entry["strategies"][name]) is not None
+        for entry in runs.values())]
+    if not complete:
+        return None
+    restricted = {"tasks": data["tasks"], "runs": {
+        key: {**entry, "strategies": {name: entry["strategies"][name] for name in complete}}
+        for key, entry in runs.items()}}
+    first = pooled_intervals(restricted, complete[0])
+    chosen = max(complete, key=lambda name: first["strategies"][name]["AP"]["estimate"])
+    pooled = pooled_intervals(restricted, chosen)
+    return {"chosen": chosen, "seed": seed, "runs": sorted(runs),
+            "AP": pooled["strategies"][chosen]["AP"],
+            "others": {name: {"AP": entry["AP"], "vs_chosen": entry["vs_reference"]}
+                       for name, entry in pooled["strategies"].items() if name != chosen},
+            "method": pooled["method"]}
