@@ -65,7 +65,8 @@ def test_doc_tables_are_the_generated_ones(bench, tmp_path):
                 *(["offline-probes"] if (run.RESULTS / "task_probe.json").exists() else []),
                 *(["tuning"] if (run.RESULTS / "continual_tuning.json").exists() else []),
                 *[f"{s}-intervals" for s in sequences.OFFLINE_SEQUENCES
-                  if run.load_items(s)["runs"]]}
+                  if run.load_items(s)["runs"]],
+                *(["development-choice"] if run.load_items("development")["runs"] else [])}
     assert set(done["benchmarks"]) == expected
     assert done["readme"] == ["headline"]
     for key, path in documents.items():

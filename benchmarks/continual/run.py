@@ -41,7 +41,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py
 
 from doc_tables import rewrite_tables  # noqa: E402
-from pooled import load_items, pooled_intervals, pooled_table, record_run  # noqa: E402
+from pooled import (  # noqa: E402
+    _ci,
+    _p,
+    development_choice,
+    load_items,
+    pooled_intervals,
+    pooled_table,
+    record_run,
+)
 from sequences import (  # noqa: E402
     CHOSEN_SWEEP_POINT,
     EVALUATION,
@@ -914,6 +922,41 @@ def tuning_table() -> str:
     return table()
 
 
+def default_candidates() -> list[str]:
+    """The data-free merges the default is chosen among: every merge strategy of the benchmark
+    (they keep no old data; the training strategies and the expert alone are not merges)."""
+    return [name for name, spec in STRATEGIES.items() if spec["kind"] == "merge"]
+
+
+def development_choice_table() -> str:
+    """docs/benchmarks.md: the default the development sequence chooses (pooled.development_choice)
+    and every other candidate's paired ΔAP against it; which candidates still lack an order."""
+    candidates = default_candidates()
+    data = load_items("development")
+    choice = development_choice(data, candidates)
+    if choice is None:
+        return "No data-free merge has been run in every development order yet."
+    complete = [choice["chosen"], *choice["others"]]
+    waiting = [name for name in candidates if name not in complete
+               and any(name in entry["strategies"] for entry in data["runs"].values())]
+    orders_run = "; ".join("→".join(str(i) for i in data["runs"][key]["order"])
+                           for key in choice["runs"])
+    lines = [f"**{'Leading so far' if waiting else 'Chosen'}: `{choice['chosen']}`**, AP {_ci(choice['AP'])} pooled over "
+             f"{len(choice['runs'])} runs (training seed {choice['seed']}, orders {orders_run}), "
+             f"among the {len(complete)} data-free merges run in every one of those orders"
+             + (f"; not yet in every order: {', '.join(f'`{n}`' for n in waiting)}" if waiting
+                else "") + ".", "",
+             f"| candidate | AP [95 % CI] | ΔAP vs {choice['chosen']} [95 % CI] | p (Holm) | verdict |",
+             "|---|---|---|---|---|",
+             f"| {choice['chosen']} | {_ci(choice['AP'])} | chosen | | |"]
+    ranked = sorted(choice["others"].items(), key=lambda item: -item[1]["AP"]["estimate"])
+    for name, entry in ranked:
+        versus = entry["vs_chosen"]
+        lines.append(f"| {name} | {_ci(entry['AP'])} | {_ci(versus, True)} | "
+                     f"{_p(versus['p_holm'], choice['method']['resamples'])} | {versus['verdict']} |")
+    return "\n".join(lines)
+
+
 def doc_tables() -> dict[str, dict]:
     """file -> {table name -> function that builds it}, for every table whose results exist."""
     held_out = [sequence for sequence in SEQUENCES if held_out_seeds(sequence)]
@@ -932,6 +975,8 @@ def doc_tables() -> dict[str, dict]:
         bodies["variants"] = variants_table
     for sequence in sequences_with_results():
         bodies[sequence] = lambda sequence=sequence: table(sequence)
+    if load_items("development")["runs"]:
+        bodies["development-choice"] = development_choice_table
     for sequence in OFFLINE_SEQUENCES:
         if load_items(sequence)["runs"]:
             bodies[f"{sequence}-intervals"] = lambda sequence=sequence: intervals_table(sequence)
