@@ -211,7 +211,6 @@ def pooled_table(sequence: str, reference: str, description: str, command: str,
     return "\n".join(lines)
 
 
-
 def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> dict | None:
     """The default the development sequence chooses: among ``candidates`` (the data-free merges)
     run in every task order present at training ``seed``, the one with the highest AP pooled over
@@ -226,8 +225,10 @@ def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 
     restricted = {"tasks": data["tasks"], "runs": {
         key: {**entry, "strategies": {name: entry["strategies"][name] for name in complete}}
         for key, entry in runs.items()}}
-    first = pooled_intervals(restricted, complete[0])
-    chosen = max(complete, key=lambda name: first["strategies"][name]["AP"]["estimate"])
+    # AP alone ranks them (the paired comparisons are made once, against the one chosen)
+    estimates = {name: _interval([_ap_values(entry["strategies"][name])
+                                  for entry in runs.values()])["estimate"] for name in complete}
+    chosen = max(complete, key=estimates.__getitem__)
     pooled = pooled_intervals(restricted, chosen)
     return {"chosen": chosen, "seed": seed, "runs": sorted(runs),
             "AP": pooled["strategies"][chosen]["AP"],

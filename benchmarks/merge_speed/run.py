@@ -60,7 +60,7 @@ EXACTLY_ONE_EXPERT = {"slerp"}  # rows run only where N = 1; every other new met
 # A child's ru_maxrss also holds the peak RSS of the process it was spawned from: exec records
 # the old address space's high-water mark, and a vfork/posix_spawn child's old address space is
 # its parent's. A driver that imported torch or generated a checkpoint (scale.py) would lend its
-# own peak to every tool it measures (a 2-block Qwen2 merge read 4,460 MB that way; 2,347 MB is
+# own peak to every tool it measures (a 2-block Qwen2 merge read 4,460 MB that way; 1,885 MB is
 # its own). So each tool starts from this small launcher, which forks it from a fresh interpreter
 # and reports its rusage: the tool's peak alone.
 LAUNCHER = r"""

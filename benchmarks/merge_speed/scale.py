@@ -187,11 +187,16 @@ def scale_samples(root: Path, typical: int) -> Path:
     return write_samples(root / "samples.jsonl", [f"{k}: " + sentence * 6 for k in range(typical)])
 
 
+def shape_config(shape: str, layers: int | None = None) -> dict:
+    """SHAPE's config; ``layers``: cut to that many blocks (scale.py --layers, a memory probe)."""
+    return SHAPES[shape] if layers is None else {**SHAPES[shape], "num_hidden_layers": layers}
+
+
 def scale_inputs(root: Path, shape: str, case: str,
                  layers: int | None = None) -> tuple[Path, list[Path]]:
     """The base and the experts of SHAPE and CASE (lora: 3 adapters, full: 2 full experts),
     written once into ``root``; ``layers``: the shape cut to that many blocks."""
-    config = SHAPES[shape] if layers is None else {**SHAPES[shape], "num_hidden_layers": layers}
+    config = shape_config(shape, layers)
     folder = root / (shape if layers is None else f"{shape}-{layers}blocks")
     base = write_model(folder / "base", config, root / "tokenizer", seed=0)
     if case == "full":
@@ -268,7 +273,7 @@ def main() -> None:
     samples = scale_samples(root, args.typical)
     document = json.loads(args.results.read_text()) if args.results.exists() else {"runs": []}
     for shape in args.shape:
-        config = SHAPES[shape] if args.layers is None else {**SHAPES[shape], "num_hidden_layers": args.layers}
+        config = shape_config(shape, args.layers)
         for case in args.case:
             started = time.perf_counter()
             base, experts = scale_inputs(root, shape, case, args.layers)
