@@ -594,3 +594,21 @@ def test_a_cell_in_the_results_with_its_definition_is_not_run_again(bench):
     assert not run.already_run(stored, "ties", digest, args)
     assert not run.already_run({**stored, "digests": {}}, "task_arithmetic", digest, args)
     assert not run.already_run(stored, "task_arithmetic", digest, argparse.Namespace(redo=True))
+
+
+def test_a_tuned_family_at_a_hand_defined_setting_runs_under_that_name(bench):
+    """Task arithmetic's chosen λ 0.25 is the strategy ``task_arithmetic``: ``--strategies tuned``
+    must run it once, under that name, not again as ``task_arithmetic_tuned`` (the same cells twice,
+    and the same merge counted twice among the default's candidates)."""
+    run, sequences = bench
+    chosen = sequences.tuned_points()
+    cells = sequences.tuned_cells()
+    assert len(cells) == len(chosen) == len(set(cells))
+    for name in cells:
+        assert sequences.STRATEGIES[name]["kind"] == "merge"
+    assert "task_arithmetic" in cells and "task_arithmetic_tuned" not in sequences.STRATEGIES
+    definitions = [json.dumps({"library": "experts", **sequences.STRATEGIES[name]}, sort_keys=True)
+                   for name in cells]
+    assert len(set(definitions)) == len(definitions)
+    candidates = run.default_candidates()
+    assert set(cells) | set(sequences.PROTOCOL_STRATEGIES) | {"recall", "ties"} == set(candidates)

@@ -66,8 +66,8 @@ from sequences import (  # noqa: E402
     main_strategies,
     orders,
     short_name,
+    tuned_cells,
     tuned_points,
-    tuned_strategies,
     zero_shot_tasks,
 )
 
@@ -923,9 +923,12 @@ def tuning_table() -> str:
 
 
 def default_candidates() -> list[str]:
-    """The data-free merges the default is chosen among: every merge strategy of the benchmark
-    (they keep no old data; the training strategies and the expert alone are not merges)."""
-    return [name for name, spec in STRATEGIES.items() if spec["kind"] == "merge"]
+    """The data-free merges the default is chosen among (the rule in docs/benchmarks.md): RECALL's
+    default, task arithmetic and TIES, every tuned family at its development setting and the
+    protocol variants. The untuned sweep points are not candidates: each family enters once, at the
+    setting the equal tuning budget chose for it."""
+    return list(dict.fromkeys(["recall", "task_arithmetic", "ties", *tuned_cells(),
+                               *PROTOCOL_STRATEGIES]))
 
 
 def development_choice_table() -> str:
@@ -937,15 +940,18 @@ def development_choice_table() -> str:
     if choice is None:
         return "No data-free merge has been run in every development order yet."
     complete = [choice["chosen"], *choice["others"]]
-    waiting = [name for name in candidates if name not in complete
+    started = [name for name in candidates if name not in complete
                and any(name in entry["strategies"] for entry in data["runs"].values())]
+    never = [name for name in candidates if name not in complete and name not in started]
+    waiting = started + never
     orders_run = "; ".join("→".join(str(i) for i in data["runs"][key]["order"])
                            for key in choice["runs"])
     lines = [f"**{'Leading so far' if waiting else 'Chosen'}: `{choice['chosen']}`**, AP {_ci(choice['AP'])} pooled over "
              f"{len(choice['runs'])} runs (training seed {choice['seed']}, orders {orders_run}), "
              f"among the {len(complete)} data-free merges run in every one of those orders"
-             + (f"; not yet in every order: {', '.join(f'`{n}`' for n in waiting)}" if waiting
-                else "") + ".", "",
+             + (f"; not yet in every order: {', '.join(f'`{n}`' for n in started)}" if started
+                else "")
+             + (f"; not run yet: {', '.join(f'`{n}`' for n in never)}" if never else "") + ".", "",
              f"| candidate | AP [95 % CI] | ΔAP vs {choice['chosen']} [95 % CI] | p (Holm) | verdict |",
              "|---|---|---|---|---|",
              f"| {choice['chosen']} | {_ci(choice['AP'])} | chosen | | |"]
@@ -1048,7 +1054,7 @@ def main() -> None:
         return
     if not args.sequence:
         parser.error("--sequence is required (or --table)")
-    groups = {"main": main_strategies(), "tuned": list(tuned_strategies()),
+    groups = {"main": main_strategies(), "tuned": tuned_cells(),
               "protocol": list(PROTOCOL_STRATEGIES)}
     if "tuned" in args.strategies and not groups["tuned"]:
         parser.error("--strategies tuned: no tuning results yet (python benchmarks/continual/tune.py)")

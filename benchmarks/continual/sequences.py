@@ -313,6 +313,8 @@ PROTOCOL_STRATEGIES: dict[str, dict] = {
     for protocol, change in (("from_previous", {"finetune_from": "previous"}),
                              ("ema", {"deploy": "ema"}))}
 STRATEGIES.update(PROTOCOL_STRATEGIES)
+# the strategies defined by hand, before the tuned ones join
+BASE_STRATEGIES = dict(STRATEGIES)
 
 
 # --- equal-budget tuning on the development sequence (benchmarks/continual/tune.py) -------------
@@ -431,11 +433,39 @@ def tuned_points(path: Path = TUNING_RESULTS) -> dict[str, tuple[str, dict]]:
     return chosen
 
 
+def _same_merge(one: dict, other: dict) -> bool:
+    """Whether two strategies are the same merge (a missing ``library`` is ``experts``)."""
+    def merge(spec: dict) -> dict:
+        return {"library": "experts", **spec}
+    return merge(one) == merge(other)
+
+
 def tuned_strategies() -> dict[str, dict]:
-    """FAMILY_tuned -> the continual strategy at that family's chosen development setting."""
-    return {f"{family}_tuned": {"kind": "merge", "method": entry["method"],
-                                "parameters": entry["parameters"], "library": entry["library"]}
-            for family, (_, entry) in tuned_points().items()}
+    """FAMILY_tuned -> the continual strategy at that family's chosen development setting; a
+    family whose chosen point already is a strategy (task arithmetic's λ 0.25 is
+    ``task_arithmetic``) gets no second name, so the same cells are not run and counted twice."""
+    chosen = {f"{family}_tuned": {"kind": "merge", "method": entry["method"],
+                                  "parameters": entry["parameters"], "library": entry["library"]}
+              for family, (_, entry) in tuned_points().items()}
+    return {name: spec for name, spec in chosen.items() if _existing_name(spec) is None}
+
+
+def _existing_name(spec: dict) -> str | None:
+    """The hand-defined strategy that is the same merge as ``spec``, if one is."""
+    return next((name for name, other in BASE_STRATEGIES.items() if _same_merge(spec, other)), None)
+
+
+def tuned_name(family: str, entry: dict) -> str:
+    """The name a family's development setting runs under: FAMILY_tuned, or the hand-defined
+    strategy that is the same merge."""
+    spec = {"kind": "merge", "method": entry["method"], "parameters": entry["parameters"],
+            "library": entry["library"]}
+    return _existing_name(spec) or f"{family}_tuned"
+
+
+def tuned_cells() -> list[str]:
+    """Every family at its development setting (``run.py --strategies tuned``)."""
+    return [tuned_name(family, entry) for family, (_, entry) in tuned_points().items()]
 
 
 # the 2024-2025 methods of the issue "The strongest data-free and continual merges"
@@ -447,10 +477,11 @@ def main_strategies() -> list[str]:
     them, TIES at its tuned setting and the best new method (highest development AP among
     NEW_METHOD_FAMILIES) at its tuned setting."""
     chosen = tuned_points()
-    extra = ["ties_tuned"] if "ties" in chosen else []
+    extra = [tuned_name("ties", chosen["ties"][1])] if "ties" in chosen else []
     new = [family for family in NEW_METHOD_FAMILIES if family in chosen]
     if new:
-        extra.append(max(new, key=lambda family: chosen[family][1]["AP"]) + "_tuned")
+        best = max(new, key=lambda family: chosen[family][1]["AP"])
+        extra.append(tuned_name(best, chosen[best][1]))
     return MAIN_STRATEGIES + extra
 
 
