@@ -70,6 +70,28 @@ def test_a_failed_or_interrupted_build_leaves_nothing(tmp_path, failure):
     assert run.new_stages == 0
 
 
+def test_two_processes_that_need_one_stage_build_it_once(tmp_path):
+    """Two benchmark lanes needing the same expert of the expert cache: the second waits on the
+    first's lock and finds the stage built, instead of training it a second time."""
+    script = f"""
+import sys, time
+from pathlib import Path
+from recall_merge.continual.store import RunStore
+def build(tmp):
+    (tmp / "built_by").write_text(sys.argv[1])
+    time.sleep(1.5)
+RunStore(Path({str(tmp_path)!r}), print).folder_stage("expert", build)
+print("built" if (Path({str(tmp_path)!r}) / "expert" / "built_by").read_text() == sys.argv[1]
+      else "found")
+"""
+    children = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE,
+                                 text=True) for name in ("one", "two")]
+    outputs = sorted(child.communicate(timeout=120)[0].split()[-1] for child in children)
+    assert all(child.returncode == 0 for child in children)
+    assert outputs == ["built", "found"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".expert.lock", "expert"]
+
+
 def test_json_and_text_stages_are_written_once(tmp_path):
     run, _ = store(tmp_path / "run")
     assert run.json_stage("evals/x.json", lambda: {"score": 0.5}) == {"score": 0.5}

@@ -11,11 +11,13 @@ never a user's folder that merely looks like one, never a live run's.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,21 @@ def stable_seed(seed: int, key: str) -> int:
     return zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF
 
 
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on building ``final`` across processes: two benchmark lanes (or Ray
+    workers on shared storage) that need the same expert of the expert cache then train it once,
+    the second waiting and finding it built. The lock file stays (an empty ``.NAME.lock``): removing
+    it would let a third process lock a different inode while the second still holds the old one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class RunStore:
     """Durable stages under ``root`` (absolute stage paths, such as the expert cache's, are
     allowed); counts the stages it builds and logs each."""
@@ -84,14 +101,17 @@ class RunStore:
         final = self.root / relative
         if final.exists():
             return final
-        started = time.perf_counter()
-        temporary = temporary_folder_for(final)
-        try:
-            build(temporary)
-            replace_folder(temporary, final)
-        except BaseException:
-            remove_marked_folder(temporary)
-            raise
+        with _building(final):
+            if final.exists():  # another process built it while this one waited
+                return final
+            started = time.perf_counter()
+            temporary = temporary_folder_for(final)
+            try:
+                build(temporary)
+                replace_folder(temporary, final)
+            except BaseException:
+                remove_marked_folder(temporary)
+                raise
         self.finished(relative, started)
         return final
 
