@@ -10,8 +10,11 @@
 #   nohup bash benchmarks/continual/grid.sh B > /dev/null 2>&1 &
 #
 # Logs: $RECALL_MERGE_CACHE/benchmark_runs/logs/LANE.log. The order follows what the issues need
-# first: the development sequence's three orders (the default is chosen there), then each held-out
-# sequence at seed 0, then seed 1 of the main strategies.
+# first: the development sequence, where the default is chosen, one candidate at a time over its
+# three orders (so a stopped grid leaves whole candidates, not every candidate with one order; the
+# two lanes split them, each lane's slowest last), then each held-out sequence at seed 0, then seed
+# 1 of the main strategies. Both lanes may start at once: an expert both need is trained by one,
+# the other waiting on its lock (continual/store.py).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -19,10 +22,14 @@ LOGS="${RECALL_MERGE_CACHE:-$HOME/.cache/recall-merge}/benchmark_runs/logs"
 mkdir -p "$LOGS"
 run() { python benchmarks/continual/run.py --quiet "$@" >> "$LOGS/$LANE.log" 2>&1; }
 LANE=${1:?lane A or B}
+# the development candidates, alternately to A and B; WUDI and DOP (minutes per merge) go last
+CANDIDATES=$(python benchmarks/continual/run.py --list --strategies candidates | grep -vx 'wudi\|dop')
+half() { echo "$CANDIDATES" | awk -v r="$1" 'NR % 2 == r'; }
+development() { for name in "$@"; do run --sequence development --strategies "$name" --orders 0 1 2 --seed 0; done; }
 case "$LANE" in
 A)
   run --sequence development --strategies main --orders 0 1 2 --seed 0
-  run --sequence development --strategies tuned --orders 0 1 2 --seed 0
+  development $(half 1) wudi
   run --sequence task_incremental --strategies main --orders 0 1 2 --seed 0
   run --sequence paper_shaped --strategies main --orders 0 1 2 --seed 0
   run --sequence development --strategies main --orders 0 1 2 --seed 1
@@ -30,7 +37,7 @@ A)
   run --sequence paper_shaped --strategies main --orders 0 1 2 --seed 1
   ;;
 B)
-  run --sequence development --strategies protocol --orders 0 1 2 --seed 0
+  development $(half 0) dop
   run --sequence paper_shaped_gemma --strategies main --orders 0 1 2 --seed 0
   run --sequence task_incremental --strategies tuned protocol --orders 0 1 2 --seed 0
   run --sequence paper_shaped --strategies tuned protocol --orders 0 1 2 --seed 0

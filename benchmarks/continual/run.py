@@ -1012,10 +1012,14 @@ def main() -> None:
     parser.add_argument("--sequence", choices=sorted(SEQUENCES))
     parser.add_argument("--orders", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
-                        choices=[*STRATEGIES, "main", "tuned", "protocol"],
+                        choices=[*STRATEGIES, "main", "tuned", "protocol", "candidates"],
                         help="'main': the strategies run at two seeds on the offline sequences; "
                              "'tuned': every family at its development setting (tune.py); "
-                             "'protocol': experts from the previous merge, EMA deployment")
+                             "'protocol': experts from the previous merge, EMA deployment; "
+                             "'candidates': the merges the default is chosen among")
+    parser.add_argument("--list", action="store_true",
+                        help="print the strategies --strategies names, one per line, and stop "
+                             "(grid.sh runs the development candidates one strategy at a time)")
     parser.add_argument("--max-test", type=int, default=None,
                         help=f"test items per task (default {OFFLINE_TEST_ITEMS} on the offline "
                              "sequences, 40 on the historical BIG-bench ones)")
@@ -1052,14 +1056,17 @@ def main() -> None:
         for target, names in update_docs().items():
             print(f"rewrote {target} tables: " + ", ".join(names))
         return
-    if not args.sequence:
+    if not args.sequence and not args.list:
         parser.error("--sequence is required (or --table)")
     groups = {"main": main_strategies(), "tuned": tuned_cells(),
-              "protocol": list(PROTOCOL_STRATEGIES)}
+              "protocol": list(PROTOCOL_STRATEGIES), "candidates": default_candidates()}
     if "tuned" in args.strategies and not groups["tuned"]:
         parser.error("--strategies tuned: no tuning results yet (python benchmarks/continual/tune.py)")
     args.strategies = list(dict.fromkeys(
         name for entry in args.strategies for name in groups.get(entry, [entry])))
+    if args.list:
+        print("\n".join(args.strategies))
+        return
     if args.max_test is None:
         args.max_test = OFFLINE_TEST_ITEMS if args.sequence in OFFLINE_SEQUENCES else 40
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
