@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from recall_merge import merge
@@ -46,7 +47,14 @@ def test_full_and_lora_forms_give_bit_identical_merges(method, tiny_models, tiny
     first, second = load_file(outputs["lora"] / "model.safetensors"), load_file(outputs["full"] / "model.safetensors")
     assert first.keys() == second.keys()
     for name in first:
-        assert first[name].equal(second[name]), name
+        if method == "recall":
+            # RECALL is linear in the models, so its LoRA form is merged from the adapters'
+            # factors (io.lora.low_rank_combination): the same sum, rounded in another order
+            assert first[name].dtype == second[name].dtype, name
+            torch.testing.assert_close(first[name].float(), second[name].float(),
+                                       rtol=1e-6, atol=1e-7, msg=name)
+        else:
+            assert first[name].equal(second[name]), name
     assert _report_without_run(outputs["lora"]) == _report_without_run(outputs["full"])
 
 

@@ -157,6 +157,39 @@ def test_lora_delta_made_in_row_blocks_is_the_whole_product_bit_for_bit(tiny_mod
         assert torch.equal(adapter.apply(name, base), base.to(torch.float32) + whole), name
 
 
+@pytest.mark.parametrize("variant", ["paper", "task_vector", "ties"])
+def test_a_linear_merge_of_lora_experts_is_made_from_their_factors(variant, tiny_models, tiny_loras,
+                                                                     tmp_path, monkeypatch):
+    """RECALL's paper and task-vector forms are linear in the models: with LoRA experts the engine
+    merges each adapted tensor from the factors in one product (no expert tensor is rebuilt), and
+    the result equals the rebuilt experts' merge to float32 rounding, in any row blocks bit for
+    bit. The TIES form is not linear and rebuilds the experts."""
+    import recall_merge.engine as engine
+    from recall_merge.recall.method import RecallMethod
+
+    calls = []
+    combine = engine.low_rank_combination
+    monkeypatch.setattr(engine, "low_rank_combination",
+                        lambda *args: calls.append(1) or combine(*args))
+    adapters = [tiny_loras["l1"], tiny_loras["l2"]]
+
+    def run(label: str, **extra) -> dict[str, torch.Tensor]:
+        config = _recall_config(tiny_models, adapters, tmp_path / label)
+        config["parameters"]["variant"] = variant
+        config.update(extra)
+        return _state(merge(config, quiet=True).output)
+
+    from_factors = run("factors")
+    assert bool(calls) == (variant != "ties")
+    in_blocks = run("blocks", block_size="64B")  # every matrix cut into many row blocks
+    for name, tensor in from_factors.items():
+        assert torch.equal(tensor, in_blocks[name]), name
+    monkeypatch.setattr(RecallMethod, "linear_coefficients", lambda self, position: None)
+    rebuilt = run("rebuilt")
+    for name, tensor in from_factors.items():
+        torch.testing.assert_close(tensor, rebuilt[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_lora_representations_equal_the_merged_full_model(tiny_models, tiny_loras, tmp_path):
     """The shared-base LoRA pass sees exactly the weights of the expert merged into a full model."""
     from peft import PeftModel

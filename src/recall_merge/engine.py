@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from recall_merge.config import MergeConfig, load_config
 from recall_merge.io import atomic, hub, lora_out
+from recall_merge.io.lora import low_rank_combination
 from recall_merge.io.output import (
     MergeResult,
     check_free_space,
@@ -136,12 +137,23 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
     num_experts = len(pool.experts)
     items = _work_items(pool, method, names, config.block_size_bytes())
 
-    def read_inputs(item: tuple[str, tuple[int, int] | None, bool]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    # LoRA experts and a merge linear in the models (RECALL's paper and task-vector forms): the
+    # merged rows are made from the adapters' factors in one product on the reader thread, not
+    # from N rebuilt expert tensors (io.lora.low_rank_combination; on CPU in float32 only, where
+    # the arithmetic is float64 rounded once, so a row block still gives the whole tensor's bytes)
+    from_factors = (pool.all_lora and device.type == "cpu" and compute_dtype == torch.float32)
+
+    def read_inputs(item: tuple[str, tuple[int, int] | None, bool],
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         name, rows, _ = item
         base_tensor = pool.base_tensor(name, rows)
         if not base_tensor.dtype.is_floating_point:
-            return base_tensor, []
-        return base_tensor, [pool.expert_tensor(k, name, base_tensor, rows) for k in range(num_experts)]
+            return base_tensor, [], None
+        if from_factors:
+            merged = _merge_from_factors(pool, method, name, rows, base_tensor)
+            if merged is not None:
+                return base_tensor, [], merged
+        return base_tensor, [pool.expert_tensor(k, name, base_tensor, rows) for k in range(num_experts)], None
 
     # Three stages overlap: the next block is read while this one is merged and the previous one
     # written (file I/O and torch kernels release the GIL). At most three blocks' inputs are alive
@@ -154,11 +166,14 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
             for index, item in enumerate(tqdm(items, desc=f"merging ({config.method})",
                                               disable=quiet, unit="block")):
                 name, _, last = item
-                base_tensor, experts = pending_read.result()
+                base_tensor, experts, merged = pending_read.result()
                 if index + 1 < len(items):
                     pending_read = reader.submit(read_inputs, items[index + 1])
                 if not base_tensor.dtype.is_floating_point:
                     merged = base_tensor  # integer buffers are not merged
+                elif merged is not None:  # made from the LoRA factors by the reader
+                    merged = merged.to(dtype=out_dtype)
+                    check_output_finite(name, merged, config)
                 else:
                     base32 = base_tensor.to(torch.float32)
                     _check_finite(name, pool, base32, experts)
@@ -200,6 +215,25 @@ def _work_items(pool: ModelPool, method, names: list[str], block_bytes: int,
             stop = min(start + step, rows_total)
             items.append((name, (start, stop), stop == rows_total))
     return items
+
+
+def _merge_from_factors(pool: ModelPool, method, name: str, rows: tuple[int, int] | None,
+                        base_tensor: torch.Tensor) -> torch.Tensor | None:
+    """The merged rows Σ_i c_i θ_i from the base and the experts' LoRA factors, where the method is
+    linear at this tensor and every expert adapts it with LoRA or not at all; else None."""
+    coefficients = method.linear_coefficients(pool.position(name))
+    factors = pool.lora_factors(name, rows) if coefficients is not None else None
+    if factors is None:
+        return None
+    base32 = base_tensor.to(torch.float32)
+    check_finite(base32, name, pool.base.folder)
+    terms = []
+    for expert, coefficient, pair in zip(pool.experts, coefficients[1:], factors, strict=True):
+        if pair is not None:
+            for factor in pair:  # a non-finite factor names its adapter, as a rebuilt tensor would
+                check_finite(factor, name, expert.folder)
+            terms.append((coefficient, *pair))
+    return low_rank_combination(base32, sum(coefficients), terms)
 
 
 def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:

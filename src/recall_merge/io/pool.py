@@ -117,6 +117,22 @@ class ModelPool:
             return expert.adapter.apply(name, base_tensor, rows)
         return expert.checkpoint.get(name, rows).to(torch.float32)
 
+    def lora_factors(self, name: str, rows: tuple[int, int] | None = None,
+                     ) -> list[tuple[torch.Tensor, torch.Tensor] | None] | None:
+        """Every expert's ΔW of ``name`` (or of its rows) as float64 factors (B', A'), None for an
+        expert that leaves the tensor unchanged; None for the whole list unless every expert is a
+        LoRA adapter that adapts the tensor with LoRA or not at all (no trained replacement)."""
+        factors = []
+        for expert in self.experts:
+            adapter = expert.adapter
+            if adapter is None or adapter.replacement(name, rows) is not None:
+                return None
+            pair = adapter.factors(name, torch.float64)
+            if pair is not None and rows is not None:
+                pair = (pair[0][rows[0]:rows[1]], pair[1])
+            factors.append(pair)
+        return factors
+
     def folders(self) -> list[Path]:
         return [self.base.folder] + [expert.folder for expert in self.experts]
 

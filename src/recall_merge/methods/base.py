@@ -79,6 +79,13 @@ class MergeMethod(ABC):
     ) -> torch.Tensor:
         """Merge one tensor. ``base`` and each expert tensor have the same shape, float32."""
 
+    def linear_coefficients(self, position: TensorPosition) -> list[float] | None:
+        """(c_0 … c_N), base first, where :meth:`merge_tensor` of every tensor at ``position`` is
+        the fixed combination Σ_i c_i θ_i of the models, whatever their values; else None (the
+        default). With LoRA experts the engine then merges from their factors
+        (``io.lora.low_rank_combination``) instead of rebuilding each expert's tensor."""
+        return None
+
     def report(self) -> dict[str, Any]:
         """What the method applied, for ``recall_report.json``."""
         return {}

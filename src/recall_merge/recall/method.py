@@ -439,6 +439,20 @@ class RecallMethod(LinesScaling, MergeMethod):
         scale = self.task_vector_scale(position, self.scale) * self.strength_for(position)
         return self._task_vector_merge(position, base, experts, scale)
 
+    def linear_coefficients(self, position: TensorPosition) -> list[float] | None:
+        """The paper form is Σ_i α_i θ_i; the plain task-vector form θ_base + λ Σ_k N·ᾱ_k τ_k
+        (:meth:`merge_tensor`). The TIES and SVD forms are not linear in the models."""
+        alpha = self.alpha_for(position)
+        params: RecallParameters = self.parameters
+        if params.variant == "paper":
+            return [float(value) for value in alpha.tolist()]
+        if params.variant != "task_vector":
+            return None
+        scale = self.task_vector_scale(position, self.scale) * self.strength_for(position)
+        expert_alpha = alpha[1:] / alpha[1:].sum()
+        coefficients = [scale * float(weight) for weight in (expert_alpha * len(expert_alpha)).tolist()]
+        return [1.0 - sum(coefficients), *coefficients]
+
     def _task_vector_merge(self, position: TensorPosition, base: torch.Tensor,
                            experts: list[torch.Tensor], scale: float) -> torch.Tensor:
         """The task-vector forms: θ_base + scale · Σ_k N·ᾱ_k τ_k (TIES-trimmed for ties); the mass
