@@ -4,13 +4,12 @@ data is committed — the published table recomputed from that data."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_script
 
 from recall_merge.continual.statistics import bootstrap_interval, holm, paired_differences
 
@@ -20,9 +19,7 @@ CONTINUAL = REPO / "benchmarks" / "continual"
 
 @pytest.fixture()
 def pooled(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark_pooled", CONTINUAL / "pooled.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmark_pooled", "continual/pooled.py")
     monkeypatch.setattr(module, "ITEMS", tmp_path / "items")
     return module
 
@@ -145,13 +142,7 @@ COMMITTED = sorted((REPO / "benchmarks" / "results" / "items").glob("continual_*
 def test_published_intervals_recompute_from_the_committed_items(path):
     """One committed sequence's per-item data → the pooled AP interval of every strategy, which
     must equal (to the printed 3 decimals) the row of its table in docs/benchmarks.md."""
-    sys.path.insert(0, str(CONTINUAL))
-    try:
-        spec = importlib.util.spec_from_file_location("benchmark_pooled_real", CONTINUAL / "pooled.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(CONTINUAL))
+    module = load_script("benchmark_pooled_real", "continual/pooled.py")
     sequence = path.name.removeprefix("continual_").removesuffix(".json.gz")
     data = module.load_items(sequence)
     reference = "recall" if any("recall" in e["strategies"] for e in data["runs"].values()) \

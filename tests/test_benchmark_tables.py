@@ -4,30 +4,22 @@ and the documents in step and check the settings helper. Nothing is trained or m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CONTINUAL = REPO / "benchmarks" / "continual"
-
-
-def _load(name: str, path: Path):
-    # a name of its own, so that no other script called run.py (benchmarks/merge_speed) collides
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(CONTINUAL))
     try:
-        run = _load("continual_benchmark_run", CONTINUAL / "run.py")
+        run = load_script("continual_benchmark_run", "continual/run.py")
         yield run, sys.modules["sequences"]
     finally:
         sys.path.remove(str(CONTINUAL))
@@ -235,7 +227,7 @@ def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(ben
 def test_speed_table_is_the_generated_one(tmp_path):
     """The speed table of docs/speed.md equals what ``merge_speed/run.py --docs`` writes from the
     JSON, and every case of the committed run has a row with its ratios."""
-    speed = _load("merge_speed_benchmark_run", REPO / "benchmarks" / "merge_speed" / "run.py")
+    speed = load_script("merge_speed_benchmark_run", "merge_speed/run.py")
     document = json.loads(speed.RESULTS.read_text())
     assert {"measured_at", "command", "versions", "machine"} <= set(document)
     page = REPO / "docs" / "speed.md"
@@ -257,7 +249,7 @@ def test_methods_speed_table_is_the_generated_one(tmp_path):
     merge_speed_methods.json; every measured row has a line with its ratio to task arithmetic of
     the same case, every run recorded its load and that the background job it paused was stopped
     (``T``) from start to end, and a full-model projection adds up its measured parts."""
-    speed = _load("merge_speed_benchmark_run", REPO / "benchmarks" / "merge_speed" / "run.py")
+    speed = load_script("merge_speed_benchmark_run", "merge_speed/run.py")
     document = json.loads(speed.METHODS_RESULTS.read_text())
     page = REPO / "docs" / "speed.md"
     copy = tmp_path / "speed.md"
@@ -383,7 +375,7 @@ def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench,
 def test_sweep_saver_replaces_only_its_own_part_and_keeps_measured_times(bench, tmp_path):
     """Made-up summaries: a held-out seed's save leaves the other seeds' and sequences' parts as
     they were, and a point taken from the cache (no merge time) keeps the time stored before."""
-    sweep = _load("continual_benchmark_sweep", CONTINUAL / "sweep.py")
+    sweep = load_script("continual_benchmark_sweep", "continual/sweep.py")
     out = tmp_path / "seeds.json"
     other = {"points": {"paper": {"AP": 0.1, "merge_seconds": 5.0}}}
     out.write_text(json.dumps({"seeds": {"1": other}, "held_out": {"task": {"2": {"order_0": other}}}}))
@@ -433,7 +425,7 @@ def test_tuning_grid_gives_every_family_the_same_budget_of_valid_settings(bench,
 
     sys.path.insert(0, str(CONTINUAL))
     try:
-        tune = _load("continual_benchmark_tune", CONTINUAL / "tune.py")
+        tune = load_script("continual_benchmark_tune", "continual/tune.py")
     finally:
         sys.path.remove(str(CONTINUAL))
     for family, grid in tune.GRID.items():
@@ -507,7 +499,7 @@ def test_reproduce_compares_only_cells_both_runs_scored(bench):
     equal) when a cell is scored in one matrix and not in the other."""
     sys.path.insert(0, str(CONTINUAL))
     try:
-        reproduce = _load("continual_benchmark_reproduce", CONTINUAL / "reproduce.py")
+        reproduce = load_script("continual_benchmark_reproduce", "continual/reproduce.py")
     finally:
         sys.path.remove(str(CONTINUAL))
     assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
@@ -526,7 +518,7 @@ def test_tuning_points_build_on_a_tiny_run(bench, tmp_path, tiny_models):
 
     sys.path.insert(0, str(CONTINUAL))
     try:
-        tune = _load("continual_benchmark_tune_build", CONTINUAL / "tune.py")
+        tune = load_script("continual_benchmark_tune_build", "continual/tune.py")
     finally:
         sys.path.remove(str(CONTINUAL))
     raw = {"model": str(tiny_models["base"]), "tasks": ["synthetic:alpha", "synthetic-gen:gamma"],

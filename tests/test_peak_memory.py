@@ -7,12 +7,12 @@ Here the driver holds ~800 MB while it starts small children.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_MB = 800
@@ -27,15 +27,7 @@ def held():
 
 @pytest.fixture(scope="module")
 def speed_run():
-    folder = REPO / "benchmarks" / "merge_speed"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location("merge_speed_run_benchmark", folder / "run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
+    return load_script("merge_speed_run_benchmark", "merge_speed/run.py")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork/exec accounting is Linux's")

@@ -5,11 +5,11 @@ docs/speed.md table generated from the committed JSON. Nothing is loaded, merged
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -19,12 +19,7 @@ LLAMA2_7B, QWEN2_7B, SMOLLM2_135M = 6_738_415_616, 7_615_616_512, 134_515_008
 
 @pytest.fixture(scope="module")
 def bench():
-    # a name of its own: benchmarks/ has several scripts whose helpers share names
-    path = REPO / "benchmarks" / "merge_speed" / "representation_backends.py"
-    spec = importlib.util.spec_from_file_location("representation_backends_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("representation_backends_benchmark", "merge_speed/representation_backends.py")
 
 
 def test_a_7b_model_runs_its_plain_forward_in_bfloat16_on_a_24_gib_machine(bench):

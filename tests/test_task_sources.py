@@ -592,12 +592,9 @@ def test_scorer_counts_every_reference_and_checks_lengths():
 
 def test_probe_script_lists_every_packaged_task():
     """benchmarks/continual/probe_tasks.py's PACKAGED list is the registry's, in order."""
-    import importlib.util
+    from benchmark_scripts import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "continual" / "probe_tasks.py"
-    spec = importlib.util.spec_from_file_location("probe_tasks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("probe_tasks", "continual/probe_tasks.py")
     assert module.PACKAGED == task_names()
 
 
