@@ -49,3 +49,26 @@ def test_the_merge_report_peak_is_the_process_own(held):
                                               capture_output=True, text=True).stdout.split())
     assert before < HELD_MB  # torch imported, nothing of the parent's 800 MB
     assert after - before == pytest.approx(200, abs=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_recall_merge_fixes_the_mmap_threshold_unless_the_user_set_one():
+    """``recall merge`` has glibc serve ≥ 1 MB allocations by mmap (a streamed model's freed
+    blocks then go back to the system instead of fragmenting the heap); a threshold the user set
+    in the environment stays theirs."""
+    import os
+
+    child = "from recall_merge.io.output import fix_mmap_threshold; print(fix_mmap_threshold())"
+
+    def run(**extra: str) -> str:
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+        return subprocess.run([sys.executable, "-c", child], check=True, capture_output=True,
+                              text=True, env={**env, **extra}).stdout.strip()
+
+    assert run() == "True"
+    assert run(MALLOC_MMAP_THRESHOLD_="65536") == "False"
+    assert run(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == "False"
+    source = (REPO / "src" / "recall_merge" / "cli.py").read_text()
+    merge_branch = source.split('if args.command == "merge":')[1].split("if args.command")[0]
+    assert "fix_mmap_threshold()" in merge_branch

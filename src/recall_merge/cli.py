@@ -173,6 +173,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         from recall_merge.config import load_config
         from recall_merge.engine import merge
+        from recall_merge.io.output import fix_mmap_threshold
+
+        fix_mmap_threshold()  # resident memory flat across a streamed model's blocks
 
         overrides = {"output": str(args.output)} if args.output else None
         config = load_config(args.config, overrides)

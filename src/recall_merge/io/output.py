@@ -5,7 +5,9 @@ copied from the base, the result type and the peak-memory reading of the report.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import resource
 import shutil
 import sys
@@ -123,6 +125,32 @@ def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+# glibc's mallopt parameter for the size from which malloc serves a request with its own mmap
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def fix_mmap_threshold() -> bool:
+    """Have glibc serve every allocation of ≥ 1 MB with its own mmap, returned to the system when
+    freed, for the rest of this process; True where it was set.
+
+    By default glibc raises that threshold each time such a block is freed (up to 32 MB), after
+    which blocks of that size come from the heap, which fragments and does not shrink. A streamed
+    merge frees a block's weights and activations block after block, so its resident memory grew
+    with the number of blocks: on Qwen2-7B's shape cut to 8 blocks, RECALL of base + 2 full experts
+    peaked at 1,948 MB with glibc's default and at 1,477 MB with the threshold fixed at 1 MB, at
+    the same wall time (docs/speed.md, "RECALL at model scale"). Set by ``recall merge`` only (a
+    process that does nothing else); a user's own ``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``
+    is left alone. Elsewhere than glibc, nothing happens."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "GLIBC_TUNABLES" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager
