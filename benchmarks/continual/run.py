@@ -943,10 +943,9 @@ def development_choice_table() -> str:
     started = [name for name in candidates if name not in complete
                and any(name in entry["strategies"] for entry in data["runs"].values())]
     never = [name for name in candidates if name not in complete and name not in started]
-    waiting = started + never
     orders_run = "; ".join("→".join(str(i) for i in data["runs"][key]["order"])
                            for key in choice["runs"])
-    lines = [f"**{'Leading so far' if waiting else 'Chosen'}: `{choice['chosen']}`**, AP {_ci(choice['AP'])} pooled over "
+    lines = [f"**{'Leading so far' if started or never else 'Chosen'}: `{choice['chosen']}`**, AP {_ci(choice['AP'])} pooled over "
              f"{len(choice['runs'])} runs (training seed {choice['seed']}, orders {orders_run}), "
              f"among the {len(complete)} data-free merges run in every one of those orders"
              + (f"; not yet in every order: {', '.join(f'`{n}`' for n in started)}" if started

@@ -440,13 +440,17 @@ def _same_merge(one: dict, other: dict) -> bool:
     return merge(one) == merge(other)
 
 
+def _tuned_spec(entry: dict) -> dict:
+    """The continual strategy that merges at a tuning point."""
+    return {"kind": "merge", "method": entry["method"], "parameters": entry["parameters"],
+            "library": entry["library"]}
+
+
 def tuned_strategies() -> dict[str, dict]:
     """FAMILY_tuned -> the continual strategy at that family's chosen development setting; a
     family whose chosen point already is a strategy (task arithmetic's λ 0.25 is
     ``task_arithmetic``) gets no second name, so the same cells are not run and counted twice."""
-    chosen = {f"{family}_tuned": {"kind": "merge", "method": entry["method"],
-                                  "parameters": entry["parameters"], "library": entry["library"]}
-              for family, (_, entry) in tuned_points().items()}
+    chosen = {f"{family}_tuned": _tuned_spec(entry) for family, (_, entry) in tuned_points().items()}
     return {name: spec for name, spec in chosen.items() if _existing_name(spec) is None}
 
 
@@ -458,9 +462,7 @@ def _existing_name(spec: dict) -> str | None:
 def tuned_name(family: str, entry: dict) -> str:
     """The name a family's development setting runs under: FAMILY_tuned, or the hand-defined
     strategy that is the same merge."""
-    spec = {"kind": "merge", "method": entry["method"], "parameters": entry["parameters"],
-            "library": entry["library"]}
-    return _existing_name(spec) or f"{family}_tuned"
+    return _existing_name(_tuned_spec(entry)) or f"{family}_tuned"
 
 
 def tuned_cells() -> list[str]:

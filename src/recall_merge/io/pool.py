@@ -125,7 +125,7 @@ class ModelPool:
         factors = []
         for expert in self.experts:
             adapter = expert.adapter
-            if adapter is None or adapter.replacement(name, rows) is not None:
+            if adapter is None or name in adapter.replacements:
                 return None
             pair = adapter.factors(name, torch.float64)
             if pair is not None and rows is not None:

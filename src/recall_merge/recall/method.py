@@ -436,8 +436,16 @@ class RecallMethod(LinesScaling, MergeMethod):
                 if weight != 0.0:
                     merged.add_(tensor, alpha=weight)
             return merged
-        scale = self.task_vector_scale(position, self.scale) * self.strength_for(position)
-        return self._task_vector_merge(position, base, experts, scale)
+        return self._task_vector_merge(position, base, experts, self._task_vector_strength(position))
+
+    def _task_vector_strength(self, position: TensorPosition) -> float:
+        """λ of the task-vector forms at ``position``: the scale (or LiNeS' ramp) × the strength."""
+        return self.task_vector_scale(position, self.scale) * self.strength_for(position)
+
+    @staticmethod
+    def _expert_weights(alpha: torch.Tensor) -> torch.Tensor:
+        """N·ᾱ_k: the experts' α normalised to mean 1, so uniform α is task arithmetic."""
+        return alpha[1:] / alpha[1:].sum() * (len(alpha) - 1)
 
     def linear_coefficients(self, position: TensorPosition) -> list[float] | None:
         """The paper form is Σ_i α_i θ_i; the plain task-vector form θ_base + λ Σ_k N·ᾱ_k τ_k
@@ -448,9 +456,8 @@ class RecallMethod(LinesScaling, MergeMethod):
             return [float(value) for value in alpha.tolist()]
         if params.variant != "task_vector":
             return None
-        scale = self.task_vector_scale(position, self.scale) * self.strength_for(position)
-        expert_alpha = alpha[1:] / alpha[1:].sum()
-        coefficients = [scale * float(weight) for weight in (expert_alpha * len(expert_alpha)).tolist()]
+        scale = self._task_vector_strength(position)
+        coefficients = [scale * float(weight) for weight in self._expert_weights(alpha).tolist()]
         return [1.0 - sum(coefficients), *coefficients]
 
     def _task_vector_merge(self, position: TensorPosition, base: torch.Tensor,
@@ -459,8 +466,7 @@ class RecallMethod(LinesScaling, MergeMethod):
         over the experts is preserved, so uniform α is task arithmetic at λ = scale."""
         params: RecallParameters = self.parameters
         alpha = self.alpha_for(position)
-        expert_alpha = alpha[1:] / alpha[1:].sum()
-        weights = (expert_alpha * len(experts)).to(device=base.device, dtype=base.dtype)
+        weights = self._expert_weights(alpha).to(device=base.device, dtype=base.dtype)
         deltas = ops.task_vectors(base, experts)
         if params.variant in ("tsv_m", "iso_c"):
             return base + scale * self._svd_merge(deltas * weights.view(-1, *[1] * base.dim()))
