@@ -25,11 +25,15 @@ LANE=${1:?lane A or B}
 # the development candidates, alternately to A and B; WUDI and DOP (minutes per merge) go last
 CANDIDATES=$(python benchmarks/continual/run.py --list --strategies candidates | grep -vx 'wudi\|dop')
 half() { echo "$CANDIDATES" | awk -v r="$1" 'NR % 2 == r'; }
-development() { for name in "$@"; do run --sequence development --strategies "$name" --orders 0 1 2 --seed 0; done; }
+# the choice reads AP alone: a candidate's generalisation scores (about half a merge cell's time)
+# wait until every candidate has its three orders, its final models kept on disk until then
+development() { for name in "$@"; do run --sequence development --strategies "$name" --orders 0 1 2 --seed 0 --defer-generalisation; done; }
+generalisation() { run --sequence development --strategies candidates --orders 0 1 2 --seed 0 --generalisation; }
 case "$LANE" in
 A)
   run --sequence development --strategies main --orders 0 1 2 --seed 0
   development $(half 1) wudi
+  generalisation
   run --sequence task_incremental --strategies main --orders 0 1 2 --seed 0
   run --sequence paper_shaped --strategies main --orders 0 1 2 --seed 0
   run --sequence development --strategies main --orders 0 1 2 --seed 1

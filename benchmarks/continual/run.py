@@ -375,6 +375,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 if run["results"] and name in run["results"]["methods"]:
                     run["generalisation"].update(
                         generalisation(Path(config["run_dir"]), [name], zero_shot, model))
+                    if not args.keep_weights:
+                        remove_final_weights(Path(config["run_dir"]), name, model)
                     out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
                 continue
             started = time.perf_counter()
@@ -386,10 +388,11 @@ def run_sequence(args: argparse.Namespace) -> Path:
             print_summary(results)
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
-            run["generalisation"].update(
-                generalisation(Path(config["run_dir"]), [name], zero_shot, model))
-            if not args.keep_weights:
-                remove_final_weights(Path(config["run_dir"]), name, model)
+            if not args.defer_generalisation:
+                run["generalisation"].update(
+                    generalisation(Path(config["run_dir"]), [name], zero_shot, model))
+                if not args.keep_weights:
+                    remove_final_weights(Path(config["run_dir"]), name, model)
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
@@ -1034,6 +1037,12 @@ def main() -> None:
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per Ray task")
     parser.add_argument("--generalisation", action="store_true",
                         help="only complete the generalisation scores of final models on disk")
+    parser.add_argument("--defer-generalisation", action="store_true",
+                        help="score the tasks only and keep each final model's weights on disk "
+                             "(0.5 GB each); a later --generalisation run scores them and removes "
+                             "the weights. On the development sequence the generalisation scores "
+                             "take about as long as the rest of a merge cell, and the default is "
+                             "chosen on AP alone")
     parser.add_argument("--keep-weights", action="store_true",
                         help="keep the final models' weights once scored (0.5 GB each); by default "
                              "only their configs, merge reports and scores stay")
