@@ -134,6 +134,29 @@ def test_the_development_choice_is_the_best_merge_run_in_every_order(pooled):
     reference = pooled.pooled_intervals(data, "task_arithmetic")
     assert choice["AP"] == reference["strategies"]["task_arithmetic"]["AP"]
     assert pooled.development_choice(data, ["recall"], seed=1) is None
+    # a leader is not a choice while a candidate (knots) lacks an order; without it, it is
+    assert pooled.final_choice(data, ["recall", "task_arithmetic", "ties", "knots"]) is None
+    assert pooled.final_choice(data, ["recall", "task_arithmetic", "ties"]) == "task_arithmetic"
+
+
+def test_an_exact_tie_in_ap_goes_to_the_candidate_listed_first(pooled):
+    """SYNTHETIC runs: two merges with the same per-item scores (RECALL at a high temperature
+    gives task arithmetic's merge) tie exactly; the candidate listed first is chosen, whatever
+    the names' order."""
+    rng = np.random.default_rng(3)
+    for order in ([0, 1, 2], [2, 1, 0]):
+        run = synthetic_run(order, {"task_arithmetic": 0.7, "ties": 0.5}, rng)
+        run["items"]["recall_paper_tuned"] = run["items"]["task_arithmetic"]
+        for name in ("task_arithmetic", "ties", "recall_paper_tuned"):
+            pooled.record_run("seq", 0, order, name, run)
+    data = pooled.load_items("seq")
+    assert pooled.final_choice(data, ["task_arithmetic", "recall_paper_tuned", "ties"]) == \
+        "task_arithmetic"
+    assert pooled.final_choice(data, ["ties", "recall_paper_tuned", "task_arithmetic"]) == \
+        "recall_paper_tuned"
+    choice = pooled.development_choice(data, ["recall_paper_tuned", "task_arithmetic", "ties"])
+    assert choice["chosen"] == "recall_paper_tuned"
+    assert choice["others"]["task_arithmetic"]["vs_chosen"]["estimate"] == 0
 
 COMMITTED = sorted((REPO / "benchmarks" / "results" / "items").glob("continual_*.json.gz"))
 

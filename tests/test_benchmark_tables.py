@@ -604,3 +604,21 @@ def test_a_tuned_family_at_a_hand_defined_setting_runs_under_that_name(bench):
     assert len(set(definitions)) == len(definitions)
     candidates = run.default_candidates()
     assert set(cells) | set(sequences.PROTOCOL_STRATEGIES) | {"recall", "ties"} == set(candidates)
+
+
+def test_the_chosen_default_joins_the_main_strategies_and_becomes_the_reference(bench, monkeypatch):
+    """Once the development sequence has chosen (every candidate in every order), the default runs
+    with the main strategies at two seeds and every offline sequence's ΔAP is taken against it;
+    before that RECALL's default is the reference. The choice here is SYNTHETIC (monkeypatched)."""
+    run, sequences = bench
+    monkeypatch.setattr(sequences, "chosen_default", lambda: None)
+    monkeypatch.setattr(run, "chosen_default", lambda: None)
+    assert run.reference("development") == "recall"
+    before = sequences.main_strategies()
+    monkeypatch.setattr(sequences, "chosen_default", lambda: "recall_tv_0.25")
+    monkeypatch.setattr(run, "chosen_default", lambda: "recall_tv_0.25")
+    assert sequences.main_strategies() == [*before, "recall_tv_0.25"]
+    assert run.reference("paper_shaped") == "recall_tv_0.25"
+    assert run.reference("paper") == "recall_paper"  # a historical BIG-bench sequence
+    monkeypatch.setattr(sequences, "chosen_default", lambda: "task_arithmetic")
+    assert sequences.main_strategies() == before  # already a main strategy: not twice

@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 
 from recall_merge.continual.intervals import ALPHA, LEVEL, RESAMPLES, verdict
-from recall_merge.continual.statistics import bootstrap_interval, holm, paired_differences
+from recall_merge.continual.statistics import (
+    bootstrap_interval,
+    holm,
+    macro_mean,
+    paired_differences,
+)
 
 ITEMS = Path(__file__).resolve().parents[1] / "results" / "items"
 BOOTSTRAP_SEED = 0  # one seed for every pooled interval, so the tables are reproducible
@@ -211,25 +216,43 @@ def pooled_table(sequence: str, reference: str, description: str, command: str,
     return "\n".join(lines)
 
 
-def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> dict | None:
-    """The default the development sequence chooses: among ``candidates`` (the data-free merges)
-    run in every task order present at training ``seed``, the one with the highest AP pooled over
-    those runs, with every other candidate's paired ΔAP against it (so a reader sees which gaps an
-    interval can tell from zero). None until some candidate has every order."""
+def _ranked_candidates(data: dict[str, Any], candidates: list[str],
+                       seed: int) -> tuple[str, list[str], dict[str, Any]] | None:
+    """(the candidate with the highest pooled AP, the candidates run in every order at ``seed``,
+    those runs), or None while no candidate has every order. AP's point estimate alone ranks them
+    (the mean over runs of the macro mean over tasks, as the interval's estimate); an exact tie
+    goes to the candidate listed first."""
     runs = {key: entry for key, entry in data["runs"].items() if entry["seed"] == seed}
     complete = [name for name in candidates if runs and all(
         name in entry["strategies"] and _ap_values(entry["strategies"][name]) is not None
         for entry in runs.values())]
     if not complete:
         return None
+    estimates = {name: float(np.mean([macro_mean(_ap_values(entry["strategies"][name]))
+                                      for entry in runs.values()])) for name in complete}
+    return max(complete, key=estimates.__getitem__), complete, runs
+
+
+def final_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> str | None:
+    """The development sequence's choice once every candidate has every order (None before: a
+    leader among some candidates is not a choice)."""
+    ranked = _ranked_candidates(data, candidates, seed)
+    return ranked[0] if ranked is not None and len(ranked[1]) == len(set(candidates)) else None
+
+
+def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> dict | None:
+    """The default the development sequence chooses: among ``candidates`` (the data-free merges)
+    run in every task order present at training ``seed``, the one with the highest AP pooled over
+    those runs, with every other candidate's paired ΔAP against it (so a reader sees which gaps an
+    interval can tell from zero). None until some candidate has every order."""
+    ranked = _ranked_candidates(data, candidates, seed)
+    if ranked is None:
+        return None
+    chosen, complete, runs = ranked
     restricted = {"tasks": data["tasks"], "runs": {
         key: {**entry, "strategies": {name: entry["strategies"][name] for name in complete}}
         for key, entry in runs.items()}}
-    # AP alone ranks them (the paired comparisons are made once, against the one chosen)
-    estimates = {name: _interval([_ap_values(entry["strategies"][name])
-                                  for entry in runs.values()])["estimate"] for name in complete}
-    chosen = max(complete, key=estimates.__getitem__)
-    pooled = pooled_intervals(restricted, chosen)
+    pooled = pooled_intervals(restricted, chosen)  # the paired comparisons: against the one chosen
     return {"chosen": chosen, "seed": seed, "runs": sorted(runs),
             "AP": pooled["strategies"][chosen]["AP"],
             "others": {name: {"AP": entry["AP"], "vs_chosen": entry["vs_reference"]}

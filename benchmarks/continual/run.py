@@ -63,6 +63,8 @@ from sequences import (  # noqa: E402
     TIES_DEV,
     TRAINING,
     ZERO_SHOT,
+    chosen_default,
+    default_candidates,
     main_strategies,
     orders,
     short_name,
@@ -123,9 +125,10 @@ def sequence_model(sequence: str) -> str:
 
 
 def reference(sequence: str) -> str:
-    """The strategy every other is compared with in a sequence's pooled intervals: RECALL's
-    default (``recall``) on the offline sequences, the paper form on the historical ones."""
-    return "recall" if sequence in OFFLINE_SEQUENCES else "recall_paper"
+    """The strategy every other is compared with in a sequence's pooled intervals: on the offline
+    sequences the default the development sequence chose, once every candidate has all its orders,
+    and RECALL's default (``recall``) until then; the paper form on the historical ones."""
+    return (chosen_default() or "recall") if sequence in OFFLINE_SEQUENCES else "recall_paper"
 
 
 def results_path(sequence: str, seed: int = 0) -> Path:
@@ -923,15 +926,6 @@ def tuning_table() -> str:
     from tune import tuning_table as table
 
     return table()
-
-
-def default_candidates() -> list[str]:
-    """The data-free merges the default is chosen among (the rule in docs/benchmarks.md): RECALL's
-    default, task arithmetic and TIES, every tuned family at its development setting and the
-    protocol variants. The untuned sweep points are not candidates: each family enters once, at the
-    setting the equal tuning budget chose for it."""
-    return list(dict.fromkeys(["recall", "task_arithmetic", "ties", *tuned_cells(),
-                               *PROTOCOL_STRATEGIES]))
 
 
 def development_choice_table() -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pooled import final_choice, load_items
+
 # The LoRA budget `recall demo` uses: the top 8 of SmolLM2's 30 blocks, every linear layer,
 # 30 steps of 8 examples. Measured on 2 CPU cores: ~60 s per expert.
 TRAINING = {"mode": "lora", "lora_rank": 8, "lora_alpha": 16, "top_k_blocks": 8,
@@ -474,17 +476,34 @@ def tuned_cells() -> list[str]:
 NEW_METHOD_FAMILIES = ("tsv_m", "iso_c", "iso_cts", "knots", "della", "wudi", "opcm", "dop")
 
 
+def default_candidates() -> list[str]:
+    """The data-free merges the default is chosen among (the rule in docs/benchmarks.md): RECALL's
+    default, task arithmetic and TIES, every tuned family at its development setting and the
+    protocol variants. The untuned sweep points are not candidates: each family enters once, at the
+    setting the equal tuning budget chose for it."""
+    return list(dict.fromkeys(["recall", "task_arithmetic", "ties", *tuned_cells(),
+                               *PROTOCOL_STRATEGIES]))
+
+
+def chosen_default() -> str | None:
+    """The continual merge the development sequence chose by that rule, once every candidate has
+    all three orders at training seed 0 (None before: a leader among some is not a choice)."""
+    return final_choice(load_items("development"), default_candidates())
+
+
 def main_strategies() -> list[str]:
     """The strategies run at two training seeds: MAIN_STRATEGIES, plus, once tune.py has scored
     them, TIES at its tuned setting and the best new method (highest development AP among
-    NEW_METHOD_FAMILIES) at its tuned setting."""
+    NEW_METHOD_FAMILIES) at its tuned setting, and, once the development sequence has chosen it,
+    the default continual merge."""
     chosen = tuned_points()
     extra = [tuned_name("ties", chosen["ties"][1])] if "ties" in chosen else []
     new = [family for family in NEW_METHOD_FAMILIES if family in chosen]
     if new:
         best = max(new, key=lambda family: chosen[family][1]["AP"])
         extra.append(tuned_name(best, chosen[best][1]))
-    return MAIN_STRATEGIES + extra
+    default = chosen_default()
+    return list(dict.fromkeys([*MAIN_STRATEGIES, *extra, *([default] if default else [])]))
 
 
 STRATEGIES.update(tuned_strategies())
