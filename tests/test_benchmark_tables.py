@@ -622,3 +622,22 @@ def test_the_chosen_default_joins_the_main_strategies_and_becomes_the_reference(
     assert run.reference("paper") == "recall_paper"  # a historical BIG-bench sequence
     monkeypatch.setattr(sequences, "chosen_default", lambda: "task_arithmetic")
     assert sequences.main_strategies() == before  # already a main strategy: not twice
+
+
+def test_a_final_model_is_found_only_where_its_run_folder_is(bench, tmp_path, monkeypatch):
+    """run.py --generalisation scores each strategy's final model. A strategy whose run folder is
+    not on this disk (another machine ran it) has none: scoring the base in its place would record
+    a wrong score. A folder without step models (every expert guarded out) is the base."""
+    import recall_merge.io.packaged as packaged
+
+    run, _ = bench
+    monkeypatch.setattr(packaged, "resolve_model_ref", lambda model: tmp_path / "base")
+    assert run.final_model(tmp_path, "ties") is None
+    folder = tmp_path / "strategies" / "ties"
+    folder.mkdir(parents=True)
+    assert run.final_model(tmp_path, "ties") == (tmp_path / "base", None)
+    for step in ("step1", "step2", "step10"):
+        (folder / step).mkdir()
+    assert run.final_model(tmp_path, "ties") == (folder / "step10", None)
+    (folder / "step10" / "adapter_config.json").write_text("{}")
+    assert run.final_model(tmp_path, "ties") == (tmp_path / "base", folder / "step10")

@@ -198,7 +198,9 @@ PERPLEXITY_TEXTS = 32  # BBC article bodies (never trained on), first 256 tokens
 
 def final_model(run_dir: Path, strategy: str,
                 model: str = "smollm2") -> tuple[Path, Path | None] | None:
-    """(folder, adapter) of a strategy's model after the last step it built; None for experts."""
+    """(folder, adapter) of a strategy's model after the last step it built; None for experts,
+    and where the strategy's run folder is not on this disk (another machine ran it: scoring the
+    base in its place would be a wrong score, not a missing one)."""
     from recall_merge.continual.store import slug as _slug
     from recall_merge.io.packaged import resolve_model_ref
 
@@ -206,8 +208,10 @@ def final_model(run_dir: Path, strategy: str,
     if strategy == "base":
         return base, None
     folder = run_dir / "strategies" / _slug(strategy)
+    if not folder.is_dir():
+        return None
     steps = sorted((p for p in folder.glob("step*") if p.name[4:].isdigit()),
-                   key=lambda p: int(p.name[4:])) if folder.is_dir() else []
+                   key=lambda p: int(p.name[4:]))
     if not steps:
         return None if strategy == "expert" else (base, None)  # guarded: every expert left out
     last = steps[-1]
