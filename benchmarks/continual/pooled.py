@@ -237,7 +237,7 @@ def final_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> 
     """The development sequence's choice once every candidate has every order (None before: a
     leader among some candidates is not a choice)."""
     ranked = _ranked_candidates(data, candidates, seed)
-    return ranked[0] if ranked is not None and len(ranked[1]) == len(set(candidates)) else None
+    return ranked[0] if ranked is not None and set(ranked[1]) == set(candidates) else None
 
 
 def development_choice(data: dict[str, Any], candidates: list[str], seed: int = 0) -> dict | None:

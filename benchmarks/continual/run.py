@@ -346,6 +346,14 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
     return out
 
 
+def score_final_model(run: dict, run_dir: Path, name: str, zero_shot: dict[str, dict], model: str,
+                      keep_weights: bool) -> None:
+    """A strategy's generalisation scores into ``run``; then, unless kept, its final weights go."""
+    run["generalisation"].update(generalisation(run_dir, [name], zero_shot, model))
+    if not keep_weights:
+        remove_final_weights(run_dir, name, model)
+
+
 def run_sequence(args: argparse.Namespace) -> Path:
     """Run (or resume) every requested (order, strategy); each is its own run folder, so strategies
     can be added to an order later. Results merge into one JSON per sequence. With
@@ -380,10 +388,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 continue
             if args.generalisation:
                 if run["results"] and name in run["results"]["methods"]:
-                    run["generalisation"].update(
-                        generalisation(Path(config["run_dir"]), [name], zero_shot, model))
-                    if not args.keep_weights:
-                        remove_final_weights(Path(config["run_dir"]), name, model)
+                    score_final_model(run, Path(config["run_dir"]), name, zero_shot, model,
+                                      args.keep_weights)
                     out = write_results(args.sequence, args.seed, args.max_test, runs, all_orders)
                 continue
             started = time.perf_counter()
@@ -396,10 +402,8 @@ def run_sequence(args: argparse.Namespace) -> Path:
             # keep the wall time of the call that did the work (a rerun finds the stages on disk)
             run["wall_seconds"][name] = max(round(seconds, 1), run["wall_seconds"].get(name, 0))
             if not args.defer_generalisation:
-                run["generalisation"].update(
-                    generalisation(Path(config["run_dir"]), [name], zero_shot, model))
-                if not args.keep_weights:
-                    remove_final_weights(Path(config["run_dir"]), name, model)
+                score_final_model(run, Path(config["run_dir"]), name, zero_shot, model,
+                                  args.keep_weights)
             if run["results"] is None:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
