@@ -16,6 +16,7 @@ import yaml
 from recall_merge import merge
 from recall_merge.cli import main as cli_main
 from recall_merge.errors import OutputError
+from recall_merge.methods.default import DEFAULT_METHOD
 from recall_merge.methods.registry import available_methods
 
 
@@ -51,6 +52,8 @@ def test_methods_prints_one_described_line_per_method(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == available_methods()
     assert all(len(line.split(None, 1)) == 2 for line in lines)
+    assert [line.split()[0] for line in lines if "the default when a config names no method" in line] \
+        == [DEFAULT_METHOD]
 
 
 def test_merged_folder_has_its_own_model_card_never_the_base_one(tiny_models, tmp_path):

@@ -196,12 +196,15 @@ def _run(args: argparse.Namespace) -> int:
         print(materialise(args.name, force=args.force, quiet=args.quiet))
         return 0
     if args.command == "methods":
+        from recall_merge.methods.default import DEFAULT_METHOD, default_parameters
         from recall_merge.methods.registry import available_methods, summary
 
         names = available_methods()
         width = max(len(name) for name in names)
         for name in names:
-            print(f"{name:<{width}}  {summary(name)}")
+            default = (f" [the default when a config names no method, with {default_parameters()}]"
+                       if name == DEFAULT_METHOD else "")
+            print(f"{name:<{width}}  {summary(name)}{default}")
         return 0
     if args.command == "demo":
         from recall_merge.demo import run_demo

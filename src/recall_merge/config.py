@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, Field, StrictInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from recall_merge.errors import (
     MAX_QUOTED_CHARS,
@@ -32,6 +40,7 @@ from recall_merge.errors import (
 from recall_merge.io import hub
 from recall_merge.io.packaged import is_packaged_name
 from recall_merge.methods.base import StrictParameters as _Strict
+from recall_merge.methods.default import DEFAULT_METHOD, default_parameters
 from recall_merge.methods.registry import available_methods, parameters_model
 from recall_merge.recall.samples import MAX_LINE_BYTES, MAX_SAMPLES
 
@@ -90,7 +99,9 @@ class LoraOutputOptions(_Strict):
 
 
 class MergeConfig(_Strict):
-    method: str = "recall"
+    method: str = Field(DEFAULT_METHOD, description=f"merge method (`recall methods` lists them); "
+                        f"without it, {DEFAULT_METHOD} with parameters {default_parameters()} "
+                        "(the continual benchmark's choice, methods/default.py)")
     base: ModelRef = Field(description="base model M_0: " + _REFS_NOTE + ". " + _PATHS_NOTE)
     models: list[ModelRef] = Field(min_length=1, description="experts M_1..M_N in order, newest last, "
                                    "each " + _REFS_NOTE + ". " + _PATHS_NOTE)
@@ -128,6 +139,23 @@ class MergeConfig(_Strict):
         None, description="written by the mergekit reader (interop/mergekit.py) for a mergekit config "
         "merged per output tensor: its slices, parameters with filters, tokenizer_source, chat_template "
         "and dtype, with models as indices into [base, *models]; write a mergekit YAML rather than this")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_merge(cls, raw: Any) -> Any:
+        # No method: the default merge with its own parameters. RECALL-only keys then mean the
+        # config was written for RECALL (the default before the benchmark chose another): refused
+        # rather than silently merged by another method.
+        if not isinstance(raw, dict) or "method" in raw:
+            return raw
+        recall_keys = [key for key in ("samples", "parameters") if raw.get(key)]
+        if recall_keys:
+            raise ConfigValueError(
+                f"{' and '.join(recall_keys)} set but no method: the default merge is "
+                f"{DEFAULT_METHOD} {default_parameters()}, which reads "
+                f"{'neither' if len(recall_keys) > 1 else 'no ' + recall_keys[0]}",
+                "add `method: recall` to merge with RECALL (or name the method these belong to)")
+        return {**raw, "method": DEFAULT_METHOD, "parameters": default_parameters()}
 
     @field_validator("base", "models", mode="before")
     @classmethod
@@ -182,7 +210,7 @@ class MergeConfig(_Strict):
     def _compute_dtype_for_recall(cls, value: str, info: Any) -> str:
         # The other methods' tensor functions (SVD, top-k ranks) are written and checked in
         # float32 only: refused rather than silently run in another precision.
-        method = info.data.get("method", "recall")
+        method = info.data.get("method", DEFAULT_METHOD)
         if value != "float32" and method != "recall":
             raise ConfigValueError(f"compute_dtype {value} is only supported by method recall, not "
                                    f"{_short(method, 60)}",

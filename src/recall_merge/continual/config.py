@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recall_merge.config import MAX_SEED, check_device, explain, read_yaml_mapping
 from recall_merge.errors import ConfigError, ConfigValueError, excerpt
 from recall_merge.io import hub
+from recall_merge.methods.default import DEFAULT_METHOD, default_parameters
 
 StrategyKind = Literal["sequential", "ewc", "lwf", "replay", "joint", "expert", "merge"]
 Library = Literal["experts", "previous"]
@@ -80,7 +81,8 @@ class StrategyConfig(_Strict):
     kind: StrategyKind
     name: str | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="overrides of `training`")
-    method: str | None = Field(None, description="merge: method name, or 'all'")
+    method: str | None = Field(None, description="merge: method name, or 'all'; without it the "
+                               f"default merge, {DEFAULT_METHOD} {default_parameters()}")
     library: Library | Literal["*"] = "experts"
     finetune_from: FinetuneFrom | Literal["*"] = "base"
     parameters: dict[str, Any] | None = Field(None, description="merge: the method's parameters")
@@ -221,9 +223,10 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
             strategies.append(Strategy(name, spec.kind, training,
                                        steps_per_task=spec.steps_per_task))
             continue
-        if not spec.method:
-            raise ConfigError("a merge strategy needs `method`", "add method: recall (or ties, ...)")
-        methods = [spec.method] if spec.method != "all" else list(merge_methods or [])
+        # no method: the default merge (methods/default.py) with its own parameters unless the
+        # config's merge_parameters set that method's
+        method_default = default_parameters() if not spec.method else {}
+        methods = [spec.method or DEFAULT_METHOD] if spec.method != "all" else list(merge_methods or [])
         libraries = ["experts", "previous"] if spec.library == "*" else [spec.library]
         starts = ["base", "previous"] if spec.finetune_from == "*" else [spec.finetune_from]
         for method in methods:
@@ -233,7 +236,7 @@ def expand_strategies(config: ContinualConfig, merge_methods: list[str] | None =
                     name = spec.name if spec.name and len(methods) * len(libraries) * len(starts) == 1 \
                         else f"merge:{method}:{library}:{start}" + (":ema" if spec.deploy == "ema" else "")
                     parameters = spec.parameters if spec.parameters is not None \
-                        else config.merge_parameters.get(method, {})
+                        else config.merge_parameters.get(method, method_default)
                     beta = DEFAULT_EMA_BETA if spec.ema_beta is None else spec.ema_beta
                     strategies.append(Strategy(name, "merge", training, method, library, start,
                                                dict(parameters), spec.guard_newest,
