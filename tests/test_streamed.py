@@ -148,14 +148,41 @@ def test_the_embedding_holds_only_the_rows_of_the_tokens_used(family_models, mon
     assert padding == [None] * len(rows_held)  # lifted during the pass only
 
 
-def test_a_small_model_kept_loaded_across_waves_gives_the_same_states(family_models):
+def test_a_small_model_kept_loaded_across_waves_gives_the_same_states(family_models, monkeypatch):
     _, folders = family_models
     pool = ModelPool.open(folders["base"], [folders["lora"]])
+    # the same waves of 2 in both passes (a streamed model's own would be one wave: next test)
+    monkeypatch.setattr(streamed.StreamedDecoder, "pass_wave",
+                        lambda self, count, max_length, batch_size, **_: self.wave_size(max_length, batch_size))
     options = dict(max_length=24, batch_size=2, use_chat_template=False)
     streamed_states = states_for_all_models(pool, _TEXTS, resident_budget=0, **options)
     resident = states_for_all_models(pool, _TEXTS, resident_budget=1 << 40, **options)
     for k in streamed_states:
         assert torch.equal(streamed_states[k], resident[k])
+
+
+def test_a_streamed_model_runs_as_few_waves_as_the_activation_budget_allows(family_models, monkeypatch):
+    """A model above the resident budget reads (and for a LoRA expert rebuilds) every block once
+    per wave, so its pass ignores batch_size up to the activation budget; a resident model keeps
+    batch_size. The states agree with the small waves' to rounding."""
+    _, folders = family_models
+    pool = ModelPool.open(folders["base"], [folders["lora"]])
+    batches: list[int] = []
+    original = streamed.StreamedDecoder.pooled_states
+
+    def recording(self, read, waves, **kwargs):
+        batches.append(len(waves))
+        return original(self, read, waves, **kwargs)
+
+    monkeypatch.setattr(streamed.StreamedDecoder, "pooled_states", recording)
+    options = dict(max_length=24, batch_size=2, use_chat_template=False)
+    one_wave = states_for_all_models(pool, _TEXTS, resident_budget=0, **options)
+    assert batches == [1, 1]  # base and expert, every sample in one wave
+    batches.clear()
+    small_waves = states_for_all_models(pool, _TEXTS, resident_budget=1 << 40, **options)
+    assert batches == [len(streamed.waves(len(_TEXTS), 2))] * 2
+    for k in one_wave:
+        assert (one_wave[k] - small_waves[k]).abs().max() <= 1e-5
 
 
 def test_waves_are_balanced():

@@ -125,7 +125,7 @@ print(json.dumps({"pass_s": sum(passes), "passes_s": passes, "plan_s": plan_s,
 # model in memory, run through its decoder with output_hidden_states=True (the LM head's logits,
 # which no pass needs, are not computed).
 _PLAIN_CHILD = """
-import json, sys, time, types
+import json, sys, time
 started = time.perf_counter()
 import torch
 from safetensors.torch import save_file
@@ -144,9 +144,11 @@ dtype = getattr(torch, args["dtype"])
 pool = ModelPool.open(config.base, config.models)
 texts = read_samples(config.samples, min_count=params.num_typical)
 tokenizer = representation_tokenizer(pool.base.folder)
-# the streamed pass's waves: batch_size samples, fewer where activations would pass its budget
-wave = StreamedDecoder.wave_size(types.SimpleNamespace(config=AutoConfig.from_pretrained(pool.base.folder)),
-                                 params.max_length, params.batch_size)
+# the streamed pass's waves (StreamedDecoder.pass_wave, from the weightless skeleton): batch_size
+# samples for a model small enough to stay loaded, else as many as the activation budget allows
+skeleton = StreamedDecoder(pool.base.folder, set(pool.base.tensors), device=torch.device("cpu"))
+def wave_for(count):
+    return skeleton.pass_wave(count, params.max_length, params.batch_size)
 cut = dict(max_length=params.max_length, truncation_side=params.truncation_side)
 timings = {"load_s": 0.0, "forward_s": 0.0}
 state = {"model": None, "holds": None, "dirty": set()}
@@ -182,7 +184,7 @@ def pooled(model, chosen):
     order = sorted(range(len(framed)), key=lambda i: int(lengths[i]))
     chunks = []
     begun = time.perf_counter()
-    for start, stop in waves(len(framed), wave):
+    for start, stop in waves(len(framed), wave_for(len(framed))):
         batch = encode(tokenizer, [framed[i] for i in order[start:stop]], **cut)
         hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              output_hidden_states=True, use_cache=False).hidden_states

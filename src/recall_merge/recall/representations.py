@@ -203,9 +203,11 @@ def states_for_all_models(pool: ModelPool, texts_for: dict[int, list[str]] | lis
     if backend == "streamed":
         decoder = _streamed_decoder(pool, torch.device(device), trust_remote_code, compute_dtype)
         if decoder is not None:
-            wave = decoder.wave_size(max_length, batch_size, activation_budget)
             for k in indices:
                 chosen = texts if texts is not None else texts_for[k]
+                wave = decoder.pass_wave(len(chosen), max_length, batch_size,
+                                         resident_budget=resident_budget,
+                                         activation_budget=activation_budget)
                 framed = format_texts(tokenizer, chosen, use_chat_template)
                 # Waves of similar lengths pad little; the states go back to the input order.
                 lengths = encode(tokenizer, framed, max_length=max_length,
