@@ -74,7 +74,8 @@ def test_headline_table_states_what_it_rests_on(bench):
     if offline:  # the pooled-interval table of that sequence
         table = run.offline_headline(offline[0])
         assert table.startswith(f"Sequence `{offline[0]}`") and "Command: `" in table
-        assert "| strategy | AP [95 % CI] | BWT [95 % CI] | ΔAP vs recall [95 % CI] |" in table
+        reference = run.reference(offline[0])  # the chosen default once there is one
+        assert f"| strategy | AP [95 % CI] | BWT [95 % CI] | ΔAP vs {reference} [95 % CI] |" in table
         return
     data = json.loads(run.results_path(run.HEADLINE_SEQUENCE).read_text())
     lines = run.headline_table().splitlines()

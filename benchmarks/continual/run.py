@@ -476,7 +476,7 @@ def ray_cells(args: argparse.Namespace, runs: dict) -> dict[tuple[int, str], flo
 
 LEGEND = {
     "expert": "the newest task's expert alone",
-    "recall": "RECALL's default (`recall merge`'s parameters: the paper form)",
+    "recall": "RECALL at its own default parameters (`method: recall`: the paper form, τ 1)",
     "recall_paper": "RECALL, paper form = the default chosen on the development sequence",
     "recall_previous": "RECALL of the base, the previous step's merge and the newest expert "
                        "(previous-merge protocol)",
@@ -492,7 +492,7 @@ LEGEND = {
                       "development sweep)",
     "recall_tv_redundancy": "RECALL's weights over the task vectors, per-layer strength from the "
                             "overlap of the experts' representation shifts (variant, no λ)",
-    "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (best on the development sequence)",
+    "task_arithmetic": f"λ = {TASK_ARITHMETIC['lambda']:g} (the default merge, chosen on the development sequence)",
     "task_arithmetic_1": "λ = 1 (untuned reference)",
     "ties": f"density {TIES['density']:g}, λ = {TIES['lambda']:g}",
     "ties_0.5": f"density {TIES_DEV['density']:g}, λ = {TIES_DEV['lambda']:g} (best on the "
