@@ -206,7 +206,8 @@ for k in range(newest):
     kept[f"pass2_model{k}"] = pooled(model_for(k), [texts[i] for i in chosen])
 pass_s = time.perf_counter() - ready
 save_file(kept, args["states"])
-print(json.dumps({"pass_s": pass_s, **timings, "before_pass_s": ready - started, "wave": wave,
+print(json.dumps({"pass_s": pass_s, **timings, "before_pass_s": ready - started,
+                  "waves": [wave_for(len(texts)), wave_for(len(chosen))],
                   "threads": torch.get_num_threads()}))
 """
 
