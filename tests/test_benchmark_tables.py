@@ -70,11 +70,11 @@ def test_headline_table_states_what_it_rests_on(bench):
     """The README's one results table names its test items, seed, orders and command, and has a
     row for every strategy the headline sequence ran, RECALL's first."""
     run, _ = bench
-    offline = [s for s in run.HEADLINE_OFFLINE if run.load_items(s)["runs"]]
+    offline = run.headline_sequence()
     if offline:  # the pooled-interval table of that sequence
-        table = run.offline_headline(offline[0])
-        assert table.startswith(f"Sequence `{offline[0]}`") and "Command: `" in table
-        reference = run.reference(offline[0])  # the chosen default once there is one
+        table = run.offline_headline(offline)
+        assert table.startswith(f"Sequence `{offline}`") and "Command: `" in table
+        reference = run.reference(offline)  # the chosen default once there is one
         assert f"| strategy | AP [95 % CI] | BWT [95 % CI] | ΔAP vs {reference} [95 % CI] |" in table
         return
     data = json.loads(run.results_path(run.HEADLINE_SEQUENCE).read_text())
@@ -642,3 +642,25 @@ def test_a_final_model_is_found_only_where_its_run_folder_is(bench, tmp_path, mo
     assert run.final_model(tmp_path, "ties") == (folder / "step10", None)
     (folder / "step10" / "adapter_config.json").write_text("{}")
     assert run.final_model(tmp_path, "ties") == (tmp_path / "base", folder / "step10")
+
+
+def test_a_held_out_sequence_heads_the_readme_once_its_main_strategies_have_every_order(
+        bench, monkeypatch):
+    """SYNTHETIC run entries (no scores needed): the headline stays on the development sequence
+    while a held-out sequence has one strategy in one order, and moves once every main strategy has
+    the three orders at training seed 0."""
+    run, _ = bench
+    main = run.main_strategies()
+    partial = {"s0/o0": {"seed": 0, "order": [0], "strategies": {"expert": {}}}}
+    complete = {f"s0/o{k}": {"seed": 0, "order": [k], "strategies": dict.fromkeys(main, {})}
+                for k in range(3)}
+    development = {"s0/o0": {"seed": 0, "order": [0], "strategies": {"task_arithmetic": {}}}}
+    items = {"task_incremental": partial, "paper_shaped": {}, "development": development}
+    monkeypatch.setattr(run, "load_items", lambda sequence: {"runs": items.get(sequence, {})})
+    assert run.headline_sequence() == "development"
+    items["paper_shaped"] = complete
+    assert run.headline_sequence() == "paper_shaped"
+    items["task_incremental"] = complete
+    assert run.headline_sequence() == "task_incremental"
+    items.update(task_incremental={}, paper_shaped={}, development={})
+    assert run.headline_sequence() is None
