@@ -96,6 +96,9 @@ def test_summary_statistics_over_orders(bench):
     assert run._stats([None])["mean"] is None
     assert run._fmt(run._stats([0.25])) == "+0.250"
     assert run._fmt(run._stats([0.5, 0.7]), signed=False) == "0.600 ± 0.141"
+    # a value some orders lack (deferred generalisation) says how many orders it rests on
+    assert run._fmt(run._stats([42.0, None, None]), False, 1, of=3) == "42.0 (1 of 3 orders)"
+    assert run._fmt(run._stats([42.0, 44.0]), False, 1, of=2) == "43.0 ± 1.4"
 
 
 def test_committed_results_record_seed_versions_and_command():

@@ -529,12 +529,15 @@ LEGEND.update({f"{family}_tuned": f"{family} at `{point}` (`{entry['method']}` "
                for family, (point, entry) in TUNED.items()})
 
 
-def _fmt(stat: dict, signed: bool = True, digits: int = 3) -> str:
+def _fmt(stat: dict, signed: bool = True, digits: int = 3, of: int | None = None) -> str:
+    """mean ± sample std; ``of``: the orders the strategy ran, named when fewer have this value
+    (generalisation scores deferred for some orders)."""
     if stat["mean"] is None:
         return "n/a"
     text = f"{stat['mean']:+.{digits}f}" if signed else f"{stat['mean']:.{digits}f}"
-    several = len([v for v in stat["values"] if v is not None]) > 1
-    return text + (f" ± {stat['std']:.{digits}f}" if several else "")
+    present = len([v for v in stat["values"] if v is not None])
+    text += f" ± {stat['std']:.{digits}f}" if present > 1 else ""
+    return text + (f" ({present} of {of} orders)" if of is not None and present < of else "")
 
 
 def table(sequence: str) -> str:
@@ -549,8 +552,8 @@ def table(sequence: str) -> str:
     for name, stat in data["summary"].items():
         wall = stat["wall_seconds"]["mean"]
         lines.append(f"| {name} | {_fmt(stat['AP'], False)} | {_fmt(stat['BWT'])} | "
-                     f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False, 1)} | "
-                     f"{_fmt(stat.get('zero_shot_mean', {'mean': None}), False)} | "
+                     f"{_fmt(stat['FWT'])} | {_fmt(stat['perplexity'], False, 1, of=stat['orders'])} | "
+                     f"{_fmt(stat.get('zero_shot_mean', {'mean': None}), False, of=stat['orders'])} | "
                      f"{stat['orders']} | {'' if wall is None else f'{wall / 60:.1f}'} |")
     if base_ppl:
         lines += ["", f"Base model: perplexity {base_ppl:.2f} on the same text"
