@@ -1009,13 +1009,13 @@ def headline_sequence() -> str | None:
     HEADLINE_OFFLINE whose main strategies all have their three task orders at training seed 0 (a
     headline of one strategy in one order would say nothing), else the development sequence once
     it has runs."""
+    main = main_strategies()  # reads the development items once, not per run entry
     for sequence in HEADLINE_OFFLINE:
         runs = [entry for entry in load_items(sequence)["runs"].values() if entry["seed"] == 0]
         if SEQUENCES[sequence].get("role") == "development":
             if runs:
                 return sequence
-        elif len(runs) >= 3 and all(name in entry["strategies"]
-                                    for entry in runs for name in main_strategies()):
+        elif len(runs) >= 3 and all(name in entry["strategies"] for entry in runs for name in main):
             return sequence
     return None
 

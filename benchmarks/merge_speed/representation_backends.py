@@ -129,7 +129,7 @@ import json, sys, time
 started = time.perf_counter()
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 from recall_merge.config import load_config
 from recall_merge.io.pool import ModelPool
 from recall_merge.recall.representations import encode, format_texts, representation_tokenizer

@@ -149,7 +149,7 @@ class StreamedDecoder:
         the first wave to the last (read once per pass instead of once per wave); a larger one
         holds one block at a time. Both give the same states."""
         self._read, self._source = read, source
-        self.keep_blocks = len(batches) > 1 and self.float32_bytes <= resident_budget
+        self.keep_blocks = len(batches) > 1 and self.stays_loaded(resident_budget)
         # The embedding holds only the rows of the tokens used, indexed by their rank among them;
         # padding_idx only masks gradients, but F.embedding checks it against the row count.
         used = torch.unique(torch.cat([batch["input_ids"].flatten() for batch in batches]))
@@ -177,6 +177,11 @@ class StreamedDecoder:
             self.keep_blocks = False
         return torch.cat(chunks, dim=1)
 
+    def stays_loaded(self, resident_budget: int) -> bool:
+        """Whether a pass keeps each block loaded across its waves: float32 weights within
+        ``resident_budget`` bytes."""
+        return self.float32_bytes <= resident_budget
+
     def pass_wave(self, count: int, max_length: int, batch_size: int, *,
                   resident_budget: int = DEFAULT_RESIDENT_BUDGET,
                   activation_budget: int = DEFAULT_ACTIVATION_BUDGET) -> int:
@@ -185,8 +190,9 @@ class StreamedDecoder:
         reads every block again for each wave, and a LoRA expert's blocks are rebuilt (base + B·A,
         in float64) each time, which at 7B costs more than a wave's padding: Llama-2-7B with three
         LoRA experts in bfloat16, 16 samples in two waves of 8, took 1.55× the forward of whole
-        models (docs/speed.md). So its waves are as large as the activation budget allows."""
-        if self.float32_bytes <= resident_budget:
+        models, and 1.18× in one wave of 16 (docs/speed.md). So its waves are as large as the
+        activation budget allows."""
+        if self.stays_loaded(resident_budget):
             return self.wave_size(max_length, batch_size, activation_budget)
         return self.wave_size(max_length, max(batch_size, count), activation_budget)
 
