@@ -132,6 +132,18 @@ def test_demo_config_validates(tmp_path):
     assert "expert" in names and any("recall" in n for n in names)
 
 
+def test_demo_compares_recall_with_the_default_merge(tmp_path):
+    """The demo's task arithmetic is the default merge (the README's first command shows it), not
+    a λ of the demo's own."""
+    from recall_merge.methods.default import DEFAULT_METHOD, default_parameters
+
+    config = load_continual_config(demo_config(tmp_path / "demo"))
+    merges = {s.method: s.parameters for s in expand_strategies(config, merge_methods=available_methods())
+              if s.kind == "merge"}
+    assert set(merges) == {"recall", DEFAULT_METHOD}
+    assert merges[DEFAULT_METHOD] == default_parameters()
+
+
 # --- two_experts.py, then merge_recall.yaml and merge_ties.yaml on what it wrote ------------------
 
 

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=30, help="LoRA steps per task (batch 8)")
     demo.add_argument("--test-items", type=int, default=16, help="test items per task")
     demo.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                      help="merge methods to compare (default: recall task_arithmetic)")
+                      help="merge methods to compare (default: recall and the default merge, "
+                      "task_arithmetic at λ 0.25)")
     demo.add_argument("--tasks", nargs="+", default=None, metavar="SPEC",
                       help="task specs in order (default: bbc lexicon:word_sentiment "
                       "lexicon:past_tense; e.g. bigbench:intent_recognition where BIG-bench is cached)")

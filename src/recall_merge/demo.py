@@ -14,13 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recall_merge.methods.default import DEFAULT_METHOD, default_parameters
+
 # Each was checked to be learnable at the demo's budget (benchmarks/results/task_probe.json:
 # word sentiment 0.82 -> 1.00, past tense 0.00 -> 0.70); CMUdict syllable counts are not (the
 # expert predicts one label), nor are MultiEmo sentiment, FEVER and hyperbaton. All three ship
 # in PyPI wheels, so the demo needs no BIG-bench (which PyPI stopped serving on 2026-12-05);
 # `--tasks bbc bigbench:intent_recognition bigbench:tense` is the earlier default.
 DEMO_TASKS = ["bbc", "lexicon:word_sentiment", "lexicon:past_tense"]
-DEMO_METHODS = ["recall", "task_arithmetic"]  # --methods adds more (each costs ~1.5 min)
+# RECALL beside the default merge (task arithmetic at the λ the benchmark chose): with the demo's
+# three experts that λ is 1/(N+1), RECALL's weights where the representations do not differ, so the
+# two part only where RECALL reads a difference.
+DEMO_METHODS = ["recall", DEFAULT_METHOD]  # --methods adds more (each costs ~1.5 min)
 
 
 def demo_config(run_dir: Path, seed: int = 0, steps: int = 30, test_items: int = 16,
@@ -45,8 +50,8 @@ def demo_config(run_dir: Path, seed: int = 0, steps: int = 30, test_items: int =
         "evaluation": {"batch_size": 16, "max_length": 128, "max_new_tokens": 32},
         "merge_samples": 64,
         "merge_parameters": {"recall": {"num_typical": 16, "max_length": 96},
-                             "task_arithmetic": {"lambda": 1.0},
-                             "ties": {"density": 0.2, "lambda": 1.0}},
+                             "ties": {"density": 0.2, "lambda": 1.0},
+                             DEFAULT_METHOD: default_parameters()},
         "strategies": ["expert", *[f"merge:{method}" for method in (methods or DEMO_METHODS)]],
     }
 
