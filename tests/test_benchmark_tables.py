@@ -667,3 +667,23 @@ def test_a_held_out_sequence_heads_the_readme_once_its_main_strategies_have_ever
     assert run.headline_sequence() == "task_incremental"
     items.update(task_incremental={}, paper_shaped={}, development={})
     assert run.headline_sequence() is None
+
+
+def test_the_base_zero_shot_line_is_over_the_sequences_own_tasks(bench):
+    """The base's generalisation entry is shared by every sequence (scored once), so it holds the
+    zero-shot tasks of all of them; a table's base line must list and average its own set only."""
+    run, sequences = bench
+    shared = {"perplexity": 32.3, "zero_shot": {"a": 0.2, "b": 0.4, "c": 0.9}, "zero_shot_mean": 0.5}
+    own = run.sequence_scores(shared, ["a", "b"])
+    assert own["zero_shot"] == {"a": 0.2, "b": 0.4}
+    assert own["zero_shot_mean"] == pytest.approx(0.3)
+    assert own["perplexity"] == 32.3
+    assert "zero_shot_mean" not in run.sequence_scores(shared, ["a", "missing"])  # no partial mean
+    for name in sequences.OFFLINE_SEQUENCES:
+        path = REPO / "benchmarks" / "results" / f"continual_{name}.json"
+        if not path.exists():
+            continue
+        line = next(line for line in run.table(name).splitlines() if line.startswith("Base model"))
+        listed = line.split("(", 1)[1].rstrip(").").split(", ")
+        assert sorted(task.rsplit(" ", 1)[0] for task in listed) == \
+            sorted(sequences.short_name(task) for task in sequences.zero_shot_tasks(name))

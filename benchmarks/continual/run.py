@@ -305,8 +305,24 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
         if zero_shot:
             entry["zero_shot_mean"] = statistics.fmean(entry["zero_shot"][t] for t in zero_shot)
         save_scores(path, stored)
-    merged = {"base": base_stored.get("base", {}), **run_stored}
+    merged = {"base": sequence_scores(base_stored.get("base", {}), zero_shot), **run_stored}
     return {name: entry for name, entry in merged.items() if entry}
+
+
+def sequence_scores(entry: dict, zero_shot: dict | list) -> dict:
+    """A generalisation entry restricted to one sequence's zero-shot tasks, its mean over those:
+    the base's stored entry holds the tasks of every sequence scored so far (it is shared), and a
+    mean over another sequence's set is not comparable with the strategies' means."""
+    if "zero_shot" not in entry:
+        return dict(entry)
+    scores = {task: entry["zero_shot"][task] for task in zero_shot if task in entry["zero_shot"]}
+    restricted = {key: value for key, value in entry.items()
+                  if key not in ("zero_shot", "zero_shot_mean")}
+    if scores:
+        restricted["zero_shot"] = scores
+        if len(scores) == len(zero_shot):
+            restricted["zero_shot_mean"] = statistics.fmean(scores.values())
+    return restricted
 
 
 def single_model(run: dict) -> dict:
@@ -547,7 +563,8 @@ def table(sequence: str) -> str:
              f"{data['max_test']} test items per task)", "",
              "| strategy | AP | BWT | FWT | perplexity | zero-shot | orders | wall min / order |",
              "|---|---|---|---|---|---|---|---|"]
-    base_general = data["runs"][0].get("generalisation", {}).get("base", {})
+    base_general = sequence_scores(data["runs"][0].get("generalisation", {}).get("base", {}),
+                                   zero_shot_tasks(sequence))
     base_ppl = base_general.get("perplexity")
     for name, stat in data["summary"].items():
         wall = stat["wall_seconds"]["mean"]
