@@ -54,7 +54,13 @@ def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, 
 
 
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
-          base_only: bool = False, kind: str | None = None, sequence: str | None = None) -> dict:
+          base_only: bool = False, kind: str | None = None, sequence: str | None = None,
+          training_seed: int | None = None) -> dict:
+    """One task's base score and, unless ``base_only``, its expert's after ``steps`` LoRA steps.
+    ``seed`` draws the task's splits; ``training_seed`` (default ``seed``) the expert's
+    initialisation and batch order: at a learning rate near the edge a task can learn at one
+    training seed and collapse onto one label at another, so a gate can probe several."""
+    training_seed = seed if training_seed is None else training_seed
     from sequences import TRAINING  # the benchmark's own training config
     from transformers import AutoTokenizer
 
@@ -94,8 +100,8 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
                 "majority_class_rate": majority, "base_predictions": base_predictions,
                 "eval_max_length": eval_length, "seconds": round(time.perf_counter() - started, 1),
                 "seed": seed, **({"sequence": sequence, "model": model_name} if sequence else {})}
-    model = make_trainable(load_causal_lm(base), training, seed=seed)
-    loss = train(model, tokenizer, task.train, training, seed, description=spec)
+    model = make_trainable(load_causal_lm(base), training, seed=training_seed)
+    loss = train(model, tokenizer, task.train, training, training_seed, description=spec)
     expert_score, expert_predictions = evaluate(model.merge_and_unload())
     return {"task": spec, "kind": task.kind, "metric": task.metric, "num_train": len(task.train),
             "num_test": len(task.test), "steps": steps, "learning_rate": training.learning_rate,
@@ -105,6 +111,7 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
             "expert_predictions": expert_predictions,
             "eval_max_length": eval_length, "train_max_length": training.max_length,
             "seconds": round(time.perf_counter() - started, 1), "seed": seed,
+            **({"training_seed": training_seed} if training_seed != seed else {}),
             **({"sequence": sequence, "model": model_name} if sequence else {})}
 
 
@@ -112,7 +119,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", nargs="*")
     parser.add_argument("--packaged", action="store_true", help="add every task of PACKAGED")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the task's splits (and, unless "
+                        "--training-seeds is given, the expert's training)")
+    parser.add_argument("--training-seeds", type=int, nargs="+", default=None, metavar="N",
+                        help="train one expert per seed on the same splits (is learning robust "
+                        "to the training seed, or does the expert sometimes collapse?)")
     parser.add_argument("--test-items", type=int, default=40)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
@@ -130,23 +141,26 @@ def main() -> None:
     from recall_merge.engine import versions
 
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"records": []}
-    for spec in args.tasks:
+    training_seeds = [None] if args.base_only or not args.training_seeds else args.training_seeds
+    for spec, training_seed in ((s, t) for s in args.tasks for t in training_seeds):
         record = probe(spec, args.seed, args.test_items, args.steps, args.lr, args.base_only,
-                       args.kind, args.sequence)
+                       args.kind, args.sequence, training_seed)
         if args.kind:
             record["requested_kind"] = args.kind
         print(json.dumps(record), flush=True)
         # a rerun replaces the record of the same settings; another test-set size is another
         # record (the 40-item probes of the historical benchmark stay beside the 300-item ones)
         data["records"] = [r for r in data["records"]
-                           if (r["task"], r["steps"], r["seed"], r.get("learning_rate"),
-                               r.get("requested_kind"), r["num_test"], r.get("sequence"))
-                           != (spec, record["steps"], args.seed, record["learning_rate"],
-                               args.kind, record["num_test"], args.sequence)]
+                           if (r["task"], r["steps"], r["seed"], r.get("training_seed"),
+                               r.get("learning_rate"), r.get("requested_kind"), r["num_test"],
+                               r.get("sequence"))
+                           != (spec, record["steps"], args.seed, record.get("training_seed"),
+                               record["learning_rate"], args.kind, record["num_test"],
+                               args.sequence)]
         data["records"].append(record)
         data.update(versions=versions(), command="python benchmarks/continual/probe_tasks.py "
-                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--base-only] [--kind K] "
-                    "[--sequence S]")
+                    "TASK... [--steps N] [--lr LR] [--test-items N] [--seed N] [--training-seeds N...] "
+                    "[--base-only] [--kind K] [--sequence S]")
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 

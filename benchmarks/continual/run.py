@@ -944,7 +944,8 @@ def offline_probes_table() -> str:
             f"| `{r['task']}` | {r['kind']}, {r['metric']} | {r['num_test']} | {budget} | "
             f"{r['base']:.3f} | {scored[0]} | {scored[1]} | "
             f"{'' if majority is None else f'{majority:.3f}'} | "
-            f"{len(predicted) if predicted else ''} | {r['seed']} |")
+            f"{len(predicted) if predicted else ''} | {r['seed']}"
+            + (f", training {r['training_seed']}" if "training_seed" in r else "") + " |")
     return "\n".join(lines)
 
 
