@@ -697,3 +697,48 @@ def test_debian_without_apt_says_what_to_do(tmp_path: Path, monkeypatch):
     with pytest.raises(DataError, match="not in the cache") as error:
         debian.package_root("wordnet-base", download=False)
     assert "fetch_debian" in error.value.fix
+
+
+def test_probe_trains_at_the_training_seed_on_the_seeds_splits(monkeypatch):
+    """probe_tasks.py --training-seeds: the task's splits come from --seed, the expert's
+    initialisation and batch order from the training seed, and the record says which (the model,
+    tokenizer, training and scoring are stubbed: this checks the plumbing, not a probe's result)."""
+    import sys
+    from types import SimpleNamespace
+
+    import transformers
+    from benchmark_scripts import load_script
+
+    import recall_merge.continual.scoring as scoring
+    import recall_merge.continual.training as training
+    import recall_merge.data.registry as registry
+    import recall_merge.io.packaged as packaged
+
+    continual = str(Path(__file__).resolve().parents[1] / "benchmarks" / "continual")
+    monkeypatch.syspath_prepend(continual)
+    monkeypatch.delitem(sys.modules, "sequences", raising=False)  # restored after the test
+    module = load_script("probe_tasks", "continual/probe_tasks.py")
+    seen: dict[str, list] = {"split": [], "init": [], "train": []}
+    test = [Example(f"p{i}", label, None, ("negative", "positive"))
+            for i, label in enumerate(["negative", "positive"] * 2)]
+    model = SimpleNamespace(eval=lambda: model, merge_and_unload=lambda: model)
+
+    def fake_load_task(spec, seed, **_):
+        seen["split"].append(seed)
+        return SimpleNamespace(kind="classification", metric="accuracy", train=test, test=test)
+
+    monkeypatch.setattr(registry, "load_task", fake_load_task)
+    monkeypatch.setattr(packaged, "resolve_model_ref", lambda name: name)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(training, "load_causal_lm", lambda *a, **k: model)
+    monkeypatch.setattr(training, "make_trainable",
+                        lambda m, cfg, seed: seen["init"].append(seed) or model)
+    monkeypatch.setattr(training, "train",
+                        lambda m, tok, ex, cfg, seed, description: seen["train"].append(seed) or 0.5)
+    monkeypatch.setattr(scoring, "predict_choices", lambda m, tok, ex, b, n: ["positive"] * len(ex))
+    record = module.probe("rt:sentiment", 0, 4, 2, None, training_seed=7)
+    assert seen == {"split": [0], "init": [7], "train": [7]}
+    assert record["seed"] == 0 and record["training_seed"] == 7
+    assert record["expert_predictions"] == {"positive": 4}  # the collapse the table shows
+    assert "training_seed" not in module.probe("rt:sentiment", 3, 4, 2, None)  # default: --seed
+    assert seen["init"][-1] == 3 and seen["split"][-1] == 3
