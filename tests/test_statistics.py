@@ -99,3 +99,23 @@ def test_bad_input_is_refused(runs):
 def test_pairs_must_match():
     with pytest.raises(ValueError):
         paired_differences([[[1, 0]]], [[[1, 0, 1]]])
+
+
+def test_orders_that_share_items_are_not_counted_as_new_items():
+    """Three orders of one training seed that score the same items the same way (a symmetric merge
+    of the same experts) hold no more information than one: drawn as one item group, their interval
+    is the one run's; drawn per run, it would be about √3 narrower."""
+    rng = np.random.default_rng(0)
+    run = [rng.integers(0, 2, size=300).astype(float) for _ in range(3)]
+    width = lambda interval: interval.high - interval.low  # noqa: E731
+    one = width(bootstrap_interval([run], resamples=4000, seed=1))
+    shared = bootstrap_interval([run] * 3, resamples=4000, seed=1, item_groups=[0, 0, 0])
+    per_run = width(bootstrap_interval([run] * 3, resamples=4000, seed=1))
+    assert width(shared) == pytest.approx(one, rel=0.1)
+    assert per_run == pytest.approx(one / np.sqrt(3), rel=0.15)
+    assert shared.estimate == pytest.approx(bootstrap_interval([run]).estimate) and shared.runs == 3
+    # two seeds (two item sets) draw independently: between the two cases above
+    two_seeds = width(bootstrap_interval([run] * 4, resamples=4000, seed=1, item_groups=[0, 0, 1, 1]))
+    assert per_run < two_seeds < one
+    with pytest.raises(ValueError, match="same tasks and items"):
+        bootstrap_interval([run, run[:2]], item_groups=[0, 0])

@@ -121,10 +121,16 @@ def _bwt_values(cells: dict[str, Any]) -> list[np.ndarray] | None:
     return values or None
 
 
-def _interval(runs: list) -> dict[str, Any] | None:
+def _interval(runs: list, item_groups: list[int] | None = None) -> dict[str, Any] | None:
+    """``item_groups``: the training seed of each run, where its values are aligned by task in the
+    sequence's listed order (AP): the orders of one seed score the same test items, so they share
+    item draws (statistics.bootstrap_interval). BWT's tasks differ by order (the last trained has
+    none), so its runs are resampled as if their items were their own (its interval is too narrow
+    by up to √orders for merges whose final model is the same in every order)."""
     if not runs or any(run is None for run in runs):
         return None
-    return bootstrap_interval(runs, resamples=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL).as_dict()
+    return bootstrap_interval(runs, resamples=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL,
+                              item_groups=item_groups).as_dict()
 
 
 def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | None = None) -> dict:
@@ -138,7 +144,8 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
     for name in names:
         keys = [key for key, entry in runs.items() if name in entry["strategies"]]
         cells = [runs[key]["strategies"][name] for key in keys]
-        out[name] = {"runs": keys, "AP": _interval([_ap_values(c) for c in cells]),
+        seeds_of = [runs[key]["seed"] for key in keys]
+        out[name] = {"runs": keys, "AP": _interval([_ap_values(c) for c in cells], seeds_of),
                      "BWT": _interval([_bwt_values(c) for c in cells]), "vs_reference": None}
     compared = {}
     for name in names:
@@ -150,7 +157,8 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
         if not keys or any(v is None for v in own + ref):
             continue
         compared[name] = bootstrap_interval(paired_differences(own, ref), resamples=RESAMPLES,
-                                            seed=BOOTSTRAP_SEED, level=LEVEL).as_dict()
+                                            seed=BOOTSTRAP_SEED, level=LEVEL,
+                                            item_groups=[runs[key]["seed"] for key in keys]).as_dict()
         compared[name]["run_keys"] = keys
     adjusted = holm({name: entry["p_value"] for name, entry in compared.items()})
     for name, entry in compared.items():
@@ -161,8 +169,10 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
             "method": {"resamples": RESAMPLES, "level": LEVEL, "seed": BOOTSTRAP_SEED,
                        "alpha": ALPHA, "holm_over": sorted(compared),
                        "description": "two-stage percentile bootstrap: runs (task orders × "
-                                      "training seeds) resampled, then items within each task; "
-                                      "tasks macro-averaged; ΔAP paired by run and item"}}
+                                      "training seeds) resampled, then items within each task, "
+                                      "one draw shared by the orders of a training seed (they "
+                                      "score the same items; BWT: a draw per run); tasks "
+                                      "macro-averaged; ΔAP paired by run and item"}}
 
 
 def _ci(interval: dict[str, Any] | None, signed: bool = False) -> str:

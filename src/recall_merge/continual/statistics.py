@@ -16,6 +16,14 @@ drawn run (a two-stage, stratified bootstrap: tasks are never resampled, since t
 fixed by design; orders and seeds are, since they are a sample of the ones a user could run).
 
 With one run, it reduces to the stratified item bootstrap. 10,000 resamples by default; seeded.
+
+Runs that score the same test items (the task orders of one training seed: the split depends on
+the seed, not the order) are not independent samples of items: items are crossed with those runs,
+not nested in them, and a symmetric merge of the same experts ends in the same model in every
+order. Resampling each run's items on its own would count the same items once per run and shrink
+the interval by about √runs. ``item_groups`` names, per run, the set of items it scores; runs of
+one group get one shared draw of item positions per task in each resample (a crossed bootstrap),
+runs of different groups independent draws.
 """
 
 from __future__ import annotations
@@ -52,17 +60,17 @@ def macro_mean(run: RunValues) -> float:
 
 
 def bootstrap_interval(runs: Sequence[RunValues], *, resamples: int = 10_000, seed: int = 0,
-                       level: float = 0.95) -> Interval:
-    """Percentile interval of the mean over runs of each run's macro mean over tasks."""
+                       level: float = 0.95, item_groups: Sequence[object] | None = None) -> Interval:
+    """Percentile interval of the mean over runs of each run's macro mean over tasks.
+
+    ``item_groups``: per run, a key of the items it scores (runs with one key score the same items
+    per task, in the same task order: their item draws are shared); None treats every run's items
+    as its own."""
     runs = [[np.asarray(task, dtype=np.float64) for task in run] for run in runs]
-    if not runs or any(not run for run in runs):
-        raise ValueError("need at least one run, each with at least one task")
-    if any(task.size == 0 for run in runs for task in run):
-        raise ValueError("every task needs at least one scored item")
-    if any(not np.isfinite(task).all() for run in runs for task in run):
-        raise ValueError("per-item values must be finite")
-    if not 0 < level < 1 or resamples < 1:
-        raise ValueError("level must lie in (0, 1) and resamples be positive")
+    if item_groups is not None and len(set(item_groups)) < len(runs):
+        return _crossed_interval(runs, list(item_groups), resamples=resamples, seed=seed,
+                                 level=level)
+    _check(runs, level, resamples)
     rng = np.random.default_rng(seed)
     count = len(runs)
     # Stage 1: which run fills each of the `count` slots of each resample.
@@ -80,14 +88,56 @@ def bootstrap_interval(runs: Sequence[RunValues], *, resamples: int = 10_000, se
                 draws = rng.integers(0, task.size, size=(rows.size, task.size))
                 task_means[:, position] = task[draws].mean(axis=1)
             totals[rows] += task_means.mean(axis=1)
-    statistics = totals / count
+    return _interval(runs, totals / count, level, resamples)
+
+
+def _check(runs: list[list[np.ndarray]], level: float, resamples: int) -> None:
+    if not runs or any(not run for run in runs):
+        raise ValueError("need at least one run, each with at least one task")
+    if any(task.size == 0 for run in runs for task in run):
+        raise ValueError("every task needs at least one scored item")
+    if any(not np.isfinite(task).all() for run in runs for task in run):
+        raise ValueError("per-item values must be finite")
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError("level must lie in (0, 1) and resamples be positive")
+
+
+def _interval(runs: list[list[np.ndarray]], statistics: np.ndarray, level: float,
+              resamples: int) -> Interval:
+    """The percentile interval and two-sided p of the resampled ``statistics`` (one per resample)."""
     estimate = float(np.mean([macro_mean(run) for run in runs]))
     tail = (1 - level) / 2
     low, high = np.quantile(statistics, [tail, 1 - tail])
     p_value = min(1.0, 2 * min(float(np.mean(statistics <= 0)), float(np.mean(statistics >= 0))))
     return Interval(estimate=estimate, low=float(low), high=float(high), level=level,
-                    resamples=resamples, p_value=p_value, runs=count,
+                    resamples=resamples, p_value=p_value, runs=len(runs),
                     items=int(sum(task.size for task in runs[0])))
+
+
+def _crossed_interval(runs: list[list[np.ndarray]], item_groups: list[object], *, resamples: int,
+                      seed: int, level: float) -> Interval:
+    """bootstrap_interval with shared item draws inside each item group (see the module's
+    docstring): runs are resampled as before; then, per group and task, one draw of item positions
+    serves every run of the group."""
+    _check(runs, level, resamples)
+    for group in set(item_groups):
+        members = [run for run, key in zip(runs, item_groups, strict=True) if key == group]
+        if any([task.size for task in run] != [task.size for task in members[0]] for run in members):
+            raise ValueError("runs of one item group must have the same tasks and items")
+    rng = np.random.default_rng(seed)
+    count = len(runs)
+    chosen = rng.integers(0, count, size=(resamples, count))  # which run fills each slot
+    macro = np.zeros((resamples, count))  # per resample, each run's macro mean under its draws
+    for group in dict.fromkeys(item_groups):
+        members = [index for index, key in enumerate(item_groups) if key == group]
+        tasks = len(runs[members[0]])
+        for position in range(tasks):
+            size = runs[members[0]][position].size
+            draws = rng.integers(0, size, size=(resamples, size))  # shared by the group's runs
+            for index in members:
+                macro[:, index] += runs[index][position][draws].mean(axis=1) / tasks
+    statistics = np.take_along_axis(macro, chosen, axis=1).mean(axis=1)
+    return _interval(runs, statistics, level, resamples)
 
 
 def paired_differences(first: Sequence[RunValues], second: Sequence[RunValues]) -> list[list[np.ndarray]]:
