@@ -687,3 +687,17 @@ def test_the_base_zero_shot_line_is_over_the_sequences_own_tasks(bench):
         listed = line.split("(", 1)[1].rstrip(").").split(", ")
         assert sorted(task.rsplit(" ", 1)[0] for task in listed) == \
             sorted(sequences.short_name(task) for task in sequences.zero_shot_tasks(name))
+
+
+def test_stored_pooled_intervals_are_what_the_items_give(bench):
+    """Each offline sequence's results JSON stores its pooled intervals; they must be the ones the
+    committed per-item file gives now (`run.py --docs` recomputes stale ones), so the JSON and the
+    docs' tables never disagree."""
+    run, sequences = bench
+    for name in sequences.OFFLINE_SEQUENCES:
+        path = REPO / "benchmarks" / "results" / f"continual_{name}.json"
+        if not path.exists() or not run.load_items(name)["runs"]:
+            continue
+        data = json.loads(path.read_text())
+        expected = run.pooled_intervals(run.load_items(name), run.reference(name), seeds=[data["seed"]])
+        assert data["pooled"] == json.loads(json.dumps(expected)), f"{name}: run `run.py --docs`"
