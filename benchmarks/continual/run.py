@@ -352,14 +352,19 @@ def write_results(sequence: str, seed: int, max_test: int, runs: dict, all_order
             "command": f"python benchmarks/continual/run.py --sequence {sequence} --max-test {max_test}"
                        + (f" --seed {seed}" if seed else ""),
             "runs": ordered, "summary": summarise(ordered), "expert_gains": expert_gains(ordered),
-            "pooled": pooled_intervals(load_items(sequence), reference(sequence), seeds=[seed])
-            if load_items(sequence)["runs"] else None,
+            "pooled": stored_pooled(sequence, seed, load_items(sequence)),
             "single_model": [single_model(r) for r in ordered if r["results"]],
             "versions": versions()}
     out = results_path(sequence, seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     return out
+
+
+def stored_pooled(sequence: str, seed: int, items: dict) -> dict | None:
+    """The pooled intervals a results JSON of ``sequence`` at ``seed`` stores (None before any
+    per-item run)."""
+    return pooled_intervals(items, reference(sequence), seeds=[seed]) if items["runs"] else None
 
 
 def refresh_pooled() -> list[str]:
@@ -369,13 +374,11 @@ def refresh_pooled() -> list[str]:
     afresh either way, so this keeps the JSON saying what the docs say."""
     refreshed = []
     for sequence in OFFLINE_SEQUENCES:
+        items = load_items(sequence)  # once per sequence, whichever seeds' files it has
         for path in sorted(RESULTS.glob(f"continual_{sequence}.json")) + sorted(
                 RESULTS.glob(f"continual_{sequence}_seed*.json")):
             data = json.loads(path.read_text())
-            items = load_items(sequence)
-            if not items["runs"]:
-                continue
-            pooled = pooled_intervals(items, reference(sequence), seeds=[data["seed"]])
+            pooled = stored_pooled(sequence, data["seed"], items)
             if data.get("pooled") != json.loads(json.dumps(pooled)):
                 data["pooled"] = pooled
                 path.write_text(json.dumps(data, indent=2) + "\n")
