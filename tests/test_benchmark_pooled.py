@@ -73,8 +73,8 @@ def test_the_file_is_deterministic(pooled):
 
 
 def test_pooled_intervals_are_the_two_stage_bootstrap_over_runs(pooled):
-    """AP and ΔAP share item draws among the orders of a training seed (they score the same
-    items); BWT, whose tasks differ by order, draws per run."""
+    """AP, ΔAP and BWT share item draws among the orders of a training seed (they score the same
+    items); BWT's runs hold different tasks (the last trained has no term), keyed by task."""
     rng = np.random.default_rng(1)
     strategies = {"recall": 0.55, "ties": 0.5, "sequential": 0.3}
     for seed in (0, 1):
@@ -95,12 +95,14 @@ def test_pooled_intervals_are_the_two_stage_bootstrap_over_runs(pooled):
                                   item_groups=seeds).as_dict()
     assert result["strategies"]["ties"]["AP"] == expected
     assert expected["runs"] == 4
-    bwt = [[np.asarray(f) - np.asarray(lv) for f, lv in zip(
-        data["runs"][key]["strategies"]["ties"]["final"],
-        data["runs"][key]["strategies"]["ties"]["learned"], strict=True) if lv is not None]
-        for key in keys]
+    cells = [data["runs"][key]["strategies"]["ties"] for key in keys]
+    bwt = [[np.asarray(f) - np.asarray(lv) for f, lv in zip(c["final"], c["learned"], strict=True)
+            if lv is not None] for c in cells]
+    bwt_tasks = [[task for task, lv in enumerate(c["learned"]) if lv is not None] for c in cells]
+    assert [len(tasks) for tasks in bwt_tasks] == [2] * 4 and bwt_tasks[0] != bwt_tasks[1]
     assert result["strategies"]["ties"]["BWT"] == bootstrap_interval(
-        bwt, resamples=10_000, seed=0, level=0.95).as_dict()
+        bwt, resamples=10_000, seed=0, level=0.95, item_groups=seeds,
+        task_keys=bwt_tasks).as_dict()
     differences = {name: bootstrap_interval(paired_differences(ap(name), ap("recall")),
                                             resamples=10_000, seed=0, level=0.95,
                                             item_groups=seeds).as_dict()

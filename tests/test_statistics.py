@@ -119,3 +119,40 @@ def test_orders_that_share_items_are_not_counted_as_new_items():
     assert per_run < two_seeds < one
     with pytest.raises(ValueError, match="same tasks and items"):
         bootstrap_interval([run, run[:2]], item_groups=[0, 0])
+
+
+def test_runs_with_different_subsets_of_tasks_share_draws_by_task_key():
+    """BWT's runs of one training seed hold different subsets of the same tasks (the last task
+    trained has no term): keyed by task, the draws of a task are shared by the runs that hold it.
+    Three orders that leave out a different task each, with the same values per task, hold no
+    more information than the union of tasks: their crossed interval is as wide as pooling each
+    task's items once, and wider than drawing each run on its own."""
+    rng = np.random.default_rng(3)
+    tasks = [rng.integers(0, 2, size=300).astype(float) for _ in range(3)]
+    keys = [[1, 2], [0, 2], [0, 1]]  # order k left task k out
+    runs = [[tasks[key] for key in run_keys] for run_keys in keys]
+    width = lambda interval: interval.high - interval.low  # noqa: E731
+    crossed = bootstrap_interval(runs, resamples=4000, seed=2, item_groups=[0, 0, 0], task_keys=keys)
+    per_run = bootstrap_interval(runs, resamples=4000, seed=2)
+    assert crossed.estimate == pytest.approx(per_run.estimate)
+    assert crossed.estimate == pytest.approx(np.mean([task.mean() for task in tasks]))
+    assert width(crossed) > 1.3 * width(per_run)
+    # keyed by position instead (the wrong pairing: task 1 of one run with task 0 of another),
+    # the draws of different tasks' items would be shared; by default positions must line up
+    with pytest.raises(ValueError, match="task_keys"):
+        bootstrap_interval([runs[0], runs[0][:1]], item_groups=[0, 0])
+    with pytest.raises(ValueError, match="same number of items"):
+        bootstrap_interval([[tasks[0]], [tasks[0][:10]]], item_groups=[0, 0], task_keys=[[0], [0]])
+    with pytest.raises(ValueError, match="each task once"):
+        bootstrap_interval([[tasks[0], tasks[0]], [tasks[0]]], item_groups=[0, 0],
+                           task_keys=[[0, 0], [0]])
+
+
+def test_positional_keys_give_the_draws_they_gave_before_task_keys():
+    """Passing each run's positions as task_keys is the default: the same numbers, resample for
+    resample (the stored pooled intervals depend on it)."""
+    rng = np.random.default_rng(4)
+    runs = [[rng.random(50) for _ in range(3)] for _ in range(4)]
+    groups = [0, 0, 1, 1]
+    assert bootstrap_interval(runs, resamples=500, item_groups=groups) == bootstrap_interval(
+        runs, resamples=500, item_groups=groups, task_keys=[[0, 1, 2]] * 4)

@@ -110,27 +110,30 @@ def _ap_values(cells: dict[str, Any]) -> list[list[float]] | None:
     return None if any(task is None for task in final) else final
 
 
-def _bwt_values(cells: dict[str, Any]) -> list[np.ndarray] | None:
-    values = []
-    for final, learned in zip(cells["final"], cells["learned"], strict=True):
+def _bwt_values(cells: dict[str, Any]) -> tuple[list[np.ndarray], list[int]] | None:
+    """Per task with a BWT term, its per-item final − learned scores, and the task's position in
+    the sequence's listed order (its key: which tasks have a term depends on the order)."""
+    values, keys = [], []
+    for listed, (final, learned) in enumerate(zip(cells["final"], cells["learned"], strict=True)):
         if learned is None:
             continue  # the last task trained in this order: no BWT term
         if final is None or len(final) != len(learned):
             return None
         values.append(np.asarray(final) - np.asarray(learned))
-    return values or None
+        keys.append(listed)
+    return (values, keys) if values else None
 
 
-def _interval(runs: list, item_groups: list[int] | None = None) -> dict[str, Any] | None:
-    """``item_groups``: the training seed of each run, where its values are aligned by task in the
-    sequence's listed order (AP): the orders of one seed score the same test items, so they share
-    item draws (statistics.bootstrap_interval). BWT's tasks differ by order (the last trained has
-    none), so its runs are resampled as if their items were their own (its interval is too narrow
-    by up to √orders for merges whose final model is the same in every order)."""
+def _interval(runs: list, item_groups: list[int], task_keys: list[list[int]] | None = None
+              ) -> dict[str, Any] | None:
+    """``item_groups``: the training seed of each run. The orders of one seed score the same test
+    items, so they share item draws per task (statistics.bootstrap_interval); AP's runs list every
+    task in the sequence's order, BWT's name theirs with ``task_keys`` (the last trained has no
+    term, and it differs by order)."""
     if not runs or any(run is None for run in runs):
         return None
     return bootstrap_interval(runs, resamples=RESAMPLES, seed=BOOTSTRAP_SEED, level=LEVEL,
-                              item_groups=item_groups).as_dict()
+                              item_groups=item_groups, task_keys=task_keys).as_dict()
 
 
 def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | None = None) -> dict:
@@ -145,8 +148,11 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
         keys = [key for key, entry in runs.items() if name in entry["strategies"]]
         cells = [runs[key]["strategies"][name] for key in keys]
         seeds_of = [runs[key]["seed"] for key in keys]
+        bwt = [_bwt_values(c) for c in cells]
+        bwt_interval = None if any(b is None for b in bwt) else _interval(
+            [values for values, _ in bwt], seeds_of, [keys for _, keys in bwt])
         out[name] = {"runs": keys, "AP": _interval([_ap_values(c) for c in cells], seeds_of),
-                     "BWT": _interval([_bwt_values(c) for c in cells]), "vs_reference": None}
+                     "BWT": bwt_interval, "vs_reference": None}
     compared = {}
     for name in names:
         if name == reference or reference not in names:
@@ -170,8 +176,8 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
                        "alpha": ALPHA, "holm_over": sorted(compared),
                        "description": "two-stage percentile bootstrap: runs (task orders × "
                                       "training seeds) resampled, then items within each task, "
-                                      "one draw shared by the orders of a training seed (they "
-                                      "score the same items; BWT: a draw per run); tasks "
+                                      "one draw per task shared by the orders of a training "
+                                      "seed (they score the same items); tasks "
                                       "macro-averaged; ΔAP paired by run and item"}}
 
 

@@ -60,15 +60,27 @@ def macro_mean(run: RunValues) -> float:
 
 
 def bootstrap_interval(runs: Sequence[RunValues], *, resamples: int = 10_000, seed: int = 0,
-                       level: float = 0.95, item_groups: Sequence[object] | None = None) -> Interval:
+                       level: float = 0.95, item_groups: Sequence[object] | None = None,
+                       task_keys: Sequence[Sequence[object]] | None = None) -> Interval:
     """Percentile interval of the mean over runs of each run's macro mean over tasks.
 
     ``item_groups``: per run, a key of the items it scores (runs with one key score the same items
-    per task, in the same task order: their item draws are shared); None treats every run's items
-    as its own."""
+    of each task: their item draws are shared); None treats every run's items as its own.
+    ``task_keys``: per run, a key for each of its tasks, naming which task of its item group it is
+    (runs of a group may hold different subsets of tasks, as BWT's do: the last task trained has
+    no term); None: the tasks' positions, so every run of a group lists the same tasks in the same
+    order."""
     runs = [[np.asarray(task, dtype=np.float64) for task in run] for run in runs]
     if item_groups is not None and len(set(item_groups)) < len(runs):
-        return _crossed_interval(runs, list(item_groups), resamples=resamples, seed=seed,
+        if task_keys is None:
+            for group in set(item_groups):
+                if len({len(run) for run, key in zip(runs, item_groups, strict=True)
+                        if key == group}) > 1:
+                    raise ValueError("runs of one item group must have the same tasks and items "
+                                     "(or name their tasks with task_keys)")
+        keys = ([list(range(len(run))) for run in runs] if task_keys is None
+                else [list(run_keys) for run_keys in task_keys])
+        return _crossed_interval(runs, list(item_groups), keys, resamples=resamples, seed=seed,
                                  level=level)
     _check(runs, level, resamples)
     rng = np.random.default_rng(seed)
@@ -114,28 +126,34 @@ def _interval(runs: list[list[np.ndarray]], statistics: np.ndarray, level: float
                     items=int(sum(task.size for task in runs[0])))
 
 
-def _crossed_interval(runs: list[list[np.ndarray]], item_groups: list[object], *, resamples: int,
-                      seed: int, level: float) -> Interval:
+def _crossed_interval(runs: list[list[np.ndarray]], item_groups: list[object],
+                      task_keys: list[list[object]], *, resamples: int, seed: int,
+                      level: float) -> Interval:
     """bootstrap_interval with shared item draws inside each item group (see the module's
-    docstring): runs are resampled as before; then, per group and task, one draw of item positions
-    serves every run of the group."""
+    docstring): runs are resampled as before; then, per group and task key, one draw of item
+    positions serves every run of the group that holds that task."""
     _check(runs, level, resamples)
-    for group in set(item_groups):
-        members = [run for run, key in zip(runs, item_groups, strict=True) if key == group]
-        if any([task.size for task in run] != [task.size for task in members[0]] for run in members):
-            raise ValueError("runs of one item group must have the same tasks and items")
+    if [len(keys) for keys in task_keys] != [len(run) for run in runs]:
+        raise ValueError("task_keys: one key per task of each run")
+    if any(len(set(keys)) < len(keys) for keys in task_keys):
+        raise ValueError("task_keys: a run names each task once")
     rng = np.random.default_rng(seed)
     count = len(runs)
     chosen = rng.integers(0, count, size=(resamples, count))  # which run fills each slot
     macro = np.zeros((resamples, count))  # per resample, each run's macro mean under its draws
     for group in dict.fromkeys(item_groups):
         members = [index for index, key in enumerate(item_groups) if key == group]
-        tasks = len(runs[members[0]])
-        for position in range(tasks):
-            size = runs[members[0]][position].size
+        for task in dict.fromkeys(key for index in members for key in task_keys[index]):
+            holders = [(index, task_keys[index].index(task)) for index in members
+                       if task in task_keys[index]]
+            sizes = {runs[index][position].size for index, position in holders}
+            if len(sizes) > 1:
+                raise ValueError("runs of one item group must have the same tasks and items "
+                                 "(the same number of items per task key)")
+            size = sizes.pop()
             draws = rng.integers(0, size, size=(resamples, size))  # shared by the group's runs
-            for index in members:
-                macro[:, index] += runs[index][position][draws].mean(axis=1) / tasks
+            for index, position in holders:
+                macro[:, index] += runs[index][position][draws].mean(axis=1) / len(runs[index])
     statistics = np.take_along_axis(macro, chosen, axis=1).mean(axis=1)
     return _interval(runs, statistics, level, resamples)
 
