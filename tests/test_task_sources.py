@@ -735,10 +735,16 @@ def test_probe_trains_at_the_training_seed_on_the_seeds_splits(monkeypatch):
                         lambda m, cfg, seed: seen["init"].append(seed) or model)
     monkeypatch.setattr(training, "train",
                         lambda m, tok, ex, cfg, seed, description: seen["train"].append(seed) or 0.5)
-    monkeypatch.setattr(scoring, "predict_choices", lambda m, tok, ex, b, n: ["positive"] * len(ex))
+    predicted = []  # one entry per model scored: the base, then each expert
+    monkeypatch.setattr(scoring, "predict_choices",
+                        lambda m, tok, ex, b, n: predicted.append(m) or ["positive"] * len(ex))
     record = module.probe("rt:sentiment", 0, 4, 2, None, training_seed=7)
     assert seen == {"split": [0], "init": [7], "train": [7]}
     assert record["seed"] == 0 and record["training_seed"] == 7
     assert record["expert_predictions"] == {"positive": 4}  # the collapse the table shows
     assert "training_seed" not in module.probe("rt:sentiment", 3, 4, 2, None)  # default: --seed
     assert seen["init"][-1] == 3 and seen["split"][-1] == 3
+    # another training seed on the same splits trains and scores a new expert, not the base again
+    scored = len(predicted)
+    assert module.probe("rt:sentiment", 3, 4, 2, None, training_seed=8)["training_seed"] == 8
+    assert len(predicted) == scored + 1 and seen["init"][-1] == 8

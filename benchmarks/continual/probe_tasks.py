@@ -53,6 +53,9 @@ def sequence_budget(sequence: str | None, spec: str) -> tuple[str | dict, dict, 
             settings.get("model", "smollm2"))
 
 
+_BASE_SCORES: dict[tuple, tuple[float, dict]] = {}  # (task, splits, evaluation) -> base's
+
+
 def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
           base_only: bool = False, kind: str | None = None, sequence: str | None = None,
           training_seed: int | None = None) -> dict:
@@ -88,7 +91,13 @@ def probe(spec: str, seed: int, test_items: int, steps: int, lr: float | None,
         return hits / len(task.test), dict(Counter(predictions))
 
     started = time.perf_counter()
-    base_score, base_predictions = evaluate(load_causal_lm(base))
+    # the base's score depends on the splits and the evaluation, not on the training seed: one
+    # evaluation serves every --training-seeds probe of the task (~1–2 min at 300 items)
+    base_key = (json.dumps(task_spec, sort_keys=True, default=str), seed, test_items, kind,
+                eval_length, model_name)
+    if base_key not in _BASE_SCORES:
+        _BASE_SCORES[base_key] = evaluate(load_causal_lm(base))
+    base_score, base_predictions = _BASE_SCORES[base_key]
     majority = Counter(ex.target for ex in task.test).most_common(1)[0][1] / len(task.test) \
         if task.kind != "generation" else None
     chance = (sum(1 / len(ex.choices) for ex in task.test) / len(task.test)
