@@ -46,6 +46,7 @@ from pooled import (  # noqa: E402
     _p,
     development_choice,
     load_items,
+    per_task_table,
     pooled_intervals,
     pooled_table,
     record_run,
@@ -1033,7 +1034,8 @@ def doc_tables() -> dict[str, dict]:
         bodies["development-choice"] = development_choice_table
     for sequence in OFFLINE_SEQUENCES:
         if load_items(sequence)["runs"]:
-            bodies[f"{sequence}-intervals"] = lambda sequence=sequence: intervals_table(sequence)
+            bodies[f"{sequence}-intervals"] = lambda sequence=sequence: (
+                intervals_table(sequence) + "\n\n" + per_task_table(sequence, reference(sequence)))
     if sequences_with_results():
         bodies["summary"] = summary_table
     if any(other_seed_results(sequence) for sequence in SEQUENCES):
