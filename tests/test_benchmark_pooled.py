@@ -40,6 +40,17 @@ def synthetic_run(order: list[int], strategies: dict[str, float], rng) -> dict:
     return {"tasks": [listed[i] for i in order], "items": items}
 
 
+def record_two_seeds_two_orders(pooled, strategies: dict[str, float], rng) -> dict:
+    """Record synthetic runs of ``strategies`` (name: hit rate) at training seeds 0 and 1, in
+    orders 0→1→2 and 2→1→0, into sequence "seq"; returns its items file."""
+    for seed in (0, 1):
+        for order in ([0, 1, 2], [2, 1, 0]):
+            run = synthetic_run(order, strategies, rng)
+            for name in strategies:
+                pooled.record_run("seq", seed, order, name, run)
+    return pooled.load_items("seq")
+
+
 def test_record_run_puts_tasks_in_listed_order(pooled):
     rng = np.random.default_rng(0)
     run = synthetic_run([2, 0, 1], {"recall": 0.6}, rng)
@@ -75,14 +86,8 @@ def test_the_file_is_deterministic(pooled):
 def test_pooled_intervals_are_the_two_stage_bootstrap_over_runs(pooled):
     """AP, ΔAP and BWT share item draws among the orders of a training seed (they score the same
     items); BWT's runs hold different tasks (the last trained has no term), keyed by task."""
-    rng = np.random.default_rng(1)
-    strategies = {"recall": 0.55, "ties": 0.5, "sequential": 0.3}
-    for seed in (0, 1):
-        for order in ([0, 1, 2], [2, 1, 0]):
-            run = synthetic_run(order, strategies, rng)
-            for name in strategies:
-                pooled.record_run("seq", seed, order, name, run)
-    data = pooled.load_items("seq")
+    data = record_two_seeds_two_orders(pooled, {"recall": 0.55, "ties": 0.5, "sequential": 0.3},
+                                       np.random.default_rng(1))
     result = pooled.pooled_intervals(data, "recall")
     keys = sorted(data["runs"])
     assert result["strategies"]["ties"]["runs"] == keys
@@ -124,14 +129,8 @@ def test_per_task_differences_split_the_ap_difference_by_task(pooled):
     """Each task's ΔAP interval is the paired, crossed bootstrap of that task's per-item
     differences alone; the per-task estimates average to the sequence's ΔAP; the table bolds an
     interval that excludes 0 (synthetic scores: sequential hits 0.3 against recall's 0.9)."""
-    rng = np.random.default_rng(2)
-    strategies = {"recall": 0.9, "ties": 0.9, "sequential": 0.3}
-    for seed in (0, 1):
-        for order in ([0, 1, 2], [2, 1, 0]):
-            run = synthetic_run(order, strategies, rng)
-            for name in strategies:
-                pooled.record_run("seq", seed, order, name, run)
-    data = pooled.load_items("seq")
+    data = record_two_seeds_two_orders(pooled, {"recall": 0.9, "ties": 0.9, "sequential": 0.3},
+                                       np.random.default_rng(2))
     keys = sorted(data["runs"])
     per_task = pooled.per_task_differences(data, "recall")
     assert set(per_task) == {"ties", "sequential"} and len(per_task["ties"]) == 3
