@@ -13,7 +13,9 @@ def versions() -> dict[str, str]:
     import torch
 
     found = {"recall_merge": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for package in ("transformers", "safetensors", "peft", "scikit-learn", "sacrebleu"):
+    # numpy draws the task splits and the bootstrap; tokenizers turns every prompt into ids
+    for package in ("transformers", "tokenizers", "safetensors", "peft", "numpy", "scikit-learn",
+                    "sacrebleu"):
         try:  # metadata, not import: importing transformers alone costs ~2 s
             found[package] = version(package)
         except PackageNotFoundError:
