@@ -511,6 +511,15 @@ def test_reproduce_compares_only_cells_both_runs_scored(bench):
     assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
                                         [[None, 0.5], [0.5, 0.75]]) == 0.25
     assert reproduce.largest_difference([[None, 0.5]], [[0.1, 0.5]]) is None
+    # a rerun replaces the record of its own (sequence, seed, mode, CPU); another CPU's stays
+    def record(cpu, wall):
+        return {"sequence": "development", "seed": 0, "mode": "serial", "machine": {"cpu": cpu},
+                "wall_seconds": wall}
+
+    records = reproduce.with_record([record("A", 1.0), record("B", 2.0)], record("A", 3.0))
+    assert [(r["machine"]["cpu"], r["wall_seconds"]) for r in records] == [("B", 2.0), ("A", 3.0)]
+    committed = json.loads((REPO / "benchmarks/results/continual_reproduce.json").read_text())
+    assert all("cpu" in r["machine"] for r in committed["records"])
 
 
 def test_tuning_points_build_on_a_tiny_run(bench, tmp_path, tiny_models):

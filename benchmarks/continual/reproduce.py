@@ -62,6 +62,7 @@ def reproduce(sequence: str, seed: int, order_indices: list[int], strategies: li
               ray: str | None, workers: int, root: Path) -> dict:
     from recall_merge.continual.runner import run_continual
     from recall_merge.engine import versions
+    from recall_merge.provenance import machine
 
     bench.run_folder = lambda: root  # every config below lives in the fresh folder
     max_test = bench.OFFLINE_TEST_ITEMS if sequence in bench.OFFLINE_SEQUENCES else 40
@@ -98,7 +99,18 @@ def reproduce(sequence: str, seed: int, order_indices: list[int], strategies: li
     mode = "serial" if ray is None else f"ray, {workers} local workers" if not ray else f"ray {ray}"
     return {"sequence": sequence, "seed": seed, "mode": mode, "cells": rows,
             "all_equal": all(row["equal"] for row in rows), "wall_seconds": round(wall, 1),
-            "versions": versions(), "command": "python " + " ".join(sys.argv)}
+            "versions": versions(), "machine": machine(),
+            "command": "python " + " ".join(sys.argv)}
+
+
+def with_record(records: list[dict], record: dict) -> list[dict]:
+    """``records`` with ``record`` added: one record per (sequence, seed, mode, CPU), so a rerun on
+    the same kind of machine replaces its own record and one on another CPU stays beside it
+    (float32 kernels may round differently between CPUs)."""
+    def key(r: dict) -> tuple:
+        return r["sequence"], r["seed"], r["mode"], r.get("machine", {}).get("cpu")
+
+    return [r for r in records if key(r) != key(record)] + [record]
 
 
 def main() -> None:
@@ -120,9 +132,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     stored = json.loads(OUT.read_text()) if OUT.exists() else {"records": []}
-    key = (record["sequence"], record["seed"], record["mode"])
-    stored["records"] = [r for r in stored["records"]
-                         if (r["sequence"], r["seed"], r["mode"]) != key] + [record]
+    stored["records"] = with_record(stored["records"], record)
     # every result file names its seed, versions and command at the top (each record keeps its own)
     stored.update(seed=record["seed"], versions=record["versions"], command=record["command"])
     OUT.write_text(json.dumps(stored, indent=1) + "\n")
