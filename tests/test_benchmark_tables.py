@@ -601,6 +601,31 @@ def test_a_cell_in_the_results_with_its_definition_is_not_run_again(bench):
     assert not run.already_run(stored, "task_arithmetic", digest, argparse.Namespace(redo=True))
 
 
+def test_a_cells_final_model_is_scored_deferred_or_skipped_as_asked(bench, monkeypatch, tmp_path):
+    """After a cell's task scores: by default its generalisation is scored (then its weights go);
+    --defer-generalisation leaves both for later; --skip-generalisation scores nothing and removes
+    the weights; --keep-weights keeps them. The scoring and removal are stubbed."""
+    import argparse
+
+    run, _ = bench
+    calls = []
+    monkeypatch.setattr(run, "score_final_model", lambda *a: calls.append(("score", a[-1])))
+    monkeypatch.setattr(run, "remove_final_weights", lambda *a: calls.append(("remove",)))
+
+    def finish(**flags):
+        calls.clear()
+        args = argparse.Namespace(**{"defer_generalisation": False, "skip_generalisation": False,
+                                     "keep_weights": False, **flags})
+        run.finish_final_model({}, tmp_path, "ties", {}, "smollm2", args)
+        return calls
+
+    assert finish() == [("score", False)]
+    assert finish(keep_weights=True) == [("score", True)]
+    assert finish(defer_generalisation=True) == []
+    assert finish(skip_generalisation=True) == [("remove",)]
+    assert finish(skip_generalisation=True, keep_weights=True) == []
+
+
 def test_a_tuned_family_at_a_hand_defined_setting_runs_under_that_name(bench):
     """Task arithmetic's chosen λ 0.25 is the strategy ``task_arithmetic``: ``--strategies tuned``
     must run it once, under that name, not again as ``task_arithmetic_tuned`` (the same cells twice,
