@@ -522,6 +522,29 @@ def test_reproduce_compares_only_cells_both_runs_scored(bench):
     assert all("cpu" in r["machine"] for r in committed["records"])
 
 
+def test_cpu_kernels_compares_recall_reports_and_weight_bytes(tmp_path):
+    """benchmarks/continual/cpu_kernels.py: the largest |Δ| of RECALL's similarities and α between
+    two reports and how many α differ; the weights' digest covers every shard's bytes (SYNTHETIC
+    reports and shards)."""
+    sys.path.insert(0, str(CONTINUAL))
+    try:
+        kernels = load_script("continual_benchmark_cpu_kernels", "continual/cpu_kernels.py")
+    finally:
+        sys.path.remove(str(CONTINUAL))
+    for name, alpha, similarity in (("a", [0.25, 0.75], [1.0, 0.5]), ("b", [0.25, 0.7500001], [1.0, 0.5000003])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "recall_report.json").write_text(json.dumps(
+            {"layers": [{"alpha": alpha, "similarity": similarity}]}))
+        (tmp_path / name / "model.safetensors").write_bytes(b"same")
+    differences = kernels.report_differences(tmp_path / "a", tmp_path / "b")
+    assert differences["alphas_differing"] == 1 and differences["alphas"] == 2
+    assert differences["max_abs_alpha_difference"] == pytest.approx(1e-7)
+    assert differences["max_abs_similarity_difference"] == pytest.approx(3e-7)
+    assert kernels.weight_digest(tmp_path / "a") == kernels.weight_digest(tmp_path / "b")
+    (tmp_path / "b" / "model-2.safetensors").write_bytes(b"more")
+    assert kernels.weight_digest(tmp_path / "a") != kernels.weight_digest(tmp_path / "b")
+
+
 def test_tuning_points_build_on_a_tiny_run(bench, tmp_path, tiny_models):
     """tune.py's build_point on the tiny random Llama (SYNTHETIC tasks): a merge of every expert
     for a RECALL candidate with generated probes, and the step-by-step chain of a previous-merge
