@@ -5,11 +5,13 @@ of another make") matched task arithmetic to the bit and RECALL to within one te
 script isolates the cause on one machine: it runs the same merge twice, once with torch's and
 MKL's kernels at the CPU's own instruction set and once forced to AVX2
 (``ATEN_CPU_CAPABILITY=avx2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``), each in its own process with one
-thread, and compares the merged weights' bytes and, for RECALL, its per-layer similarities and α.
+thread, and compares the merged weights' bytes and, for RECALL, its per-layer similarities and α
+— RECALL at its float32 default and with ``compute_dtype: float64``, and task arithmetic.
 
     python benchmarks/continual/cpu_kernels.py --base BASE --models EXPERT... --samples FILE.jsonl
 
-Writes ``benchmarks/results/cpu_kernels.json`` (per method: equal bytes or not; RECALL: the largest
+Writes ``benchmarks/results/cpu_kernels.json`` (per variant: equal bytes or not, the native run's
+seconds; RECALL: the largest
 |Δ similarity| and |Δ α|, how many α differ; the machine, versions, command, seed).
 """
 
@@ -22,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -29,7 +32,10 @@ import yaml
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "cpu_kernels.json"
 FORCED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-METHODS = {"recall": {}, "task_arithmetic": {"lambda": 0.25}}
+# name: the merge config's method, parameters and compute_dtype
+VARIANTS = {"recall": {"method": "recall"},
+            "recall_float64": {"method": "recall", "compute_dtype": "float64"},
+            "task_arithmetic": {"method": "task_arithmetic", "parameters": {"lambda": 0.25}}}
 
 
 def merge(config: dict, output: Path, forced: bool) -> None:
@@ -75,20 +81,22 @@ def main() -> None:
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="recall-cpu-kernels-") as root:
-        for method, parameters in METHODS.items():
-            config = {"method": method, "base": args.base, "models": args.models,
-                      "samples": args.samples, "seed": args.seed,
-                      **({"parameters": parameters} if parameters else {})}
-            native, forced = Path(root) / f"{method}_native", Path(root) / f"{method}_avx2"
+        for name, variant in VARIANTS.items():
+            config = {**variant, "base": args.base, "models": args.models,
+                      "samples": args.samples, "seed": args.seed}
+            native, forced = Path(root) / f"{name}_native", Path(root) / f"{name}_avx2"
+            started = time.perf_counter()
             merge(config, native, forced=False)
+            seconds = time.perf_counter() - started
             merge(config, forced, forced=True)
-            row = {"parameters": parameters, "equal_bytes": weight_digest(native) == weight_digest(forced)}
-            if method == "recall":
+            row = {**variant, "equal_bytes": weight_digest(native) == weight_digest(forced),
+                   "seconds_native": round(seconds, 1)}
+            if variant["method"] == "recall":
                 row.update(report_differences(native, forced))
-            rows[method] = row
-            print(method, json.dumps(row), flush=True)
+            rows[name] = row
+            print(name, json.dumps(row), flush=True)
     OUT.write_text(json.dumps({
-        "methods": rows, "forced_environment": FORCED, "threads": 1, "seed": args.seed,
+        "variants": rows, "forced_environment": FORCED, "threads": 1, "seed": args.seed,
         "inputs": {"base": Path(args.base).name, "models": [Path(m).name for m in args.models],
                    "samples": Path(args.samples).name},
         "machine": machine(), "versions": versions(),

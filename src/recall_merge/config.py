@@ -125,10 +125,13 @@ class MergeConfig(_Strict):
                         "the results back to the CPU for writing): cpu, cuda, cuda:N, mps, or auto "
                         "(cuda when a CUDA GPU is usable, else cpu), checked against this machine "
                         "when the config is loaded. The other methods always merge on the CPU")
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
+    compute_dtype: Literal["float32", "bfloat16", "float64"] = Field(
         "float32", description="precision of RECALL's representation pass and merge arithmetic; "
         "the output keeps `dtype`. bfloat16 halves the memory traffic (meant for GPUs) and moves "
-        "merged weights by about one bfloat16 rounding step (2^-8 relative); RECALL only")
+        "merged weights by about one bfloat16 rounding step (2^-8 relative); float64 makes the "
+        "merged bytes independent of the CPU's kernels (float32's products round differently on "
+        "AVX2 and AVX-512, which moves α in the last bits) at about twice the time and the pass's "
+        "memory; RECALL only")
     output_format: Literal["full", "lora"] = Field(
         "full", description="full: a Hugging Face model folder; lora: one PEFT LoRA adapter on the "
         "base (every model in `models` must be a LoRA adapter of it)")

@@ -115,7 +115,7 @@ def compute_placement(method, config: MergeConfig) -> tuple[torch.device, torch.
     ``config.compute_dtype`` for a method whose tensor function keeps every tensor it makes on its
     inputs' device (``compute_on_device``, RECALL); the CPU in float32 for the others."""
     if getattr(method, "compute_on_device", False):
-        return torch.device(config.device), DTYPES[config.compute_dtype]
+        return torch.device(config.device), getattr(torch, config.compute_dtype)
     return torch.device("cpu"), torch.float32
 
 
