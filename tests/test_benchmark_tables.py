@@ -501,11 +501,7 @@ def test_generalisation_scores_a_model_end_to_end(bench, tmp_path, monkeypatch, 
 def test_reproduce_compares_only_cells_both_runs_scored(bench):
     """benchmarks/continual/reproduce.py: the largest |ΔR| over the scored cells, and None (not
     equal) when a cell is scored in one matrix and not in the other."""
-    sys.path.insert(0, str(CONTINUAL))
-    try:
-        reproduce = load_script("continual_benchmark_reproduce", "continual/reproduce.py")
-    finally:
-        sys.path.remove(str(CONTINUAL))
+    reproduce = load_script("continual_benchmark_reproduce", "continual/reproduce.py")
     assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
                                         [[None, 0.5], [0.25, 0.75]]) == 0.0
     assert reproduce.largest_difference([[None, 0.5], [0.25, 0.75]],
@@ -526,11 +522,7 @@ def test_cpu_kernels_compares_recall_reports_and_weight_bytes(tmp_path):
     """benchmarks/continual/cpu_kernels.py: the largest |Δ| of RECALL's similarities and α between
     two reports and how many α differ; the weights' digest covers every shard's bytes (SYNTHETIC
     reports and shards)."""
-    sys.path.insert(0, str(CONTINUAL))
-    try:
-        kernels = load_script("continual_benchmark_cpu_kernels", "continual/cpu_kernels.py")
-    finally:
-        sys.path.remove(str(CONTINUAL))
+    kernels = load_script("continual_benchmark_cpu_kernels", "continual/cpu_kernels.py")
     for name, alpha, similarity in (("a", [0.25, 0.75], [1.0, 0.5]), ("b", [0.25, 0.7500001], [1.0, 0.5000003])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "recall_report.json").write_text(json.dumps(

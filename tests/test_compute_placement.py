@@ -78,33 +78,19 @@ def test_float64_compute_is_float32_to_its_rounding_and_recorded(tiny_models, fl
                                         "merge_arithmetic": {"device": "cpu", "dtype": "float64"}}
 
 
-def _merge_in_a_process(config: dict, folder: Path, forced_avx2: bool) -> bytes:
-    """The merged weights' bytes of ``config`` run by the CLI in a fresh process (torch and MKL
-    pick their kernels at import), one thread, the kernels forced to AVX2 if asked."""
-    import os
-    import subprocess
-    import sys
-
-    folder.mkdir(parents=True)
-    path = folder / "config.json"
-    path.write_text(json.dumps({**config, "output": str(folder / "out")}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if forced_avx2:
-        env.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
-    subprocess.run([sys.executable, "-m", "recall_merge.cli", "merge", str(path), "--quiet"],
-                   env=env, check=True, capture_output=True)
-    return b"".join(shard.read_bytes() for shard in sorted((folder / "out").glob("*.safetensors")))
-
-
 def test_float64_compute_gives_the_same_bytes_whatever_the_cpu_kernels(tiny_models, tmp_path):
     """float32 products round differently with AVX2 and AVX-512 kernels (on SmolLM2 RECALL's α move
     in the last bits and the merged bytes change: benchmarks/results/cpu_kernels.json, the
     measurement this rests on); in float64 the merged float32 weights do not move. On these tiny
     models (hidden 64) float32's bytes happen not to move either, so here this checks only that the
     float64 path gives the same bytes under both kernel choices, not that float32's would differ."""
+    from benchmark_scripts import load_script
+
+    kernels = load_script("continual_benchmark_cpu_kernels", "continual/cpu_kernels.py")
     config = _config(tiny_models, tmp_path / "unused", compute_dtype="float64")
-    assert _merge_in_a_process(config, tmp_path / "native", False) == _merge_in_a_process(
-        config, tmp_path / "avx2", True)
+    kernels.merge(config, tmp_path / "native", forced=False)
+    kernels.merge(config, tmp_path / "avx2", forced=True)
+    assert kernels.weight_digest(tmp_path / "native") == kernels.weight_digest(tmp_path / "avx2")
 
 
 def test_device_auto_resolves_to_what_the_machine_has(tiny_models, tmp_path, monkeypatch):

@@ -136,6 +136,19 @@ def _interval(runs: list, item_groups: list[int], task_keys: list[list[int]] | N
                               item_groups=item_groups, task_keys=task_keys).as_dict()
 
 
+def _paired_ap(runs: dict[str, Any], name: str, reference: str
+               ) -> tuple[list[str], list[list[np.ndarray]], list[int]] | None:
+    """The runs (keys, in ``runs``' order) that hold both strategies, ``name``'s final per-item
+    scores minus ``reference``'s on each, and each run's training seed; None where there is no
+    such run or one lacks a final score."""
+    keys = [key for key, entry in runs.items() if {name, reference} <= set(entry["strategies"])]
+    own = [_ap_values(runs[key]["strategies"][name]) for key in keys]
+    ref = [_ap_values(runs[key]["strategies"][reference]) for key in keys]
+    if not keys or any(v is None for v in own + ref):
+        return None
+    return keys, paired_differences(own, ref), [runs[key]["seed"] for key in keys]
+
+
 def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | None = None) -> dict:
     """Per strategy: ``AP``, ``BWT`` (intervals over its runs), ``runs`` (their keys) and
     ``vs_reference`` (paired ΔAP on the runs both have, with ``p_holm`` and ``verdict``).
@@ -157,14 +170,12 @@ def pooled_intervals(data: dict[str, Any], reference: str, seeds: list[int] | No
     for name in names:
         if name == reference or reference not in names:
             continue
-        keys = [key for key in out[name]["runs"] if reference in runs[key]["strategies"]]
-        own = [_ap_values(runs[key]["strategies"][name]) for key in keys]
-        ref = [_ap_values(runs[key]["strategies"][reference]) for key in keys]
-        if not keys or any(v is None for v in own + ref):
+        paired = _paired_ap(runs, name, reference)
+        if paired is None:
             continue
-        compared[name] = bootstrap_interval(paired_differences(own, ref), resamples=RESAMPLES,
-                                            seed=BOOTSTRAP_SEED, level=LEVEL,
-                                            item_groups=[runs[key]["seed"] for key in keys]).as_dict()
+        keys, differences, seeds = paired
+        compared[name] = bootstrap_interval(differences, resamples=RESAMPLES, seed=BOOTSTRAP_SEED,
+                                            level=LEVEL, item_groups=seeds).as_dict()
         compared[name]["run_keys"] = keys
     adjusted = holm({name: entry["p_value"] for name, entry in compared.items()})
     for name, entry in compared.items():
@@ -242,15 +253,11 @@ def per_task_differences(data: dict[str, Any], reference: str) -> dict[str, list
     for name in names:
         if name == reference:
             continue
-        keys = [key for key, entry in runs.items()
-                if {name, reference} <= set(entry["strategies"])]
-        own = [_ap_values(runs[key]["strategies"][name]) for key in keys]
-        ref = [_ap_values(runs[key]["strategies"][reference]) for key in keys]
-        if not keys or any(v is None for v in own + ref):
+        paired = _paired_ap(runs, name, reference)
+        if paired is None:
             out[name] = None
             continue
-        differences = paired_differences(own, ref)
-        seeds = [runs[key]["seed"] for key in keys]
+        _, differences, seeds = paired
         out[name] = [bootstrap_interval([[run[task]] for run in differences], resamples=RESAMPLES,
                                         seed=BOOTSTRAP_SEED, level=LEVEL,
                                         item_groups=seeds).as_dict()

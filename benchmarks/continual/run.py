@@ -403,7 +403,7 @@ def finish_final_model(run: dict, run_dir: Path, name: str, zero_shot: dict[str,
     keeps them either way)."""
     if args.defer_generalisation:
         return
-    if getattr(args, "skip_generalisation", False):
+    if args.skip_generalisation:
         if not args.keep_weights:
             remove_final_weights(run_dir, name, model)
         return
@@ -1112,15 +1112,17 @@ def main() -> None:
                         help="run the cells as Ray tasks (docs/scale.md): alone a local Ray, or a "
                              "running cluster's address")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per Ray task")
-    parser.add_argument("--generalisation", action="store_true",
+    # at most one of the three generalisation modes
+    generalisation = parser.add_mutually_exclusive_group()
+    generalisation.add_argument("--generalisation", action="store_true",
                         help="only complete the generalisation scores of final models on disk")
-    parser.add_argument("--defer-generalisation", action="store_true",
+    generalisation.add_argument("--defer-generalisation", action="store_true",
                         help="score the tasks only and keep each final model's weights on disk "
                              "(0.5 GB each); a later --generalisation run scores them and removes "
                              "the weights. On the development sequence the generalisation scores "
                              "take about as long as the rest of a merge cell, and the default is "
                              "chosen on AP alone")
-    parser.add_argument("--skip-generalisation", action="store_true",
+    generalisation.add_argument("--skip-generalisation", action="store_true",
                         help="score the tasks only and remove each final model's weights: no "
                              "perplexity or zero-shot scores for these cells (the tables say how "
                              "many orders a generalisation number rests on). For the held-out "
@@ -1135,9 +1137,6 @@ def main() -> None:
                         help="rewrite the generated tables in docs/benchmarks.md and the headline "
                              "table in README.md, and exit")
     args = parser.parse_args()
-    if sum((args.generalisation, args.defer_generalisation, args.skip_generalisation)) > 1:
-        parser.error("--generalisation, --defer-generalisation and --skip-generalisation exclude "
-                     "each other: pick one")
     if args.table:
         if (RESULTS / "continual_sweep.json").exists():
             print(sweep_table() + "\n")

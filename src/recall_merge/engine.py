@@ -37,7 +37,9 @@ from recall_merge.methods.registry import get_method
 from recall_merge.provenance import versions
 from recall_merge.reports.model_card import model_card
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# every dtype a config names: `dtype` (the output) and `compute_dtype` (RECALL's arithmetic)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
 
 
 def merge(config: MergeConfig | dict | str | Path, *, overwrite: bool = False, quiet: bool = False,
@@ -115,7 +117,7 @@ def compute_placement(method, config: MergeConfig) -> tuple[torch.device, torch.
     ``config.compute_dtype`` for a method whose tensor function keeps every tensor it makes on its
     inputs' device (``compute_on_device``, RECALL); the CPU in float32 for the others."""
     if getattr(method, "compute_on_device", False):
-        return torch.device(config.device), getattr(torch, config.compute_dtype)
+        return torch.device(config.device), DTYPES[config.compute_dtype]
     return torch.device("cpu"), torch.float32
 
 
