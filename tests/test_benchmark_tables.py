@@ -578,7 +578,8 @@ def test_two_writers_of_one_sequence_keep_each_others_results(bench, tmp_path):
     run, _ = bench
     def entry(order, methods):
         return {"order": order, "max_test": 300, "seed": 0, "wall_seconds": dict.fromkeys(methods, 1.0),
-                "generalisation": {}, "results": {"methods": {m: {"AP": 0.5} for m in methods}}}
+                "generalisation": {}, "results": {"methods": {m: {"AP": 0.5} for m in methods}},
+                "cell_provenance": {m: {"versions": {"peft": "0.21.2"}} for m in methods}}
     path = tmp_path / "continual_x.json"
     path.write_text(json.dumps({"runs": [entry([0, 1], ["ties", "expert"]), entry([1, 0], ["ties"]),
                                          {**entry([0, 1], ["lwf"]), "max_test": 40}]}))
@@ -589,6 +590,7 @@ def test_two_writers_of_one_sequence_keep_each_others_results(bench, tmp_path):
     assert set(mine[(0, 1)]["results"]["methods"]) == {"ties", "expert"}
     assert mine[(0, 1)]["results"]["methods"]["expert"]["AP"] == 0.9
     assert mine[(0, 1)]["wall_seconds"] == {"expert": 1.0, "ties": 1.0}
+    assert set(mine[(0, 1)]["cell_provenance"]) == {"expert", "ties"}  # each cell's own versions
 
 
 def test_a_cell_in_the_results_with_its_definition_is_not_run_again(bench):

@@ -157,6 +157,30 @@ def test_lora_delta_made_in_row_blocks_is_the_whole_product_bit_for_bit(tiny_mod
         assert torch.equal(adapter.apply(name, base), base.to(torch.float32) + whole), name
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_rank_combination_in_row_blocks_is_the_whole_tensor_arithmetic(out_dtype, monkeypatch):
+    """The factor merge goes through product, rounding, base and cast a few rows at a time (cache);
+    every byte equals doing each step on the whole tensor: the float64 product rounded once to
+    float32, plus the float32 base times its coefficient, cast to the output dtype. Synthetic
+    tensors; the base in bfloat16 as a checkpoint file holds it."""
+    import recall_merge.io.lora as lora
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(37, 23, generator=generator).to(torch.bfloat16)
+    terms = [(coefficient, torch.randn(37, rank, generator=generator, dtype=torch.float64) * 0.1,
+              torch.randn(rank, 23, generator=generator, dtype=torch.float64) * 0.1)
+             for coefficient, rank in [(0.3, 4), (-0.7, 2), (1.25, 3)]]
+    left = torch.cat([coefficient * b for coefficient, b, _ in terms], dim=1)
+    right = torch.cat([a for _, _, a in terms], dim=0)
+    whole = (left @ right).to(torch.float32).add_(base.to(torch.float32), alpha=1.5).to(out_dtype)
+    assert torch.equal(lora.low_rank_combination(base, 1.5, terms, out_dtype), whole)
+    monkeypatch.setattr(lora, "DELTA_CHUNK_BYTES", 8 * 23 * 5)  # row blocks of 5: the last short
+    blocked = lora.low_rank_combination(base, 1.5, terms, out_dtype)
+    assert blocked.dtype == out_dtype and torch.equal(blocked, whole)
+    assert torch.equal(lora.low_rank_combination(base, 1.5, [], out_dtype),
+                       (base.to(torch.float32) * 1.5).to(out_dtype))
+
+
 @pytest.mark.parametrize("variant", ["paper", "task_vector", "ties"])
 def test_a_linear_merge_of_lora_experts_is_made_from_their_factors(variant, tiny_models, tiny_loras,
                                                                      tmp_path, monkeypatch):

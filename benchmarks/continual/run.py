@@ -416,6 +416,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
     ``--generalisation`` nothing is trained or merged: the generalisation scores of the final
     models already on disk are completed (e.g. after a zero-shot task was added)."""
     from recall_merge.continual.runner import print_summary, run_continual
+    from recall_merge.provenance import machine
 
     spec = SEQUENCES[args.sequence]
     model = sequence_model(args.sequence)
@@ -462,6 +463,11 @@ def run_sequence(args: argparse.Namespace) -> Path:
                 run["results"] = {**results, "methods": {}}
             run["results"]["methods"][name] = results["methods"][name]
             run.setdefault("digests", {})[name] = digest
+            # the run's results keep the first cell's versions; a cell added later (another
+            # release, another machine) says its own
+            run.setdefault("cell_provenance", {})[name] = {
+                "versions": results["versions"],
+                "machine": machine() if (index, name) not in ray_seconds else "a Ray worker"}
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
             items_file = Path(config["run_dir"]) / "items.json"
             with results_lock(args.sequence):  # another run.py may be writing this sequence too
@@ -498,7 +504,7 @@ def merge_stored_runs(path: Path, runs: dict, max_test: int, seed: int) -> None:
             mine["results"] = {**stored["results"], "methods": {}}
         for name, entry in stored["results"]["methods"].items():
             mine["results"]["methods"].setdefault(name, entry)
-        for key in ("wall_seconds", "generalisation", "digests"):
+        for key in ("wall_seconds", "generalisation", "digests", "cell_provenance"):
             for name, value in stored.get(key, {}).items():
                 mine.setdefault(key, {}).setdefault(name, value)
 

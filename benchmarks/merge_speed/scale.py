@@ -261,6 +261,7 @@ def main() -> None:
                         help="the merge's compute_dtype; given twice, one merge each (default float32)")
     parser.add_argument("--compare-device", help="also merge on this device in float32 and compare")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON to append to ({RESULTS})")
+    parser.add_argument("--label", help="a note kept in each record (which code, which change)")
     parser.add_argument("--layers", type=int, help="a memory probe: the shape with only this many "
                         "blocks (what peak RSS does not grow with depth is per-model or per-tensor)")
     args = parser.parse_args()
@@ -315,6 +316,7 @@ def main() -> None:
                     "typical": args.typical, "tokens": args.tokens,
                     "load_average": os.getloadavg(), "versions": versions(), "seed": 0,
                     "command": "python benchmarks/merge_speed/scale.py " + " ".join(sys.argv[1:]),
+                    **({"label": args.label} if args.label else {}),
                 }
                 if reference is not None:
                     difference = compare_outputs(output, reference)

@@ -152,7 +152,7 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
         if not base_tensor.dtype.is_floating_point:
             return base_tensor, [], None
         if from_factors:
-            merged = _merge_from_factors(pool, method, name, rows, base_tensor)
+            merged = _merge_from_factors(pool, method, name, rows, base_tensor, out_dtype)
             if merged is not None:
                 return base_tensor, [], merged
         return base_tensor, [pool.expert_tensor(k, name, base_tensor, rows) for k in range(num_experts)], None
@@ -173,8 +173,7 @@ def _stream_merge(pool: ModelPool, method, config: MergeConfig, folder: Path, qu
                     pending_read = reader.submit(read_inputs, items[index + 1])
                 if not base_tensor.dtype.is_floating_point:
                     merged = base_tensor  # integer buffers are not merged
-                elif merged is not None:  # made from the LoRA factors by the reader
-                    merged = merged.to(dtype=out_dtype)
+                elif merged is not None:  # made from the LoRA factors by the reader, in out_dtype
                     check_output_finite(name, merged, config)
                 else:
                     base32 = base_tensor.to(torch.float32)
@@ -220,22 +219,22 @@ def _work_items(pool: ModelPool, method, names: list[str], block_bytes: int,
 
 
 def _merge_from_factors(pool: ModelPool, method, name: str, rows: tuple[int, int] | None,
-                        base_tensor: torch.Tensor) -> torch.Tensor | None:
-    """The merged rows Σ_i c_i θ_i from the base and the experts' LoRA factors, where the method is
-    linear at this tensor and every expert adapts it with LoRA or not at all; else None."""
+                        base_tensor: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """The merged rows Σ_i c_i θ_i (in ``out_dtype``) from the base and the experts' LoRA factors,
+    where the method is linear at this tensor and every expert adapts it with LoRA or not at all;
+    else None."""
     coefficients = method.linear_coefficients(pool.position(name))
     factors = pool.lora_factors(name, rows) if coefficients is not None else None
     if factors is None:
         return None
-    base32 = base_tensor.to(torch.float32)
-    check_finite(base32, name, pool.base.folder)
+    check_finite(base_tensor, name, pool.base.folder)  # in the file's dtype: no float32 copy
     terms = []
     for expert, coefficient, pair in zip(pool.experts, coefficients[1:], factors, strict=True):
         if pair is not None:
             for factor in pair:  # a non-finite factor names its adapter, as a rebuilt tensor would
                 check_finite(factor, name, expert.folder)
             terms.append((coefficient, *pair))
-    return low_rank_combination(base32, sum(coefficients), terms)
+    return low_rank_combination(base_tensor, sum(coefficients), terms, out_dtype)
 
 
 def _check_finite(name: str, pool: ModelPool, base: torch.Tensor, experts: list[torch.Tensor]) -> None:

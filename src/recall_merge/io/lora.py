@@ -31,8 +31,12 @@ def is_lora_folder(path: Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).exists()
 
 
-# float64 bytes of B·A made at once by LoraAdapter.delta (row blocks of the product)
-DELTA_CHUNK_BYTES = 64 << 20
+# float64 bytes of B·A made at once (row blocks of the product). A block this size stays in the
+# core's cache while it is rounded, added to the base and cast, instead of making each step's
+# full-size temporary in memory: on Qwen2-7B's 18944 × 3584 MLP matrix with three rank-16
+# experts (one thread, two benchmark lanes beside it) 2.5–2.8 s against 6.0–7.3 s for one 64 MB
+# product followed by whole-tensor rounding, addition and cast, the same bytes (docs/speed.md).
+DELTA_CHUNK_BYTES = 4 << 20
 
 class LoraAdapter:
     """Dense deltas of one adapter, keyed by the base tensor name they modify."""
@@ -309,6 +313,11 @@ class _SafetensorsFile:
         return read_tensor(self.header[key], key)
 
 
+def _chunk_rows(cols: int) -> int:
+    """Rows of a (rows, cols) float64 product that fit DELTA_CHUNK_BYTES."""
+    return max(1, DELTA_CHUNK_BYTES // (8 * max(cols, 1)))
+
+
 def float64_product(left: torch.Tensor, right: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """``(left @ right) · scale`` (float64 factors) as float32, made in float64 and rounded once.
 
@@ -318,7 +327,7 @@ def float64_product(left: torch.Tensor, right: torch.Tensor, scale: float = 1.0)
     18944 × 3584 MLP matrix would be a 543 MB temporary. ``left`` (rows, k), ``right`` (k, cols)
     → (rows, cols)."""
     product = torch.empty(left.shape[0], right.shape[1], dtype=torch.float32)
-    step = max(1, DELTA_CHUNK_BYTES // (8 * max(right.shape[1], 1)))
+    step = _chunk_rows(right.shape[1])
     for start in range(0, left.shape[0], step):
         block = left[start:start + step] @ right
         product[start:start + step] = block * scale if scale != 1.0 else block
@@ -326,18 +335,26 @@ def float64_product(left: torch.Tensor, right: torch.Tensor, scale: float = 1.0)
 
 
 def low_rank_combination(base: torch.Tensor, base_coefficient: float,
-                         terms: list[tuple[float, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+                         terms: list[tuple[float, torch.Tensor, torch.Tensor]],
+                         out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``base_coefficient · base + Σ_k c_k · B_k·A_k``: a merge that is a fixed linear combination
     of the models (Σ_i c_i θ_i, base first) made from LoRA experts' factors, since
     Σ_i c_i θ_i = (Σ_i c_i) θ_base + Σ_k c_k ΔW_k. The N products become one, of inner size
     Σ_k r_k ([c_1 B_1 … c_N B_N] · [A_1; …; A_N]), and no expert's full tensor is made.
 
     ``terms``: (c_k, B_k, A_k) in float64, B (rows, r_k), A (r_k, cols), the adapter's scale in B;
-    ``base`` (rows, cols) float32 → (rows, cols) float32. On TinyLlama-1.1B's shape with three
-    rank-16 experts the merge stage took 25 s so, against 57 s rebuilding each expert
-    (docs/speed.md, "RECALL at model scale")."""
+    ``base`` (rows, cols) in its file's dtype → (rows, cols) in ``out_dtype``. Per element: the
+    float64 product rounded once to float32, plus the float32 base times its coefficient, then
+    the cast; made DELTA_CHUNK_BYTES of rows at a time, each row block through every step while it
+    is in cache (the same bytes in any row blocks)."""
     if not terms:
-        return base * base_coefficient
+        return (base.to(torch.float32) * base_coefficient).to(out_dtype)
+    out = torch.empty(base.shape, dtype=out_dtype)
     left = torch.cat([coefficient * lora_b for coefficient, lora_b, _ in terms], dim=1)
     right = torch.cat([lora_a for _, _, lora_a in terms], dim=0)
-    return float64_product(left, right).add_(base, alpha=base_coefficient)
+    step = _chunk_rows(right.shape[1])
+    for start in range(0, left.shape[0], step):
+        rows = slice(start, start + step)
+        block = (left[rows] @ right).to(torch.float32)  # (step, cols), rounded once
+        out[rows] = block.add_(base[rows].to(torch.float32), alpha=base_coefficient)
+    return out
