@@ -103,6 +103,24 @@ def test_float16_overflow_is_caught_after_the_cast(tiny_models, tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+def test_the_output_check_reads_the_sum_first_and_only_refuses_a_non_finite_entry():
+    """The output check tries the tensor's sum (cheap) before the elementwise check: a sum that
+    overflows although every entry is finite passes, one Inf or NaN entry is refused. Synthetic."""
+    from recall_merge.config import MergeConfig
+    from recall_merge.io.output import check_output_finite
+
+    config = MergeConfig.model_validate({"method": "linear", "base": "b", "models": ["a"],
+                                         "output": "o", "dtype": "bfloat16"})
+    large = torch.full((4, 3), 3e38).to(torch.bfloat16)  # finite entries, an infinite sum
+    assert not torch.isfinite(large.sum()) and torch.isfinite(large).all()
+    check_output_finite("w", large, config)
+    for bad in (float("inf"), float("nan")):
+        tensor = torch.zeros(4, 3, dtype=torch.bfloat16)
+        tensor[2, 1] = bad
+        with pytest.raises(OutputError, match="1 non-finite value"):
+            check_output_finite("w", tensor, config)
+
+
 def test_file_size_limit_is_a_clean_refusal(tiny_models, tmp_path):
     """A real EFBIG: the child process runs under a 32 KB file-size limit (ulimit -f)."""
     config_path = tmp_path / "merge.yaml"
