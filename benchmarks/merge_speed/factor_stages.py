@@ -11,7 +11,9 @@ from-factors path, and the merge runs alone on the checkpoints of ``scale.py`` (
 weights with a real config: base + 3 rank-16 LoRA experts, bfloat16 output). Each stage is timed
 per call in its own thread (reader: base rows, factors, input check, product; main: output check;
 writer: file writes): the threads overlap, so the stages add up to more than the wall time.
-Every repeat starts from a dropped page cache where the machine allows it. Results append to
+Every repeat starts from a dropped page cache where the machine allows it, and is preceded by
+the disk floor of ``scale.py`` (read the base once, write one model's bytes; the adapters are
+small), so each merge stage has a floor measured at the same load. Results append to
 ``benchmarks/results/merge_factor_stages.json`` with the load average, versions and the label
 (run it from another checkout's ``src`` on ``PYTHONPATH`` to compare code on the same inputs).
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import drop_caches  # noqa: E402
+from run import FLOOR_SCRIPT, drop_caches, measure  # noqa: E402
 from scale import SHAPES, scale_inputs, scale_root  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "merge_factor_stages.json"
@@ -102,10 +104,15 @@ def main() -> None:
     base, experts = scale_inputs(scale_root(), args.shape, "lora")
     runs = []
     for _ in range(args.repeat):
-        drop_caches()
         work = Path(tempfile.mkdtemp(dir=base.parent))
         try:
-            runs.append(timed_merge(base, experts, work / "merged"))
+            drop_caches()
+            floor = measure([sys.executable, "-c", FLOOR_SCRIPT, str(work / "floor.bin"), str(base)])
+            floor_s = json.loads(floor["stdout"].strip().splitlines()[-1])["total_s"]
+            (work / "floor.bin").unlink()
+            drop_caches()
+            runs.append({**timed_merge(base, experts, work / "merged"), "disk_floor_s": round(floor_s, 2)})
+            runs[-1]["merge_stage_over_floor"] = round(runs[-1]["merge_s"] / floor_s, 2)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(json.dumps(runs[-1]), flush=True)
