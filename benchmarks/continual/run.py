@@ -1120,21 +1120,22 @@ def main() -> None:
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per Ray task")
     # at most one of the three generalisation modes
     generalisation = parser.add_mutually_exclusive_group()
-    generalisation.add_argument("--generalisation", action="store_true",
-                        help="only complete the generalisation scores of final models on disk")
-    generalisation.add_argument("--defer-generalisation", action="store_true",
-                        help="score the tasks only and keep each final model's weights on disk "
-                             "(0.5 GB each); a later --generalisation run scores them and removes "
-                             "the weights. On the development sequence the generalisation scores "
-                             "take about as long as the rest of a merge cell, and the default is "
-                             "chosen on AP alone")
-    generalisation.add_argument("--skip-generalisation", action="store_true",
-                        help="score the tasks only and remove each final model's weights: no "
-                             "perplexity or zero-shot scores for these cells (the tables say how "
-                             "many orders a generalisation number rests on). For the held-out "
-                             "runs of the default candidates, whose comparison reads AP and BWT "
-                             "(on task_incremental here: ~11.5 min of generalisation after a "
-                             "TIES cell's 41.7 min, which included training its five experts)")
+    generalisation.add_argument(
+        "--generalisation", action="store_true",
+        help="only complete the generalisation scores of final models on disk")
+    generalisation.add_argument(
+        "--defer-generalisation", action="store_true",
+        help="score the tasks only and keep each final model's weights on disk (0.5 GB each); a "
+             "later --generalisation run scores them and removes the weights. On the development "
+             "sequence the generalisation scores take about as long as the rest of a merge cell, "
+             "and the default is chosen on AP alone")
+    generalisation.add_argument(
+        "--skip-generalisation", action="store_true",
+        help="score the tasks only and remove each final model's weights: no perplexity or "
+             "zero-shot scores for these cells (the tables say how many orders a generalisation "
+             "number rests on). For the held-out runs of the default candidates, whose comparison "
+             "reads AP and BWT (on task_incremental here: ~11.5 min of generalisation after a TIES "
+             "cell's 41.7 min, which included training its five experts)")
     parser.add_argument("--keep-weights", action="store_true",
                         help="keep the final models' weights once scored (0.5 GB each); by default "
                              "only their configs, merge reports and scores stay")
