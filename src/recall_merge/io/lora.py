@@ -33,9 +33,9 @@ def is_lora_folder(path: Path) -> bool:
 
 # float64 bytes of B·A made at once (row blocks of the product). A block this size stays in the
 # core's cache while it is rounded, added to the base and cast, instead of making each step's
-# full-size temporary in memory: on Qwen2-7B's 18944 × 3584 MLP matrix with three rank-16
-# experts (one thread, two benchmark lanes beside it) 2.5–2.8 s against 6.0–7.3 s for one 64 MB
-# product followed by whole-tensor rounding, addition and cast, the same bytes (docs/speed.md).
+# full-size temporary in memory (64 MB blocks before): with the output check below, a Qwen2-7B
+# merge of three rank-16 experts' factors went from 161 s to 103–107 s of merge stage, the same
+# bytes (benchmarks/merge_speed/merge_stages.py; docs/speed.md, footnote 6).
 DELTA_CHUNK_BYTES = 4 << 20
 
 class LoraAdapter:
