@@ -332,3 +332,20 @@ def test_extract_lora_is_described_in_the_help(capsys):
         cli_main(["extract-lora", "--help"])
     text = capsys.readouterr().out
     assert "mergekit-extract-lora" in text and "--rank" in text and "--base" in text
+
+
+def test_the_lora_output_check_refuses_a_non_finite_entry_and_reads_the_sum_first():
+    """The written factors' finite check: a sum that overflows although every entry is finite
+    passes; one NaN or Inf entry is refused with the tensor's name. Synthetic tensors."""
+    from recall_merge.config import MergeConfig
+    from recall_merge.errors import OutputError
+    from recall_merge.io.lora_out import _check_output_finite
+
+    config = MergeConfig.model_validate({"method": "linear", "base": "b", "models": ["a"],
+                                         "output": "o", "dtype": "bfloat16"})
+    _check_output_finite("lora_A", torch.full((4, 3), 3e38).to(torch.bfloat16), config)
+    for bad in (float("nan"), float("inf")):
+        tensor = torch.zeros(4, 3, dtype=torch.bfloat16)
+        tensor[1, 2] = bad
+        with pytest.raises(OutputError, match="lora_A"):
+            _check_output_finite("lora_A", tensor, config)
