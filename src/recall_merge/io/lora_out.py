@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from recall_merge.errors import CheckpointError, ConfigError, OutputError, excerpt
 from recall_merge.io import atomic
-from recall_merge.io.reader import check_finite
+from recall_merge.io.reader import all_finite, check_finite
 from recall_merge.io.writer import StreamingShardWriter
 
 if TYPE_CHECKING:
@@ -359,8 +359,7 @@ def _merged_tensor(pool: ModelPool, method: MergeMethod, name: str, config: Merg
 
 
 def _check_output_finite(name: str, tensor: torch.Tensor, config: MergeConfig) -> None:
-    # the sum first, as io.output.check_output_finite: the exact check only for a non-finite sum
-    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+    if all_finite(tensor):
         return
     raise OutputError(
         f"the LoRA tensor {name} has non-finite values (NaN/Inf) in {config.dtype}; nothing was written "

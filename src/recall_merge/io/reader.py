@@ -325,13 +325,16 @@ def read_tensor(info: TensorInfo, name: str, rows: tuple[int, int] | None = None
     return buffer.view(info.dtype).reshape(shape)
 
 
-def check_finite(tensor: torch.Tensor, name: str, source: Path | str) -> None:
-    """Refuse a tensor with NaN or Inf entries, naming it and its model.
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite. A sum is ~20× cheaper than isfinite().all() and is NaN/Inf
+    whenever an entry is; only a suspicious sum (or an overflow of it) pays for the exact
+    elementwise check. Every finite check of inputs and outputs goes through here."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
-    A sum is ~20× cheaper than isfinite().all() and is NaN/Inf whenever an entry is; only a
-    suspicious sum (or an overflow of it) pays for the exact elementwise check.
-    """
-    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+
+def check_finite(tensor: torch.Tensor, name: str, source: Path | str) -> None:
+    """Refuse a tensor with NaN or Inf entries, naming it and its model."""
+    if not all_finite(tensor):
         raise CheckpointError(f"tensor {name!r} of {source} contains NaN or Inf values",
                               "this checkpoint is broken (diverged training?); use a healthy one")
 
