@@ -25,6 +25,20 @@ def bench():
         sys.path.remove(str(CONTINUAL))
 
 
+@pytest.fixture(scope="module")
+def tables(bench):
+    """benchmarks/continual/benchmark_tables.py (the docs' tables), imported beside run.py."""
+    import benchmark_tables as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
+def files(bench):
+    """benchmarks/continual/result_files.py (where the results live), as run.py imported it."""
+    return sys.modules["result_files"]
+
+
 def test_sequence_settings_put_a_sequences_overrides_on_the_shared_defaults(bench):
     run, sequences = bench
     for name, spec in sequences.SEQUENCES.items():
@@ -38,7 +52,7 @@ def test_sequence_settings_put_a_sequences_overrides_on_the_shared_defaults(benc
     assert run.sequence_settings("paper")["evaluation"]["max_length"] == 320
 
 
-def test_doc_tables_are_the_generated_ones(bench, tmp_path):
+def test_doc_tables_are_the_generated_ones(tables, files, bench, tmp_path):
     """Every continual table in docs/benchmarks.md, and the headline table in README.md, equals
     what ``run.py --docs`` writes from the JSON; every table with results has its markers, and
     rewriting leaves the text outside the markers untouched."""
@@ -48,11 +62,11 @@ def test_doc_tables_are_the_generated_ones(bench, tmp_path):
     for key, path in documents.items():
         copies[key] = tmp_path / f"{key}_{path.name}"
         copies[key].write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    done = run.update_docs(copies["benchmarks"], copies["readme"])
+    done = tables.update_docs(copies["benchmarks"], copies["readme"])
     expected = {"sweep", "summary", *[s for s in [*sequences.SEQUENCES, "variants", "seeds"]
                                       if (run.RESULTS / f"continual_{s}.json").exists()],
-                *[f"seeds-{s}" for s in sequences.SEQUENCES if run.held_out_seeds(s)],
-                *(["continual-seeds"] if any(run.other_seed_results(s) for s in sequences.SEQUENCES)
+                *[f"seeds-{s}" for s in sequences.SEQUENCES if tables.held_out_seeds(s)],
+                *(["continual-seeds"] if any(files.other_seed_results(s) for s in sequences.SEQUENCES)
                   else []),
                 *(["offline-probes"] if (run.RESULTS / "task_probe.json").exists() else []),
                 *(["tuning"] if (run.RESULTS / "continual_tuning.json").exists() else []),
@@ -66,19 +80,19 @@ def test_doc_tables_are_the_generated_ones(bench, tmp_path):
             f"{path.relative_to(REPO)} tables are stale: run `python benchmarks/continual/run.py --docs`")
 
 
-def test_headline_table_states_what_it_rests_on(bench):
+def test_headline_table_states_what_it_rests_on(tables, bench):
     """The README's one results table names its test items, seed, orders and command, and has a
     row for every strategy the headline sequence ran, RECALL's first."""
     run, _ = bench
-    offline = run.headline_sequence()
+    offline = tables.headline_sequence()
     if offline:  # the pooled-interval table of that sequence
-        table = run.offline_headline(offline)
+        table = tables.offline_headline(offline)
         assert table.startswith(f"Sequence `{offline}`") and "Command: `" in table
         reference = run.reference(offline)  # the chosen default once there is one
         assert f"| strategy | AP [95 % CI] | BWT [95 % CI] | ΔAP vs {reference} [95 % CI] |" in table
         return
-    data = json.loads(run.results_path(run.HEADLINE_SEQUENCE).read_text())
-    lines = run.headline_table().splitlines()
+    data = json.loads(run.results_path(tables.HEADLINE_SEQUENCE).read_text())
+    lines = tables.headline_table().splitlines()
     rows = [line for line in lines[2:] if line.startswith("| ")]
     assert len(rows) == len(data["summary"])
     assert rows[0].startswith("| RECALL, paper form")
@@ -88,17 +102,17 @@ def test_headline_table_states_what_it_rests_on(bench):
         assert part in caption
 
 
-def test_summary_statistics_over_orders(bench):
+def test_summary_statistics_over_orders(tables, files, bench):
     run, _ = bench
-    stat = run._stats([0.5, None, 0.7])
+    stat = files.order_stats([0.5, None, 0.7])
     assert stat["mean"] == pytest.approx(0.6)
     assert stat["std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std of the two present
-    assert run._stats([None])["mean"] is None
-    assert run._fmt(run._stats([0.25])) == "+0.250"
-    assert run._fmt(run._stats([0.5, 0.7]), signed=False) == "0.600 ± 0.141"
+    assert files.order_stats([None])["mean"] is None
+    assert tables._fmt(files.order_stats([0.25])) == "+0.250"
+    assert tables._fmt(files.order_stats([0.5, 0.7]), signed=False) == "0.600 ± 0.141"
     # a value some orders lack (deferred generalisation) says how many orders it rests on
-    assert run._fmt(run._stats([42.0, None, None]), False, 1, of=3) == "42.0 (1 of 3 orders)"
-    assert run._fmt(run._stats([42.0, 44.0]), False, 1, of=2) == "43.0 ± 1.4"
+    assert tables._fmt(files.order_stats([42.0, None, None]), False, 1, of=3) == "42.0 (1 of 3 orders)"
+    assert tables._fmt(files.order_stats([42.0, 44.0]), False, 1, of=2) == "43.0 ± 1.4"
 
 
 def test_committed_results_record_seed_versions_and_command():
@@ -107,16 +121,16 @@ def test_committed_results_record_seed_versions_and_command():
         assert "seed" in data and "versions" in data and "command" in data, path.name
 
 
-def test_summary_table_puts_every_sequence_side_by_side(bench):
+def test_summary_table_puts_every_sequence_side_by_side(tables, bench):
     run, sequences = bench
-    table = run.summary_table().splitlines()
+    table = tables.summary_table().splitlines()
     present = [s for s in sequences.SEQUENCES if (run.RESULTS / f"continual_{s}.json").exists()
                and s not in sequences.OFFLINE_SEQUENCES]  # those have interval tables instead
     assert len(table[0].split("|")) - 2 == 1 + 2 * len(present)  # strategy, then AP and BWT each
     assert table[2].startswith("| RECALL, paper form")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1:2] for line in table[2:]}
-    for label, group in (("RECALL − best merge baseline", run.MERGE_BASELINES),
-                         ("RECALL − best training baseline without old data", run.NO_OLD_DATA_BASELINES)):
+    for label, group in (("RECALL − best merge baseline", tables.MERGE_BASELINES),
+                         ("RECALL − best training baseline without old data", tables.NO_OLD_DATA_BASELINES)):
         for sequence, gap in zip(present, rows[label], strict=True):
             summary = json.loads((run.RESULTS / f"continual_{sequence}.json").read_text())["summary"]
             ran = [summary[b]["AP"]["mean"] for b in group if b in summary]
@@ -142,7 +156,7 @@ def test_generalisation_scores_under_other_settings_are_not_reused(bench, tmp_pa
     assert run.load_scores(file) == {"ties": {"perplexity": 40.0}}
 
 
-def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(bench):
+def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(tables, bench):
     """Made-up summaries (two tasks, two seeds): a point missing at a seed is a dash and stays out
     of that seed's gap; the gap row takes the best merge that is not RECALL at each seed."""
     run, _ = bench
@@ -155,7 +169,7 @@ def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(benc
                          "magmax": ("magmax", 0.3), "unrun": ("recall", 0.1)})
     seed_one = summary({"paper": ("recall", 0.4), "ties_0.5": ("ties", 0.42),
                         "average": ("linear", 0.44)})
-    table = run._by_seed_table(seed_zero, {"1": seed_one}).splitlines()
+    table = tables._by_seed_table(seed_zero, {"1": seed_one}).splitlines()
     assert table[0] == "| point | seed 0 | seed 1 | mean ± std over seeds |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     # only the points the other seeds ran; seed 0 has no average, so neither has its gap
@@ -168,11 +182,12 @@ def test_by_seed_table_gives_each_seed_a_column_and_the_chosen_defaults_gap(benc
     assert "+0.050 (vs ties_0.5) | -0.040 (vs average) | +0.005 ± 0.064" in gap
 
 
-def test_continual_runs_at_another_seed_have_their_own_file_and_table(bench, tmp_path, monkeypatch):
+def test_continual_runs_at_another_seed_have_their_own_file_and_table(
+        tables, files, bench, tmp_path, monkeypatch):
     """Made-up runs: seed 1 writes next to seed 0, never over it, and the table sets each seed-1
     strategy beside seed 0's runs of the same orders only."""
     run, _ = bench
-    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(files, "RESULTS", tmp_path)
     assert run.results_path("domain") == tmp_path / "continual_domain.json"
     assert run.results_path("domain", 1) == tmp_path / "continual_domain_seed1.json"
 
@@ -186,8 +201,8 @@ def test_continual_runs_at_another_seed_have_their_own_file_and_table(bench, tmp
     seed_one[0]["results"]["methods"]["magmax"] = seed_one[0]["results"]["methods"]["recall_paper"]
     (tmp_path / "continual_domain_seed1.json").write_text(json.dumps({"runs": seed_one}))
     (tmp_path / "continual_domain_seedling.json").write_text("{}")  # not a seed file
-    assert run.other_seed_results("domain") == {1: tmp_path / "continual_domain_seed1.json"}
-    rows = run.continual_seeds_table().splitlines()[2:]
+    assert files.other_seed_results("domain") == {1: tmp_path / "continual_domain_seed1.json"}
+    rows = tables.continual_seeds_table().splitlines()[2:]
     # each strategy over the orders it ran; seed 0 has no magmax run
     assert rows == [
         "| domain | 1 | recall_paper | 0123, 1302 | 0.500 ± 0.141 | +0.000 ± 0.071 | +0.010 ± 0.000 "
@@ -195,7 +210,7 @@ def test_continual_runs_at_another_seed_have_their_own_file_and_table(bench, tmp
         "| domain | 1 | magmax | 0123 | 0.400 | -0.050 | +0.010 | — | — |"]
 
 
-def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(bench):
+def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(tables, bench):
     """Held-out AP of each variant is the mean over the orders run; the last two rows are the
     chosen default (the paper form) and the best RECALL form minus the best baseline, per column."""
     run, sequences = bench
@@ -204,7 +219,7 @@ def test_variants_table_compares_the_best_recall_form_with_the_best_baseline(ben
         pytest.skip("no held-out variant results committed")
     held_out = json.loads(path.read_text())["sequences"]
     rows = {line.split("|")[1].strip(): line.split("|")[3:-1]
-            for line in run.variants_table().splitlines()[2:]}
+            for line in tables.variants_table().splitlines()[2:]}
     chosen_gaps = rows.pop(f"chosen default ({sequences.CHOSEN_SWEEP_POINT}) − best baseline")
     gaps = rows.pop("best RECALL form, picked with hindsight − best baseline")
     columns = [s for s in run.SEQUENCES if s in held_out]
@@ -298,16 +313,16 @@ def test_chosen_sweep_point_has_the_chosen_recall_settings(bench):
     assert chosen["parameters"] == sequences.RECALL_CHOSEN == sequences.STRATEGIES["recall"]["parameters"]
 
 
-def test_every_strategy_has_a_legend_and_a_summary_row(bench):
+def test_every_strategy_has_a_legend_and_a_summary_row(tables, bench):
     """A strategy added to sequences.py without a LEGEND or SUMMARY_ROWS entry would run and then
     drop out of the benchmark's legend or summary table without a word. ``recall`` is left out: it
     is the chosen default, run once as ``recall_paper``. The summary's merge baselines must be
     strategies that are merges other than RECALL."""
     run, sequences = bench
     named = set(sequences.STRATEGIES) - {"recall"}
-    assert named <= set(run.LEGEND)
-    assert named <= set(run.SUMMARY_ROWS)
-    for name in run.MERGE_BASELINES:
+    assert named <= set(tables.LEGEND)
+    assert named <= set(tables.SUMMARY_ROWS)
+    for name in tables.MERGE_BASELINES:
         strategy = sequences.STRATEGIES[name]
         assert strategy["kind"] == "merge" and strategy["method"] != "recall"
 
@@ -347,7 +362,8 @@ def test_replace_table_rewrites_only_between_its_markers(tmp_path):
     assert page.read_text(encoding="utf-8") == replace_table(text, "speed", "| new |")
 
 
-def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench, tmp_path, monkeypatch):
+def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(
+        tables, files, bench, tmp_path, monkeypatch):
     """The seeds table reads seed 0 from the committed sweep and the other seeds from
     ``continual_seeds.json`` (here a made-up one: invented scores, for the table logic only)."""
     run, _ = bench
@@ -362,15 +378,15 @@ def test_seeds_table_sets_seed_zero_from_the_sweep_beside_the_other_seeds(bench,
               "points": {"paper": point("paper", 0.5), "ties_0.5": point("ties_0.5", 0.55),
                          "ties_variant_redundancy": point("ties_variant_redundancy", 0.6)}}
     (tmp_path / "continual_seeds.json").write_text(json.dumps({"seeds": {"1": seed_1}}))
-    monkeypatch.setattr(run, "RESULTS", tmp_path)
-    lines = run.seeds_table().splitlines()
+    monkeypatch.setattr(files, "RESULTS", tmp_path)
+    lines = tables.seeds_table().splitlines()
     assert lines[0] == "| point | seed 0 | seed 1 | mean ± std over seeds |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
     assert set(rows) >= {"base model", "each task's own expert", "paper", "ties_0.5",
                          "ties_variant_redundancy"}
     paper_0, ties_0 = sweep["points"]["paper"]["AP"], sweep["points"]["ties_0.5"]["AP"]
     assert rows["paper"] == (f"| paper | {paper_0:.3f} | 0.500 | "
-                             f"{run._fmt(run._stats([paper_0, 0.5]), False)} |")
+                             f"{tables._fmt(files.order_stats([paper_0, 0.5]), False)} |")
     # the gap is the chosen default minus the best non-RECALL point of the same seed
     gap_row = lines[-1]
     assert f"{paper_0 - ties_0:+.3f} (vs ties_0.5)" in gap_row and "-0.050 (vs ties_0.5)" in gap_row
@@ -661,17 +677,18 @@ def test_a_tuned_family_at_a_hand_defined_setting_runs_under_that_name(bench):
     assert set(cells) | set(sequences.PROTOCOL_STRATEGIES) | {"recall", "ties"} == set(candidates)
 
 
-def test_the_chosen_default_joins_the_main_strategies_and_becomes_the_reference(bench, monkeypatch):
+def test_the_chosen_default_joins_the_main_strategies_and_becomes_the_reference(
+        files, bench, monkeypatch):
     """Once the development sequence has chosen (every candidate in every order), the default runs
     with the main strategies at two seeds and every offline sequence's ΔAP is taken against it;
     before that RECALL's default is the reference. The choice here is SYNTHETIC (monkeypatched)."""
     run, sequences = bench
     monkeypatch.setattr(sequences, "chosen_default", lambda: None)
-    monkeypatch.setattr(run, "chosen_default", lambda: None)
+    monkeypatch.setattr(files, "chosen_default", lambda: None)
     assert run.reference("development") == "recall"
     before = sequences.main_strategies()
     monkeypatch.setattr(sequences, "chosen_default", lambda: "recall_tv_0.25")
-    monkeypatch.setattr(run, "chosen_default", lambda: "recall_tv_0.25")
+    monkeypatch.setattr(files, "chosen_default", lambda: "recall_tv_0.25")
     assert sequences.main_strategies() == [*before, "recall_tv_0.25"]
     assert run.reference("paper_shaped") == "recall_tv_0.25"
     assert run.reference("paper") == "recall_paper"  # a historical BIG-bench sequence
@@ -698,7 +715,7 @@ def test_a_final_model_is_found_only_where_its_run_folder_is(bench, tmp_path, mo
     assert run.final_model(tmp_path, "ties") == (tmp_path / "base", folder / "step10")
 
 
-def test_a_held_out_sequence_heads_the_readme_once_its_main_strategies_have_every_order(
+def test_a_held_out_sequence_heads_the_readme_once_its_main_strategies_have_every_order(tables, 
         bench, monkeypatch):
     """SYNTHETIC run entries (no scores needed): the headline stays on the development sequence
     while a held-out sequence has one strategy in one order, and moves once every main strategy has
@@ -710,17 +727,17 @@ def test_a_held_out_sequence_heads_the_readme_once_its_main_strategies_have_ever
                 for k in range(3)}
     development = {"s0/o0": {"seed": 0, "order": [0], "strategies": {"task_arithmetic": {}}}}
     items = {"task_incremental": partial, "paper_shaped": {}, "development": development}
-    monkeypatch.setattr(run, "load_items", lambda sequence: {"runs": items.get(sequence, {})})
-    assert run.headline_sequence() == "development"
+    monkeypatch.setattr(tables, "load_items", lambda sequence: {"runs": items.get(sequence, {})})
+    assert tables.headline_sequence() == "development"
     items["paper_shaped"] = complete
-    assert run.headline_sequence() == "paper_shaped"
+    assert tables.headline_sequence() == "paper_shaped"
     items["task_incremental"] = complete
-    assert run.headline_sequence() == "task_incremental"
+    assert tables.headline_sequence() == "task_incremental"
     items.update(task_incremental={}, paper_shaped={}, development={})
-    assert run.headline_sequence() is None
+    assert tables.headline_sequence() is None
 
 
-def test_the_base_zero_shot_line_is_over_the_sequences_own_tasks(bench):
+def test_the_base_zero_shot_line_is_over_the_sequences_own_tasks(tables, bench):
     """The base's generalisation entry is shared by every sequence (scored once), so it holds the
     zero-shot tasks of all of them; a table's base line must list and average its own set only."""
     run, sequences = bench
@@ -734,7 +751,7 @@ def test_the_base_zero_shot_line_is_over_the_sequences_own_tasks(bench):
         path = REPO / "benchmarks" / "results" / f"continual_{name}.json"
         if not path.exists():
             continue
-        line = next(line for line in run.table(name).splitlines() if line.startswith("Base model"))
+        line = next(line for line in tables.table(name).splitlines() if line.startswith("Base model"))
         listed = line.split("(", 1)[1].rstrip(").").split(", ")
         assert sorted(task.rsplit(" ", 1)[0] for task in listed) == \
             sorted(sequences.short_name(task) for task in sequences.zero_shot_tasks(name))
