@@ -58,6 +58,16 @@ def test_summary_of_a_two_task_run():
     assert summary["average_forgetting"] == pytest.approx(0.25)
 
 
+def test_ap_bwt_cells_leave_fwt_undefined_and_keep_the_rest():
+    # cells: ap_bwt scores the diagonal and the last row of R3 only
+    lean = [R3[0], [0.80, None, None], [None, 0.90, None], R3[3]]
+    summary = metrics.summarise(lean)
+    assert summary["FWT"] is None
+    assert summary["AP"] == pytest.approx(metrics.average_performance(R3))
+    assert summary["BWT"] == pytest.approx(metrics.backward_transfer(R3))
+    assert summary["forgetting"] == pytest.approx([0.3, 0.2])  # the maxima sit on the diagonal
+
+
 def test_no_transfer_is_defined_for_a_single_task():
     summary = metrics.summarise([[0.2], [0.9]])
     assert summary["AP"] == pytest.approx(0.9)

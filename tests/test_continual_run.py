@@ -377,6 +377,17 @@ def test_orders_share_cached_experts_and_summary_cells_keep_the_metrics(tiny_mod
             assert summary["methods"][method][metric] == pytest.approx(full["methods"][method][metric])
         assert None not in [v for row in full["methods"][method]["R"] for v in row]
 
+    # ap_bwt cells: the diagonal and the last row only; AP and BWT as with every cell, no FWT
+    lean = ContinualRun(load_continual_config(
+        _order_config(tiny_models["base"], tmp_path / "d", tasks, cache, "ap_bwt")), quiet=True).run()
+    matrix = lean["methods"]["merge:task_arithmetic:experts:base"]["R"]
+    assert [[value is not None for value in row] for row in matrix[1:]] == [
+        [True, False, False], [False, True, False], [True, True, True]]
+    assert lean["methods"]["merge:task_arithmetic:experts:base"]["FWT"] is None
+    for metric in ("AP", "BWT"):
+        assert lean["methods"]["merge:task_arithmetic:experts:base"][metric] == pytest.approx(
+            full["methods"]["merge:task_arithmetic:experts:base"][metric])
+
 
 def test_an_expert_cache_of_other_settings_is_refused(tiny_models, tmp_path):
     cache = tmp_path / "experts"

@@ -379,7 +379,7 @@ def run_sequence(args: argparse.Namespace) -> Path:
             # the run's results keep the first cell's versions; a cell added later (another
             # release, another machine) says its own
             run.setdefault("cell_provenance", {})[name] = {
-                "versions": results["versions"],
+                "versions": results["versions"], "cells": args.cells,
                 "machine": machine() if (index, name) not in ray_seconds else "a Ray worker"}
             run["results"]["config"] = {**results["config"], "strategies": "one run folder each"}
             items_file = Path(config["run_dir"]) / "items.json"
@@ -465,7 +465,11 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=None,
                         help=f"test items per task (default {OFFLINE_TEST_ITEMS} on the offline "
                              "sequences, 40 on the historical BIG-bench ones)")
-    parser.add_argument("--cells", choices=["full", "summary"], default="summary")
+    parser.add_argument("--cells", choices=["full", "summary", "ap_bwt"], default="summary",
+                        help="which R cells to score (docs/continual.md): 'summary' those AP, BWT "
+                             "and FWT read; 'ap_bwt' those AP and BWT read, one task a step fewer "
+                             "(the held-out runs of the default's candidates, compared on AP and "
+                             "BWT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--redo", action="store_true",

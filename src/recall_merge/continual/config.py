@@ -123,9 +123,11 @@ class ContinualConfig(_Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED, description=f"random seed, 0 to {MAX_SEED} (2**32 - 1)")
     device: str = Field("cpu", description="torch device for training, scoring and merging: cpu, "
                         "cuda, cuda:N or mps, checked against what the machine has")
-    cells: Literal["full", "summary"] = Field(
-        "full", description="which R cells to score: every one, or only those AP, BWT and FWT read "
-        "(the last row, the diagonal and the cell just above it); the others are null")
+    cells: Literal["full", "summary", "ap_bwt"] = Field(
+        "full", description="which R cells to score: every one; only those AP, BWT and FWT read "
+        "(summary: the last row, the diagonal and the cell just above it); or only those AP and "
+        "BWT read (ap_bwt: the last row and the diagonal; FWT is then null). Cells not scored are "
+        "null")
     keep_weights: Literal["all", "final"] = Field(
         "final", description="which merged or fully fine-tuned models keep their weights once "
         "scored: every step's, or only each strategy's final model (a 135M-parameter model is "

@@ -15,8 +15,9 @@ Normalisation: AP divides by T, BWT and FWT by T − 1; with T = 1 BWT, FWT and 
 undefined (None / empty).
 
 A cell may be None (not scored: ``cells: summary`` scores only the last row, the diagonal and the
-cell above it). AP, BWT and FWT never read another cell; the maximum of forgetting runs over the
-scored cells only.
+cell above it; ``cells: ap_bwt`` the last row and the diagonal). AP, BWT and FWT never read another
+cell (FWT is None where a cell it reads is); the maximum of forgetting runs over the scored cells
+only.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def backward_transfer(matrix: Matrix) -> float | None:
 
 
 def forward_transfer(matrix: Matrix) -> float | None:
-    """FWT = (1/(T−1)) Σ_{j≥2} (R[j−1][j] − b_j) with b_j = R[0][j]; None when T = 1."""
+    """FWT = (1/(T−1)) Σ_{j≥2} (R[j−1][j] − b_j) with b_j = R[0][j]; None when T = 1 or when a
+    cell it reads was not scored (``cells: ap_bwt``)."""
     num_tasks = _check(matrix)
-    if num_tasks < 2:
+    if num_tasks < 2 or any(matrix[j][j] is None for j in range(1, num_tasks)):
         return None
     base = matrix[0]
     # 0-based column j (j ≥ 1) is learned at step j + 1, so "just before" is row j.

@@ -181,11 +181,12 @@ class ContinualRun:
 
     def needed_columns(self, step: int) -> list[int]:
         """The task columns scored in row ``step`` (1..T): all of them with ``cells: full``; with
-        ``summary`` the last row, the diagonal R[i][i-1] (BWT) and R[i][i] (FWT) only."""
+        ``summary`` the last row, the diagonal R[i][i-1] (BWT) and R[i][i] (FWT) only; with
+        ``ap_bwt`` the last row and the diagonal (one task a step before the last, not two)."""
         num_tasks = len(self.tasks)
         if self.config.cells == "full" or step == num_tasks:
             return list(range(num_tasks))
-        return [step - 1, step]
+        return [step - 1] if self.config.cells == "ap_bwt" else [step - 1, step]
 
     def evaluate(self, state: ModelState, path: Path,
                  columns: list[int] | None = None) -> list[float | None]:
