@@ -52,9 +52,12 @@ def timed_merge(base: Path, experts: list[Path], output: Path, case: str) -> dic
     calls: collections.Counter = collections.Counter()
     originals = []
 
+    wrapped: list[tuple[object, str, str]] = []
+
     def wrap(owner, attribute: str, label: str) -> None:
-        function = getattr(owner, attribute)
+        function = getattr(owner, attribute)  # an AttributeError: the engine renamed it
         originals.append((owner, attribute, function))
+        wrapped.append((owner, attribute, label))
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
@@ -89,8 +92,12 @@ def timed_merge(base: Path, experts: list[Path], output: Path, case: str) -> dic
     finally:
         for owner, attribute, function in reversed(originals):
             setattr(owner, attribute, function)
-    if case == "lora" and calls["reader: product"] == 0:
-        raise SystemExit("the merge did not take the from-factors path: nothing to measure")
+    # The stages are the engine's call sites by name: a refactor that stops calling one (or takes
+    # another path, e.g. no from-factors merge) would leave its time uncounted, not fail.
+    uncalled = [label for _, _, label in wrapped if calls[label] == 0]
+    if uncalled:
+        raise SystemExit(f"merge_stages.py: the merge never called {', '.join(sorted(uncalled))}; "
+                         "its stage list no longer matches the engine (update timed_merge)")
     return {"wall_s": round(wall, 2), "merge_s": round(result.report["run"]["timings"]["merge_s"], 2),
             "stages_s": {label: round(seconds, 2) for label, seconds in totals.items()},
             "calls": dict(calls)}
