@@ -72,7 +72,9 @@ def test_doc_tables_are_the_generated_ones(tables, files, bench, tmp_path):
                 *(["tuning"] if (run.RESULTS / "continual_tuning.json").exists() else []),
                 *[f"{s}-intervals" for s in sequences.OFFLINE_SEQUENCES
                   if run.load_items(s)["runs"]],
-                *(["development-choice"] if run.load_items("development")["runs"] else [])}
+                *(["development-choice"] if run.load_items("development")["runs"] else []),
+                *(["grid-status"] if any(run.results_path(s).exists()
+                                         for s in sequences.OFFLINE_SEQUENCES) else [])}
     assert set(done["benchmarks"]) == expected
     assert done["readme"] == ["headline"]
     for key, path in documents.items():
@@ -769,3 +771,27 @@ def test_stored_pooled_intervals_are_what_the_items_give(bench):
         data = json.loads(path.read_text())
         expected = run.pooled_intervals(run.load_items(name), run.reference(name), seeds=[data["seed"]])
         assert data["pooled"] == json.loads(json.dumps(expected)), f"{name}: run `run.py --docs`"
+
+
+def test_grid_status_counts_the_cells_the_results_hold(tables, files, bench, tmp_path, monkeypatch):
+    """Made-up result files (SYNTHETIC: which cells exist, no scores read): a strategy counts in
+    an order only where its entry has an R matrix; a failed cell (an error, no R) is missing."""
+    run, sequences = bench
+    monkeypatch.setattr(files, "RESULTS", tmp_path)
+    main = sequences.main_strategies()
+    listed, reversed_order, _ = sequences.orders(len(sequences.SEQUENCES["task_incremental"]["tasks"]))
+    methods = {name: {"R": [[0.0]]} for name in main}
+    methods[main[-1]] = {"error": "failed"}
+    runs = [{"order": listed, "results": {"methods": methods}},
+            {"order": reversed_order, "results": {"methods": {main[0]: {"R": [[0.0]]}}}}]
+    (tmp_path / "continual_task_incremental.json").write_text(json.dumps({"runs": runs}))
+    done = tables.cells_done("task_incremental", 0)
+    assert done[main[0]] == {0, 1} and done[main[1]] == {0} and main[-1] not in done
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line
+            for line in tables.grid_status_table().splitlines() if line.startswith("| ")}
+    row = rows[("task_incremental", "smollm2", "0")]
+    assert f"| {len(main)} of {3 * len(main)} |" in row
+    assert f"{main[0]} (2);" in row and f"{main[-1]} (0, 1, 2)" in row
+    assert "| all |" in rows[("task_incremental", "smollm2", "1")]
+    assert rows[("paper_shaped_gemma", "gemma3-270m", "0")]  # one seed asked of the second model
+    assert ("paper_shaped_gemma", "gemma3-270m", "1") not in rows

@@ -5,6 +5,7 @@ strategy on the same splits, seeds and fine-tuning budget, on SmolLM2-135M-Instr
     python benchmarks/continual/run.py --sequence task --orders 0 --strategies expert recall_paper
     python benchmarks/continual/run.py --table                        # print the tables from the JSON
     python benchmarks/continual/run.py --docs                         # rewrite them in the docs
+    python benchmarks/continual/run.py --status                       # what the grid still lacks
 
 Each (sequence, order, strategy) is one `recall continual` run folder under
 ``$RECALL_MERGE_CACHE/benchmark_runs/`` (durable: an interrupted command continues where it
@@ -501,13 +502,19 @@ def main() -> None:
                         help="keep the final models' weights once scored (0.5 GB each); by default "
                              "only their configs, merge reports and scores stay")
     parser.add_argument("--table", action="store_true", help="print the tables and exit")
+    parser.add_argument("--status", action="store_true",
+                        help="print which cells of the offline grid the results hold and lack, and "
+                             "exit")
     parser.add_argument("--docs", "--readme", dest="docs", action="store_true",
                         help="rewrite the generated tables in docs/benchmarks.md and the headline "
                              "table in README.md, and exit")
     args = parser.parse_args()
-    if args.table or args.docs:
-        import benchmark_tables as tables  # the docs' tables: only these two modes read them
+    if args.table or args.docs or args.status:
+        import benchmark_tables as tables  # the docs' tables: only these modes read them
 
+    if args.status:
+        print(tables.grid_status_table())
+        return
     if args.table:
         tables.print_tables()
         return
