@@ -55,7 +55,6 @@ HEADLINE_SEQUENCE = "offline"  # the README's one table before any offline seque
 HEADLINE_OFFLINE = ["task_incremental", "paper_shaped", "development"]
 
 
-
 LEGEND = {
     "expert": "the newest task's expert alone",
     "recall": "RECALL at its own default parameters (`method: recall`: the paper form, τ 1)",

@@ -21,7 +21,6 @@ def result_file(name: str) -> Path:
     return RESULTS / name
 
 
-
 def sequence_model(sequence: str) -> str:
     """The packaged model a sequence runs on (SmolLM2 unless the sequence names another)."""
     return SEQUENCES[sequence].get("model", "smollm2")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py, read by tables.py
+sys.path.insert(0, str(HERE.parent))  # benchmarks/doc_tables.py, read by benchmark_tables.py
 
 from pooled import load_items, pooled_intervals, record_run  # noqa: E402
 from result_files import (  # noqa: E402
@@ -103,8 +103,6 @@ def already_run(run: dict, name: str, digest: str, args: argparse.Namespace) -> 
     """The results hold this cell, run with this definition (and --redo was not given)."""
     return (not args.redo and bool(run["results"]) and name in run["results"]["methods"]
             and run.get("digests", {}).get(name) == digest)
-
-
 
 
 def expert_gains(runs: list[dict]) -> dict:
@@ -236,8 +234,6 @@ def generalisation(run_dir: Path, strategies: list[str], zero_shot: dict[str, di
         save_scores(path, stored)
     merged = {"base": sequence_scores(base_stored.get("base", {}), zero_shot), **run_stored}
     return {name: entry for name, entry in merged.items() if entry}
-
-
 
 
 def single_model(run: dict) -> dict:
@@ -446,8 +442,6 @@ def ray_cells(args: argparse.Namespace, runs: dict) -> dict[tuple[int, str], flo
         return {}
     outcomes = run_cells(configs, address=args.ray, cpus_per_task=args.cpus_per_task, quiet=args.quiet)
     return {cell: round(seconds, 1) for cell, (_, seconds) in zip(cells, outcomes, strict=True)}
-
-
 
 
 def main() -> None:
