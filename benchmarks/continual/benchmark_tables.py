@@ -586,19 +586,21 @@ def grid_status_table() -> str:
         model = sequence_model(sequence)
         for seed in GRID_SEEDS.get(model, GRID_SEEDS_OTHER_MODEL):
             done = cells_done(sequence, seed)
-            missing = {name: [k for k in range(3) if k not in done.get(name, set())]
+            count = len(orders(len(SEQUENCES[sequence]["tasks"])))
+            missing = {name: [k for k in range(count) if k not in done.get(name, set())]
                        for name in main}
-            held = sum(3 - len(left) for left in missing.values())
+            held = sum(count - len(left) for left in missing.values())
             gaps = "all" if not held else "; ".join(
                 f"{name} ({', '.join(map(str, left))})" for name, left in missing.items() if left)
-            others = (f"{sum(len(done.get(name, set()) & {0, 1, 2}) for name in candidates)} of "
-                      f"{3 * len(candidates)}" if seed == 0 else "not asked")
             totals["main"] += held
-            totals["main_needed"] += 3 * len(main)
+            totals["main_needed"] += count * len(main)
+            others = "not asked"
             if seed == 0:
-                totals["others"] += int(others.split()[0])
-                totals["others_needed"] += 3 * len(candidates)
-            lines.append(f"| {sequence} | {model} | {seed} | {held} of {3 * len(main)} | "
+                others_held = sum(len(done.get(name, set())) for name in candidates)
+                totals["others"] += others_held
+                totals["others_needed"] += count * len(candidates)
+                others = f"{others_held} of {count * len(candidates)}"
+            lines.append(f"| {sequence} | {model} | {seed} | {held} of {count * len(main)} | "
                          f"{gaps or 'none'} | {others} |")
     lines += ["", f"In all: {totals['main']} of {totals['main_needed']} main-strategy cells, "
               f"{totals['others']} of {totals['others_needed']} other-candidate cells. "

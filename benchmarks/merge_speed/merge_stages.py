@@ -51,13 +51,12 @@ def timed_merge(base: Path, experts: list[Path], output: Path, case: str) -> dic
     totals: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
     originals = []
-
-    wrapped: list[tuple[object, str, str]] = []
+    labels: list[str] = []  # every stage wrapped, called or not
 
     def wrap(owner, attribute: str, label: str) -> None:
         function = getattr(owner, attribute)  # an AttributeError: the engine renamed it
         originals.append((owner, attribute, function))
-        wrapped.append((owner, attribute, label))
+        labels.append(label)
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
@@ -94,7 +93,7 @@ def timed_merge(base: Path, experts: list[Path], output: Path, case: str) -> dic
             setattr(owner, attribute, function)
     # The stages are the engine's call sites by name: a refactor that stops calling one (or takes
     # another path, e.g. no from-factors merge) would leave its time uncounted, not fail.
-    uncalled = [label for _, _, label in wrapped if calls[label] == 0]
+    uncalled = [label for label in labels if calls[label] == 0]
     if uncalled:
         raise SystemExit(f"merge_stages.py: the merge never called {', '.join(sorted(uncalled))}; "
                          "its stage list no longer matches the engine (update timed_merge)")
